@@ -1,0 +1,26 @@
+//! The tracking domain: what an event is, how a visitor's sessions and via
+//! ("経由") record evolve, and what an enriched event looks like.
+//!
+//! This crate decides; it performs no IO. It knows no tokio runtime, no HTTP
+//! library, no Google, Aerospike or OpenTelemetry type. Backends plug in through
+//! the capability traits in [`ports`] (`SessionStore`, `EventSink`,
+//! `DeadLetterSink`), time through [`time::Clock`], randomness through
+//! [`ids::IdSource`], so every rule here is tested without sleeping or sockets.
+
+pub mod budget;
+pub mod enrich;
+pub mod envelope;
+pub mod event;
+pub mod ids;
+pub mod ports;
+pub mod session;
+pub mod time;
+
+pub use budget::{Admission, Budget};
+pub use enrich::{EnrichedEvent, Geo, RequestContext, SessionOutcome, UserAgent, anonymize_ip, enrich};
+pub use envelope::{BodyError, Item, parse_body};
+pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
+pub use ids::{IdSource, RandomIds, SequentialIds};
+pub use ports::{BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError};
+pub use session::{SessionPolicy, SessionRecord, Sessions, Ttls, ViaRecord, VisitorState};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, parse_duration};

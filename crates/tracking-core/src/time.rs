@@ -1,0 +1,198 @@
+//! Time as the domain sees it: milliseconds since the Unix epoch, read through
+//! an injected [`Clock`] so TTL rules are tested without sleeping.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (UTC). Serialized as RFC 3339 with
+/// millisecond precision, e.g. `2026-11-22T02:27:07.123Z`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at the end of time.
+    pub fn add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// Whether a record last touched at `self` is still alive at `now` for
+    /// `ttl`: alive while `now < self + ttl`. At exactly `self + ttl` it has
+    /// expired. A record from the future (another pod's clock ahead of ours)
+    /// is alive.
+    pub fn alive_at(self, ttl: Duration, now: Timestamp) -> bool {
+        now < self.add(ttl)
+    }
+}
+
+fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339, UTC, milliseconds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        )
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(duration_millis(since))
+    }
+}
+
+/// A clock that moves only when told to; for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        Self(AtomicU64::new(start.0))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(duration_millis(d), Ordering::SeqCst);
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Parses the durations operators write: a whole number followed by one of
+/// `ms`, `s`, `m`, `h`, `d` (e.g. `500ms`, `30s`, `30m`, `90d`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 500ms, 30s, 30m, 12h or 90d"))?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_format(ms: u64, expected: &str) {
+        assert_eq!(Timestamp::from_millis(ms).to_string(), expected, "{ms}");
+    }
+
+    #[test]
+    fn formats_rfc3339_millis() {
+        for (ms, expected) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
+            (1_798_761_599_999, "2026-12-31T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+        ] {
+            check_format(ms, expected);
+        }
+    }
+
+    fn check_duration(input: &str, expected: Result<u64, ()>) {
+        let got = parse_duration(input).map(|d| d.as_millis() as u64).map_err(|_| ());
+        assert_eq!(got, expected, "{input}");
+    }
+
+    #[test]
+    fn parses_durations() {
+        for (input, expected) in [
+            ("500ms", Ok(500)),
+            ("30s", Ok(30_000)),
+            ("30m", Ok(1_800_000)),
+            ("12h", Ok(43_200_000)),
+            ("90d", Ok(7_776_000_000)),
+            ("0s", Ok(0)),
+            ("30", Err(())),
+            ("m", Err(())),
+            ("1.5s", Err(())),
+            ("-1s", Err(())),
+            ("10w", Err(())),
+            ("99999999999999999999d", Err(())),
+        ] {
+            check_duration(input, expected);
+        }
+    }
+
+    #[test]
+    fn alive_until_exactly_the_ttl() {
+        let t = Timestamp::from_millis(1_000);
+        let ttl = Duration::from_millis(100);
+        assert!(t.alive_at(ttl, Timestamp::from_millis(1_099)));
+        assert!(!t.alive_at(ttl, Timestamp::from_millis(1_100)));
+        assert!(t.alive_at(ttl, Timestamp::from_millis(500)), "future records are alive");
+    }
+}
