@@ -1,1 +1,120 @@
-//! placeholder
+//! `tracking-api`: the HTTP face of the tracking domain, and the adapters of
+//! the embedded default (memory session store, NDJSON sinks).
+//!
+//! This crate turns requests into domain calls and domain results into
+//! responses; it decides nothing about events or sessions itself — that is
+//! `tracking-core`. `main.rs` only reads the configuration and calls
+//! [`build_state`], [`app`] and [`serve`]; tests drive [`App::handle`]
+//! without a socket.
+
+pub mod app;
+pub mod body;
+pub mod client_ip;
+pub mod config;
+pub mod cookie;
+pub mod cors;
+pub mod geo;
+pub mod metrics;
+pub mod server;
+pub mod sink;
+pub mod store;
+pub mod ua;
+
+use std::sync::Arc;
+
+pub use app::{App, AppState, Limits, Parts, app};
+pub use server::{DrainReport, ServeOptions, serve};
+use tracking_core::{DeadLetterSink, RandomIds, SessionPolicy, SystemClock, Ttls};
+
+use crate::client_ip::ClientIp;
+use crate::config::{Config, DeadLetterKind, SinkKind, StoreKind};
+use crate::cookie::VisitorCookie;
+use crate::cors::Cors;
+use crate::geo::GeoLookup;
+use crate::metrics::Metrics;
+use crate::sink::ndjson::{DiscardDeadLetters, NdjsonSink, Target};
+use crate::store::memory::MemorySessionStore;
+
+/// Dead letters held before they are dropped (and counted).
+const DEADLETTER_QUEUE: usize = 10_000;
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_batch_events: self.max_batch_events,
+            max_inflight: self.max_inflight,
+            body_timeout: self.body_timeout,
+            session_timeout: self.session_timeout,
+        }
+    }
+
+    pub fn ttls(&self) -> Ttls {
+        Ttls {
+            short: self.short_ttl,
+            long: self.long_ttl,
+            via: self.via_ttl,
+        }
+    }
+
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            header_timeout: self.header_timeout,
+            max_connections: self.max_connections,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+/// Builds the adapters the configuration names (opening files, starting
+/// writer threads) and the application state over them.
+pub fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
+    let metrics = Arc::new(Metrics::default());
+    let policy = SessionPolicy::new(config.ttls(), Arc::new(RandomIds));
+    let memory = match config.session_store {
+        StoreKind::Memory => Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors)),
+    };
+    let target = match config.sink {
+        SinkKind::Stdout => Target::Stdout,
+        SinkKind::File => Target::File(config.sink_path.clone().unwrap_or_default()),
+    };
+    let sink = Arc::new(NdjsonSink::start(
+        target,
+        config.sink_queue,
+        Arc::clone(&metrics.events_written),
+        Arc::clone(&metrics.sink_write_errors),
+    )?);
+    let deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
+        DeadLetterKind::Stderr => Arc::new(NdjsonSink::start(
+            Target::Stderr,
+            DEADLETTER_QUEUE,
+            Arc::new(Default::default()),
+            Arc::new(Default::default()),
+        )?),
+        DeadLetterKind::File => Arc::new(NdjsonSink::start(
+            Target::File(config.deadletter_path.clone().unwrap_or_default()),
+            DEADLETTER_QUEUE,
+            Arc::new(Default::default()),
+            Arc::new(Default::default()),
+        )?),
+        DeadLetterKind::Discard => Arc::new(DiscardDeadLetters::default()),
+    };
+    let geo = config.geoip_db.as_deref().map(GeoLookup::open).transpose()?;
+    Ok(AppState::new(Parts {
+        limits: config.limits(),
+        store: memory.clone(),
+        sink_budget: Some(Arc::clone(sink.budget())),
+        sink,
+        deadletters,
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        cors: Cors::new(&config.cors_origins),
+        cookie: VisitorCookie::from_config(config),
+        client_ip: ClientIp::new(config.trusted_proxies.clone()),
+        geo,
+        metrics,
+        memory_store: Some(memory),
+    }))
+}

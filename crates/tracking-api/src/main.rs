@@ -1,1 +1,114 @@
-fn main() {}
+//! `tracking-api` binary: reads the configuration, builds the adapters and
+//! serves until SIGTERM / SIGINT, then drains. Decides nothing itself.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracking_api::config::{Cli, Command, Config};
+use tracking_api::{app, build_state, serve};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("tracking-api: {e}");
+        }
+        return ExitCode::from(2);
+    }
+    init_logging();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    match runtime.block_on(run(command, cli.config)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tracking-api failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Bootstrap => {
+            tracing::info!(
+                store = ?config.session_store,
+                sink = ?config.sink,
+                "Nothing to create: the memory store and the stdout/file sinks need no backend resources."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let state = build_state(&config)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                store = ?config.session_store,
+                sink = ?config.sink,
+                "Listening."
+            );
+            if let Some(memory) = state.memory_store.clone() {
+                let clock = Arc::clone(&state.clock);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        let removed = memory.sweep(clock.now());
+                        tracing::debug!(removed, "Swept expired visitors.");
+                    }
+                });
+            }
+            let report = serve(listener, app(state), shutdown_signal(), config.serve_options()).await;
+            Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops the server.");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

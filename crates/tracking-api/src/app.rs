@@ -1,0 +1,643 @@
+//! The HTTP application: routes, the ingest path, and the one function that
+//! chooses status codes ([`ApiError::status`]).
+//!
+//! Accepted means kept: once a request's events pass validation and the sink
+//! has admitted them, their session work and hand-off to the sink run in a
+//! task of their own (tracked for the drain). The request future only awaits
+//! that task, so a client that hangs up — hyper then drops the request future
+//! — cancels nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracking_core::{
+    Admission, BodyError, Budget, ClientId, Clock, DeadLetter, DeadLetterSink, Event, EventSink, IdSource, RejectReason,
+    RequestContext, SessionOutcome, SessionStore, SinkError, StoreError, anonymize_ip, enrich, parse_body,
+};
+
+use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
+use crate::client_ip::ClientIp;
+use crate::cookie::VisitorCookie;
+use crate::cors::Cors;
+use crate::geo::GeoLookup;
+use crate::metrics::{Gauges, Metrics, Route, ShedReason};
+use crate::store::memory::MemorySessionStore;
+use crate::ua::UaParser;
+
+/// A transparent 1×1 GIF.
+pub const PIXEL_GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_inflight: usize,
+    pub body_timeout: Duration,
+    pub session_timeout: Duration,
+}
+
+/// Everything a request needs, built once at start-up.
+#[derive(Debug)]
+pub struct AppState {
+    pub limits: Limits,
+    pub store: Arc<dyn SessionStore>,
+    pub sink: Arc<dyn EventSink>,
+    pub deadletters: Arc<dyn DeadLetterSink>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub cors: Cors,
+    pub cookie: VisitorCookie,
+    pub client_ip: ClientIp,
+    pub ua: UaParser,
+    pub geo: Option<GeoLookup>,
+    pub metrics: Arc<Metrics>,
+    /// Present when the store is the memory store, for its gauges.
+    pub memory_store: Option<Arc<MemorySessionStore>>,
+    /// The sink's queue bound, for `/metrics`.
+    pub sink_budget: Option<Arc<Budget>>,
+    inflight: Arc<Semaphore>,
+    tracker: TaskTracker,
+    ready: AtomicBool,
+    store_warned_at: AtomicU64,
+}
+
+/// The adapters and settings an [`AppState`] is built from.
+#[derive(Debug)]
+pub struct Parts {
+    pub limits: Limits,
+    pub store: Arc<dyn SessionStore>,
+    pub sink: Arc<dyn EventSink>,
+    pub deadletters: Arc<dyn DeadLetterSink>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub cors: Cors,
+    pub cookie: VisitorCookie,
+    pub client_ip: ClientIp,
+    pub geo: Option<GeoLookup>,
+    pub metrics: Arc<Metrics>,
+    pub memory_store: Option<Arc<MemorySessionStore>>,
+    pub sink_budget: Option<Arc<Budget>>,
+}
+
+impl AppState {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new(Self {
+            inflight: Arc::new(Semaphore::new(parts.limits.max_inflight)),
+            limits: parts.limits,
+            store: parts.store,
+            sink: parts.sink,
+            deadletters: parts.deadletters,
+            clock: parts.clock,
+            ids: parts.ids,
+            cors: parts.cors,
+            cookie: parts.cookie,
+            client_ip: parts.client_ip,
+            ua: UaParser::new(4096),
+            geo: parts.geo,
+            metrics: parts.metrics,
+            memory_store: parts.memory_store,
+            sink_budget: parts.sink_budget,
+            tracker: TaskTracker::new(),
+            ready: AtomicBool::new(false),
+            store_warned_at: AtomicU64::new(0),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Event-processing tasks, for the drain.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    fn gauges(&self) -> Gauges {
+        let (depth, limit) = self.sink_budget.as_ref().map_or((0, 0), |b| (b.used(), b.limit()));
+        let (expired, capacity) = self.memory_store.as_ref().map_or((0, 0), |m| m.evictions());
+        Gauges {
+            sink_queue_depth: depth,
+            sink_queue_limit: limit,
+            inflight: self.limits.max_inflight - self.inflight.available_permits(),
+            memory_store_visitors: self.memory_store.as_ref().map(|m| m.len()),
+            memory_store_evictions_expired: expired,
+            memory_store_evictions_capacity: capacity,
+            ready: self.is_ready(),
+        }
+    }
+
+    /// Logs a session-store failure at most once a second.
+    fn warn_store(&self, error: &StoreError) {
+        let now_s = self.clock.now().as_millis() / 1000;
+        let last = self.store_warned_at.swap(now_s, Ordering::Relaxed);
+        if last != now_s {
+            tracing::warn!(%error, "Session store failed; events are accepted without sessions.");
+        }
+    }
+}
+
+/// One refused event of a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub index: usize,
+    pub error: String,
+}
+
+/// Why a request was not (fully) taken. Whose fault and whether a retry
+/// helps decide the status, in [`ApiError::status`] only.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body could not be read as sent (client's fault, except `Io`).
+    #[error("{0}")]
+    Read(#[from] BodyReadError),
+    /// The body is not a valid envelope (client's fault).
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    /// Every event was invalid (client's fault).
+    #[error("every event was rejected")]
+    AllRejected(Vec<Rejected>),
+    /// The body did not arrive in time (client's or network's fault).
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// Too many requests in flight (ours; retry later).
+    #[error("too many requests in flight; retry later")]
+    Overloaded,
+    /// The sink cannot take more events now (ours; retry later).
+    #[error("the event queue is full; retry later")]
+    QueueFull,
+    /// Shutting down (ours; retry, another instance will answer).
+    #[error("shutting down; retry later")]
+    Draining,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("origin not allowed")]
+    OriginRefused,
+    /// A bug (ours).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The one place where errors become status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Read(BodyReadError::TooLarge(_) | BodyReadError::InflatedTooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Read(BodyReadError::UnsupportedType(_) | BodyReadError::UnsupportedEncoding(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Io(_)) => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded | Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::OriginRefused => StatusCode::FORBIDDEN,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rejected: Option<&'a [Rejected]>,
+        }
+        let status = self.status();
+        let body = Body {
+            error: self.to_string(),
+            rejected: match &self {
+                Self::AllRejected(r) => Some(r),
+                _ => None,
+            },
+        };
+        let mut resp = json_response(status, &body);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::MethodNotAllowed(allow) = self {
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// What an accepted request did.
+#[derive(Debug)]
+struct Ingested {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+    new_visitor: Option<ClientId>,
+}
+
+/// The application, cheap to clone; drive it with [`App::handle`].
+#[derive(Debug, Clone)]
+pub struct App {
+    state: Arc<AppState>,
+}
+
+/// The application over `state`.
+pub fn app(state: Arc<AppState>) -> App {
+    App { state }
+}
+
+impl App {
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let start = Instant::now();
+        let (route, resp) = match (req.uri().path(), req.method()) {
+            ("/v1/events", &Method::POST) => (Route::Events, self.events(req, peer.ip()).await),
+            ("/v1/events", &Method::OPTIONS) => (Route::Preflight, self.preflight(req.headers())),
+            ("/v1/events", _) => (
+                Route::Events,
+                ApiError::MethodNotAllowed("POST, OPTIONS").into_response(),
+            ),
+            ("/v1/pixel.gif", &Method::GET | &Method::HEAD) => (Route::Pixel, self.pixel(&req, peer.ip()).await),
+            ("/v1/pixel.gif", _) => (Route::Pixel, ApiError::MethodNotAllowed("GET, HEAD").into_response()),
+            ("/healthz", &Method::GET) => (Route::Healthz, text(StatusCode::OK, "ok\n")),
+            ("/readyz", &Method::GET) => (
+                Route::Readyz,
+                if self.state.is_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                },
+            ),
+            ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
+            _ => (Route::Other, ApiError::NotFound.into_response()),
+        };
+        self.state
+            .metrics
+            .record_request(route, resp.status().as_u16(), start.elapsed());
+        resp
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let body = self.state.metrics.render(&self.state.gauges());
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
+    fn preflight(&self, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        let decision = self.state.cors.decide(headers);
+        let mut resp = empty(StatusCode::NO_CONTENT);
+        if !Cors::apply_preflight(&decision, resp.headers_mut()) {
+            resp = ApiError::OriginRefused.into_response();
+            Cors::apply(&decision, resp.headers_mut());
+        }
+        resp
+    }
+
+    async fn events<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let decision = self.state.cors.decide(req.headers());
+        let mut resp = match self.events_inner(req, peer).await {
+            Ok(i) if i.rejected.is_empty() => {
+                let mut r = empty(StatusCode::NO_CONTENT);
+                self.set_cookie(&mut r, i.new_visitor.as_ref());
+                r
+            }
+            Ok(i) => {
+                #[derive(Serialize)]
+                struct Partial<'a> {
+                    accepted: usize,
+                    rejected: &'a [Rejected],
+                }
+                let mut r = json_response(
+                    StatusCode::OK,
+                    &Partial {
+                        accepted: i.accepted,
+                        rejected: &i.rejected,
+                    },
+                );
+                self.set_cookie(&mut r, i.new_visitor.as_ref());
+                r
+            }
+            Err(e) => e.into_response(),
+        };
+        Cors::apply(&decision, resp.headers_mut());
+        resp
+    }
+
+    fn set_cookie(&self, resp: &mut Response<Full<Bytes>>, id: Option<&ClientId>) {
+        if let Some(id) = id {
+            resp.headers_mut().insert(SET_COOKIE, self.state.cookie.set(id));
+        }
+    }
+
+    async fn events_inner<B>(&self, req: Request<B>, peer: IpAddr) -> Result<Ingested, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limits = self.state.limits;
+        let _permit = self.admit()?;
+        let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
+        let (parts, body) = req.into_parts();
+        let raw = tokio::time::timeout(limits.body_timeout, read_limited(body, limits.max_body_bytes))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
+        let body = match encoding {
+            Encoding::Identity => raw,
+            Encoding::Gzip => Bytes::from(inflate_bounded(&raw, limits.max_decompressed_bytes)?),
+        };
+        self.ingest(&body, &parts.headers, peer).await
+    }
+
+    /// Takes an in-flight slot, or sheds the request.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.state.inflight).try_acquire_owned().map_err(|_| {
+            self.state.metrics.record_shed(ShedReason::Inflight);
+            ApiError::Overloaded
+        })
+    }
+
+    /// Validates the events of a body and, when any is valid, processes them.
+    async fn ingest(&self, body: &[u8], headers: &HeaderMap, peer: IpAddr) -> Result<Ingested, ApiError> {
+        let st = &self.state;
+        let received_at = st.clock.now();
+        let items = parse_body(body, st.limits.max_batch_events)?;
+
+        let cookie_id = st.cookie.read(headers);
+        let needs_fallback = items
+            .iter()
+            .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
+        let mut new_visitor = None;
+        let fallback = match cookie_id {
+            Some(id) => Some(id),
+            None if needs_fallback => {
+                let id = ClientId::parse(&st.ids.new_id(received_at).to_string());
+                new_visitor.clone_from(&id);
+                id
+            }
+            None => None,
+        };
+
+        let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+        let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
+        for item in items {
+            let event = item.event.and_then(|mut raw| {
+                raw.fallback_client_id.clone_from(&fallback);
+                Event::try_from(raw)
+            });
+            match event {
+                Ok(e) => accepted.push(e),
+                Err(reason) => rejected.push((item.index, reason, item.raw)),
+            }
+        }
+
+        let admission = if accepted.is_empty() {
+            None
+        } else {
+            Some(st.sink.try_admit(accepted.len()).map_err(|e| match e {
+                SinkError::Full { .. } => {
+                    st.metrics.record_shed(ShedReason::QueueFull);
+                    ApiError::QueueFull
+                }
+                SinkError::Closed | SinkError::Failed(_) => {
+                    st.metrics.record_shed(ShedReason::Draining);
+                    ApiError::Draining
+                }
+            })?)
+        };
+
+        let rejected: Vec<Rejected> = rejected
+            .into_iter()
+            .map(|(index, reason, raw)| {
+                st.metrics.record_rejected(reason);
+                self.dead_letter(received_at, reason.as_str(), reason.to_string(), Some(index), raw.to_owned());
+                Rejected {
+                    index,
+                    error: reason.to_string(),
+                }
+            })
+            .collect();
+        let Some(admission) = admission else {
+            return Err(ApiError::AllRejected(rejected));
+        };
+
+        let ip = st.client_ip.resolve(peer, headers);
+        let ctx = RequestContext {
+            received_at,
+            ip: Some(anonymize_ip(ip)),
+            ua: headers
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| st.ua.parse(ua)),
+            geo: st.geo.as_ref().and_then(|g| g.lookup(ip)),
+        };
+        let n = accepted.len();
+        Metrics::add(&st.metrics.events_accepted, n as u64);
+        let task = st.tracker.spawn(process(Arc::clone(st), accepted, ctx, admission));
+        task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Ingested {
+            accepted: n,
+            rejected,
+            new_visitor,
+        })
+    }
+
+    fn dead_letter(&self, received_at: tracking_core::Timestamp, reason: &'static str, error: String, index: Option<usize>, raw: String) {
+        let kept = self.state.deadletters.reject(DeadLetter {
+            received_at,
+            reason,
+            error,
+            index,
+            raw,
+        });
+        if !kept {
+            Metrics::add(&self.state.metrics.deadletters_dropped, 1);
+        }
+    }
+
+    /// `GET /v1/pixel.gif`: the event's fields are query parameters; the
+    /// answer is always the GIF. When `url` is absent the `Referer` (the page
+    /// that holds the pixel) is used.
+    async fn pixel<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Full<Bytes>> {
+        let query = req.uri().query().unwrap_or_default();
+        let referer = req.headers().get(REFERER).and_then(|v| v.to_str().ok());
+        let json = pixel_event_json(query, referer);
+        let result = match self.admit() {
+            Ok(_permit) => self.ingest(json.as_bytes(), req.headers(), peer).await,
+            Err(e) => Err(e),
+        };
+        let mut resp = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store, max-age=0"));
+        match result {
+            Ok(i) => self.set_cookie(&mut resp, i.new_visitor.as_ref()),
+            // Each invalid event was already dead-lettered with its reason.
+            Err(ApiError::AllRejected(_)) => {}
+            Err(e) => {
+                let received_at = self.state.clock.now();
+                let reason = if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    "overloaded"
+                } else {
+                    "invalid_request"
+                };
+                self.dead_letter(received_at, reason, e.to_string(), None, query.to_owned());
+            }
+        }
+        resp
+    }
+}
+
+/// Turns pixel query parameters into the JSON event they describe; values
+/// of the wrong shape are kept as strings so validation explains them.
+fn pixel_event_json(query: &str, referer: Option<&str>) -> String {
+    use serde_json::{Map, Value};
+    let mut event = Map::new();
+    let mut via = Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let (map, key, value) = match &*k {
+            "type" | "client_id" | "event_id" | "url" | "referrer" => (&mut event, &*k, Value::String(v.into_owned())),
+            "ts" => (
+                &mut event,
+                "ts",
+                v.parse::<u64>().map_or_else(|_| Value::String(v.into_owned()), Value::from),
+            ),
+            "props" => (
+                &mut event,
+                "props",
+                serde_json::from_str::<Map<String, Value>>(&v).map_or_else(|_| Value::String(v.into_owned()), Value::Object),
+            ),
+            "via_source" => (&mut via, "source", Value::String(v.into_owned())),
+            "via_medium" => (&mut via, "medium", Value::String(v.into_owned())),
+            "via_campaign" => (&mut via, "campaign", Value::String(v.into_owned())),
+            _ => continue,
+        };
+        map.entry(key).or_insert(value);
+    }
+    if !via.is_empty() {
+        event.insert("via".into(), Value::Object(via));
+    }
+    if let Some(r) = referer.filter(|r| r.len() <= tracking_core::event::MAX_URL_BYTES) {
+        event.entry("url").or_insert_with(|| Value::String(r.to_owned()));
+    }
+    Value::Object(event).to_string()
+}
+
+/// Resolves sessions for each event in order, enriches them and hands them
+/// to the sink. Runs as its own task: nothing here is cancelled by the client.
+async fn process(st: Arc<AppState>, events: Vec<Event>, ctx: RequestContext, admission: Admission) {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let touch = st.store.touch(event.client_id(), ctx.received_at, event.via());
+        let outcome = match tokio::time::timeout(st.limits.session_timeout, touch).await {
+            Ok(Ok(s)) => {
+                let m = &st.metrics;
+                if s.short_new {
+                    Metrics::add(&m.sessions_short_new, 1);
+                }
+                if s.long_new {
+                    Metrics::add(&m.sessions_long_new, 1);
+                }
+                if !s.short_new && !s.long_new {
+                    Metrics::add(&m.sessions_continued, 1);
+                }
+                SessionOutcome::Resolved(s)
+            }
+            Ok(Err(e)) => {
+                Metrics::add(&st.metrics.session_store_failures, 1);
+                Metrics::add(&st.metrics.sessions_unavailable, 1);
+                st.warn_store(&e);
+                SessionOutcome::Unavailable
+            }
+            Err(_) => {
+                Metrics::add(&st.metrics.session_store_timeouts, 1);
+                Metrics::add(&st.metrics.sessions_unavailable, 1);
+                st.warn_store(&StoreError::Timeout(st.limits.session_timeout));
+                SessionOutcome::Unavailable
+            }
+        };
+        out.push(enrich(event, outcome, &ctx, &*st.ids));
+    }
+    st.sink.send(out, admission);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(query: &str, referer: Option<&str>, expected: serde_json::Value) {
+        let got: serde_json::Value = serde_json::from_str(&pixel_event_json(query, referer)).expect("json");
+        assert_eq!(got, expected, "{query}");
+    }
+
+    #[test]
+    fn pixel_parameters() {
+        use serde_json::json;
+        check("type=pv&client_id=c1&ts=5", None, json!({"type": "pv", "client_id": "c1", "ts": 5}));
+        check("type=pv&ts=x", None, json!({"type": "pv", "ts": "x"}));
+        check("type=a&type=b", None, json!({"type": "a"}));
+        check(
+            "type=pv&via_source=ad&via_campaign=c%201&props=%7B%22k%22%3A1%7D&other=1",
+            Some("https://site/p"),
+            json!({"type": "pv", "via": {"source": "ad", "campaign": "c 1"}, "props": {"k": 1}, "url": "https://site/p"}),
+        );
+        check("type=pv&url=u", Some("https://site/p"), json!({"type": "pv", "url": "u"}));
+        check("props=%5B1%5D", None, json!({"props": "[1]"}));
+    }
+}

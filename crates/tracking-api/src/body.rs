@@ -1,0 +1,143 @@
+//! Reading request bodies within bounds: size as sent, time to arrive, and
+//! size after decompression.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+/// What a body's headers say about how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyReadError {
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("decompressed body exceeds {0} bytes")]
+    InflatedTooLarge(usize),
+    #[error("body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("unsupported Content-Type `{0}`: send application/json or text/plain")]
+    UnsupportedType(String),
+    #[error("unsupported Content-Encoding `{0}`: send gzip or nothing")]
+    UnsupportedEncoding(String),
+    #[error("could not read body: {0}")]
+    Io(String),
+}
+
+/// Checks `Content-Type` (JSON or sendBeacon's text/plain; absent is read as
+/// JSON), `Content-Encoding` and a declared `Content-Length`.
+pub fn check_headers(headers: &HeaderMap, max_body: usize) -> Result<Encoding, BodyReadError> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let media = ct.split(';').next().unwrap_or_default().trim();
+        if !media.eq_ignore_ascii_case("application/json") && !media.eq_ignore_ascii_case("text/plain") {
+            return Err(BodyReadError::UnsupportedType(ct.chars().take(100).collect()));
+        }
+    }
+    let encoding = match headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+        None | Some("") => Encoding::Identity,
+        Some(e) if e.eq_ignore_ascii_case("identity") => Encoding::Identity,
+        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => Encoding::Gzip,
+        Some(e) => return Err(BodyReadError::UnsupportedEncoding(e.chars().take(100).collect())),
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(BodyReadError::TooLarge(max_body));
+    }
+    Ok(encoding)
+}
+
+/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, BodyReadError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    #[allow(clippy::disallowed_methods)] // bounded by `Limited`
+    let collected = Limited::new(body, limit).collect().await;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyReadError::TooLarge(limit)),
+        Err(e) => Err(BodyReadError::Io(e.to_string())),
+    }
+}
+
+/// Inflates gzip (one or more members) into at most `limit` bytes; a larger
+/// output is refused after reading `limit + 1` bytes, so a gzip bomb costs no
+/// more memory than an honest body.
+pub fn inflate_bounded(gz: &[u8], limit: usize) -> Result<Vec<u8>, BodyReadError> {
+    let mut out = Vec::with_capacity((gz.len() * 4).min(limit + 1));
+    #[allow(clippy::disallowed_methods)] // bounded by `take` just below
+    let decoder = flate2::read::MultiGzDecoder::new(gz);
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BodyReadError::BadGzip(e.to_string()))?;
+    if out.len() > limit {
+        return Err(BodyReadError::InflatedTooLarge(limit));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    #[test]
+    fn inflates_within_the_limit() {
+        let data = b"{\"type\":\"t\"}".repeat(10);
+        assert_eq!(inflate_bounded(&gzip(&data), data.len()).expect("fits"), data);
+        assert!(matches!(
+            inflate_bounded(&gzip(&data), data.len() - 1),
+            Err(BodyReadError::InflatedTooLarge(_))
+        ));
+        assert!(matches!(inflate_bounded(b"not gzip", 100), Err(BodyReadError::BadGzip(_))));
+        let mut two = gzip(b"ab");
+        two.extend(gzip(b"cd"));
+        assert_eq!(inflate_bounded(&two, 10).expect("two members"), b"abcd");
+    }
+
+    #[test]
+    fn header_rules() {
+        let check = |pairs: &[(&str, &str)], expected: Result<Encoding, &str>| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).expect("name"), v.parse().expect("value"));
+            }
+            let got = check_headers(&h, 100).map_err(|e| e.to_string());
+            match expected {
+                Ok(enc) => assert_eq!(got.ok(), Some(enc), "{pairs:?}"),
+                Err(frag) => assert!(got.as_ref().is_err_and(|e| e.contains(frag)), "{pairs:?}: {got:?}"),
+            }
+        };
+        check(&[], Ok(Encoding::Identity));
+        check(&[("content-type", "application/json")], Ok(Encoding::Identity));
+        check(&[("content-type", "text/plain;charset=UTF-8")], Ok(Encoding::Identity));
+        check(&[("content-type", "Application/JSON; charset=utf-8")], Ok(Encoding::Identity));
+        check(&[("content-type", "application/x-www-form-urlencoded")], Err("unsupported Content-Type"));
+        check(&[("content-encoding", "gzip")], Ok(Encoding::Gzip));
+        check(&[("content-encoding", "br")], Err("unsupported Content-Encoding"));
+        check(&[("content-length", "101")], Err("exceeds 100"));
+        check(&[("content-length", "100")], Ok(Encoding::Identity));
+    }
+}

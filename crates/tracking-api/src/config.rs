@@ -1,0 +1,320 @@
+//! The one typed configuration of `tracking-api`: every option is a CLI flag
+//! with an environment-variable twin, parsed and checked once at start-up.
+//! Nothing else in the binary reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use tracking_core::parse_duration;
+
+/// Behavioural-tracking ingestion API: takes browser beacons and mobile SDK
+/// batches, attaches sessions and via attribution, enriches them and hands
+/// them to a sink.
+///
+/// Every option can also be set through the environment variable shown with
+/// it. Durations take a unit: 500ms, 30s, 30m, 12h, 90d.
+#[derive(Debug, Parser)]
+#[command(name = "tracking-api", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Serve HTTP (the default). Never creates or alters backend resources.
+    Serve,
+    /// Create the backend resources the configured store and sink need, when
+    /// missing; existing ones are left as they are.
+    Bootstrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// In-process, bounded, lost on restart.
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// NDJSON on standard output, one enriched event per line.
+    Stdout,
+    /// NDJSON appended to --sink-path.
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeadLetterKind {
+    /// NDJSON on standard error (interleaved with logs; each line has a `reason`).
+    Stderr,
+    /// NDJSON appended to --deadletter-path.
+    File,
+    /// Count rejected events in metrics only.
+    Discard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lax => "Lax",
+            Self::Strict => "Strict",
+            Self::None => "None",
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "TRACKING_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Where sessions and via records live.
+    #[arg(long, env = "TRACKING_SESSION_STORE", value_enum, default_value = "memory", global = true)]
+    pub session_store: StoreKind,
+
+    /// Most visitors the memory store keeps; beyond it the least recently seen
+    /// of a random sample is evicted (counted in metrics).
+    #[arg(long, env = "TRACKING_MEMORY_MAX_VISITORS", default_value = "1000000", value_parser = positive, global = true)]
+    pub memory_max_visitors: usize,
+
+    /// Deadline of one session-store call; past it the event is accepted with
+    /// `session.status = "unavailable"`.
+    #[arg(long, env = "TRACKING_SESSION_TIMEOUT", default_value = "100ms", value_parser = duration, global = true)]
+    pub session_timeout: Duration,
+
+    /// Where enriched events go.
+    #[arg(long, env = "TRACKING_SINK", value_enum, default_value = "stdout", global = true)]
+    pub sink: SinkKind,
+
+    /// File for `--sink file`.
+    #[arg(long, env = "TRACKING_SINK_PATH", global = true)]
+    pub sink_path: Option<PathBuf>,
+
+    /// Events accepted but not yet written that the sink may hold; beyond it
+    /// requests get 503 with Retry-After.
+    #[arg(long, env = "TRACKING_SINK_QUEUE", default_value = "100000", value_parser = positive, global = true)]
+    pub sink_queue: usize,
+
+    /// Where rejected events go, with their reason.
+    #[arg(long, env = "TRACKING_DEADLETTER", value_enum, default_value = "stderr", global = true)]
+    pub deadletter: DeadLetterKind,
+
+    /// File for `--deadletter file`.
+    #[arg(long, env = "TRACKING_DEADLETTER_PATH", global = true)]
+    pub deadletter_path: Option<PathBuf>,
+
+    /// Short session lifetime after a visitor's latest event.
+    #[arg(long, env = "TRACKING_SHORT_TTL", default_value = "30m", value_parser = duration, global = true)]
+    pub short_ttl: Duration,
+
+    /// Long session lifetime after a visitor's latest event.
+    #[arg(long, env = "TRACKING_LONG_TTL", default_value = "90d", value_parser = duration, global = true)]
+    pub long_ttl: Duration,
+
+    /// Via record lifetime after the event that recorded it.
+    #[arg(long, env = "TRACKING_VIA_TTL", default_value = "30d", value_parser = duration, global = true)]
+    pub via_ttl: Duration,
+
+    /// Origins allowed to send with credentials (comma-separated, e.g.
+    /// `https://www.example.com`). `*` lets any other origin send without
+    /// credentials.
+    #[arg(long, env = "TRACKING_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
+    /// Name of the first-party visitor-id cookie.
+    #[arg(long, env = "TRACKING_COOKIE_NAME", default_value = "_tid", global = true)]
+    pub cookie_name: String,
+
+    /// `Domain` attribute of the visitor cookie (default: host-only).
+    #[arg(long, env = "TRACKING_COOKIE_DOMAIN", global = true)]
+    pub cookie_domain: Option<String>,
+
+    /// `Secure` attribute of the visitor cookie.
+    #[arg(long, env = "TRACKING_COOKIE_SECURE", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub cookie_secure: bool,
+
+    /// `SameSite` attribute of the visitor cookie (`none` requires Secure).
+    #[arg(long, env = "TRACKING_COOKIE_SAMESITE", value_enum, default_value = "lax", global = true)]
+    pub cookie_same_site: SameSite,
+
+    /// `Max-Age` of the visitor cookie (browsers cap it at 400 days).
+    #[arg(long, env = "TRACKING_COOKIE_MAX_AGE", default_value = "365d", value_parser = duration, global = true)]
+    pub cookie_max_age: Duration,
+
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For is believed.
+    #[arg(long, env = "TRACKING_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// MaxMind-format (GeoIP2/GeoLite2 City or Country) database file; when
+    /// set, events carry `geo`.
+    #[arg(long, env = "TRACKING_GEOIP_DB", global = true)]
+    pub geoip_db: Option<PathBuf>,
+
+    /// Largest request body, in bytes, as sent.
+    #[arg(long, env = "TRACKING_MAX_BODY_BYTES", default_value = "1048576", value_parser = positive, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Largest request body after gzip decompression, in bytes.
+    #[arg(long, env = "TRACKING_MAX_DECOMPRESSED_BYTES", default_value = "1048576", value_parser = positive, global = true)]
+    pub max_decompressed_bytes: usize,
+
+    /// Most events in one batch.
+    #[arg(long, env = "TRACKING_MAX_BATCH_EVENTS", default_value = "500", value_parser = positive, global = true)]
+    pub max_batch_events: usize,
+
+    /// Most event requests processed at once; beyond it 503 with Retry-After.
+    #[arg(long, env = "TRACKING_MAX_INFLIGHT", default_value = "4096", value_parser = positive, global = true)]
+    pub max_inflight: usize,
+
+    /// Most open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "16384", value_parser = positive, global = true)]
+    pub max_connections: usize,
+
+    /// Time allowed to receive a request's headers.
+    #[arg(long, env = "TRACKING_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub header_timeout: Duration,
+
+    /// Time allowed to receive a request's body (408 past it).
+    #[arg(long, env = "TRACKING_BODY_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub body_timeout: Duration,
+
+    /// On SIGTERM, how long /readyz reports 503 before the listener closes
+    /// (lets load balancers stop routing here first).
+    #[arg(long, env = "TRACKING_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration, global = true)]
+    pub shutdown_delay: Duration,
+
+    /// On SIGTERM, the most time given to in-flight requests and sinks to finish.
+    #[arg(long, env = "TRACKING_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration, global = true)]
+    pub drain_timeout: Duration,
+
+    /// Tokio worker threads (default: one per CPU).
+    #[arg(long, env = "TRACKING_WORKER_THREADS", value_parser = positive, global = true)]
+    pub worker_threads: Option<usize>,
+}
+
+/// A configuration that cannot work, said plainly.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Checks what clap cannot: combinations and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.sink == SinkKind::File && self.sink_path.is_none() {
+            return fail("TRACKING_SINK=file needs TRACKING_SINK_PATH".into());
+        }
+        if self.deadletter == DeadLetterKind::File && self.deadletter_path.is_none() {
+            return fail("TRACKING_DEADLETTER=file needs TRACKING_DEADLETTER_PATH".into());
+        }
+        for (name, ttl) in [
+            ("TRACKING_SHORT_TTL", self.short_ttl),
+            ("TRACKING_LONG_TTL", self.long_ttl),
+            ("TRACKING_VIA_TTL", self.via_ttl),
+        ] {
+            if ttl < Duration::from_secs(1) {
+                return fail(format!("{name} must be at least 1s"));
+            }
+        }
+        if self.short_ttl > self.long_ttl {
+            return fail("TRACKING_SHORT_TTL must not exceed TRACKING_LONG_TTL".into());
+        }
+        if self.cookie_same_site == SameSite::None && !self.cookie_secure {
+            return fail("TRACKING_COOKIE_SAMESITE=none requires TRACKING_COOKIE_SECURE=true (browsers drop it otherwise)".into());
+        }
+        if self.cookie_name.is_empty()
+            || !self
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return fail(format!("TRACKING_COOKIE_NAME `{}` is not a valid cookie name", self.cookie_name));
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && !is_origin(origin) {
+                return fail(format!(
+                    "TRACKING_CORS_ORIGINS entry `{origin}` is not an origin like https://www.example.com (scheme://host[:port], no path)"
+                ));
+            }
+        }
+        if self.session_timeout.is_zero() || self.body_timeout.is_zero() || self.header_timeout.is_zero() {
+            return fail("timeouts must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str], expected: Result<(), &str>) {
+        let mut argv = vec!["tracking-api"];
+        argv.extend_from_slice(args);
+        let got = Cli::try_parse_from(&argv)
+            .map_err(|e| e.to_string())
+            .and_then(|cli| cli.config.validate().map_err(|e| e.to_string()));
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Err(fragment)) => assert!(e.contains(fragment), "{args:?}: `{e}` lacks `{fragment}`"),
+            (got, expected) => panic!("{args:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn config_rules() {
+        check(&[], Ok(()));
+        check(&["serve", "--listen", "0.0.0.0:9000"], Ok(()));
+        check(&["--sink", "file"], Err("needs TRACKING_SINK_PATH"));
+        check(&["--sink", "file", "--sink-path", "/tmp/x"], Ok(()));
+        check(&["--deadletter", "file"], Err("needs TRACKING_DEADLETTER_PATH"));
+        check(&["--short-ttl", "30"], Err("no unit"));
+        check(&["--short-ttl", "0s"], Err("at least 1s"));
+        check(&["--short-ttl", "91d"], Err("must not exceed"));
+        check(&["--cookie-same-site", "none", "--cookie-secure", "false"], Err("requires"));
+        check(&["--cookie-name", "a b"], Err("not a valid cookie name"));
+        check(&["--cors-origins", "https://a.example,http://localhost:3000"], Ok(()));
+        check(&["--cors-origins", "https://a.example/path"], Err("not an origin"));
+        check(&["--cors-origins", "*"], Ok(()));
+        check(&["--trusted-proxies", "10.0.0.0/8,::1/128"], Ok(()));
+        check(&["--trusted-proxies", "10.0.0.0"], Err("invalid"));
+        check(&["--max-inflight", "0"], Err("at least 1"));
+        check(&["--session-store", "cassandra"], Err("invalid value"));
+    }
+}

@@ -1,0 +1,281 @@
+//! Every metric the API exports, named in one place, with bounded label sets.
+//! Counters and histograms are plain atomics: recording never locks or
+//! allocates. Rendered in the Prometheus text format on `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracking_core::RejectReason;
+
+pub const HTTP_REQUESTS: &str = "tracking_http_requests_total";
+pub const HTTP_DURATION: &str = "tracking_http_request_duration_seconds";
+pub const EVENTS_ACCEPTED: &str = "tracking_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "tracking_events_rejected_total";
+pub const EVENTS_WRITTEN: &str = "tracking_events_written_total";
+pub const SESSIONS: &str = "tracking_sessions_total";
+pub const SESSION_STORE_ERRORS: &str = "tracking_session_store_errors_total";
+pub const SHED: &str = "tracking_requests_shed_total";
+pub const DEADLETTERS_DROPPED: &str = "tracking_deadletters_dropped_total";
+pub const SINK_WRITE_ERRORS: &str = "tracking_sink_write_errors_total";
+pub const SINK_QUEUE_DEPTH: &str = "tracking_sink_queue_events";
+pub const SINK_QUEUE_LIMIT: &str = "tracking_sink_queue_limit_events";
+pub const INFLIGHT: &str = "tracking_inflight_requests";
+pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
+pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
+pub const READY: &str = "tracking_ready";
+
+/// Routes, as the bounded `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Events,
+    Pixel,
+    Preflight,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 7] = [
+        Self::Events,
+        Self::Pixel,
+        Self::Preflight,
+        Self::Healthz,
+        Self::Readyz,
+        Self::Metrics,
+        Self::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Pixel => "pixel",
+            Self::Preflight => "preflight",
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Metrics => "metrics",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Status codes the API answers with; anything else counts as `other`.
+const STATUSES: [u16; 12] = [200, 204, 400, 403, 404, 405, 408, 413, 415, 500, 503, 0];
+
+fn status_slot(code: u16) -> usize {
+    STATUSES[..STATUSES.len() - 1]
+        .iter()
+        .position(|&s| s == code)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+/// Why a request was refused without being processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Too many requests in flight.
+    Inflight,
+    /// The sink's queue is full.
+    QueueFull,
+    /// Shutting down.
+    Draining,
+}
+
+impl ShedReason {
+    const ALL: [ShedReason; 3] = [Self::Inflight, Self::QueueFull, Self::Draining];
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Inflight => "inflight",
+            Self::QueueFull => "queue_full",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 14] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Gauges read at render time from the components that own them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub sink_queue_depth: usize,
+    pub sink_queue_limit: usize,
+    pub inflight: usize,
+    pub memory_store_visitors: Option<usize>,
+    pub memory_store_evictions_expired: u64,
+    pub memory_store_evictions_capacity: u64,
+    pub ready: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
+    durations: [Histogram; Route::ALL.len()],
+    pub events_accepted: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub events_written: std::sync::Arc<AtomicU64>,
+    pub sessions_short_new: AtomicU64,
+    pub sessions_long_new: AtomicU64,
+    pub sessions_continued: AtomicU64,
+    pub sessions_unavailable: AtomicU64,
+    pub session_store_timeouts: AtomicU64,
+    pub session_store_failures: AtomicU64,
+    shed: [AtomicU64; ShedReason::ALL.len()],
+    pub deadletters_dropped: AtomicU64,
+    pub sink_write_errors: std::sync::Arc<AtomicU64>,
+}
+
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route as usize;
+        inc(&self.requests[r][status_slot(status)], 1);
+        self.durations[r].observe(elapsed);
+    }
+
+    pub fn record_rejected(&self, reason: RejectReason) {
+        inc(&self.rejected[reason.index()], 1);
+    }
+
+    pub fn record_shed(&self, reason: ShedReason) {
+        inc(&self.shed[reason as usize], 1);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        inc(c, n);
+    }
+
+    /// The count of one request series; for tests and health reasoning.
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route as usize][status_slot(status)].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+
+        header(&mut out, HTTP_REQUESTS, "counter", "HTTP requests answered, by route and status.");
+        for route in Route::ALL {
+            for (i, status) in STATUSES.iter().enumerate() {
+                let n = load(&self.requests[route as usize][i]);
+                if n > 0 {
+                    let status = if *status == 0 { "other".to_string() } else { status.to_string() };
+                    let _ = writeln!(out, "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}", route.as_str());
+                }
+            }
+        }
+        header(&mut out, HTTP_DURATION, "histogram", "Time from request received to response ready (ingest latency SLI for route=events).");
+        for route in Route::ALL {
+            let labels = format!("route=\"{}\"", route.as_str());
+            self.durations[route as usize].render(&mut out, HTTP_DURATION, &labels);
+        }
+        counter(&mut out, EVENTS_ACCEPTED, "Events accepted for processing.", load(&self.events_accepted));
+        header(&mut out, EVENTS_REJECTED, "counter", "Events refused, by reason (sent to the dead-letter output).");
+        for reason in RejectReason::ALL {
+            let _ = writeln!(out, "{EVENTS_REJECTED}{{reason=\"{}\"}} {}", reason.as_str(), load(&self.rejected[reason.index()]));
+        }
+        counter(&mut out, EVENTS_WRITTEN, "Enriched events written by the sink.", load(&self.events_written));
+        header(&mut out, SESSIONS, "counter", "Session outcomes per event.");
+        for (outcome, c) in [
+            ("short_new", &self.sessions_short_new),
+            ("long_new", &self.sessions_long_new),
+            ("continued", &self.sessions_continued),
+            ("unavailable", &self.sessions_unavailable),
+        ] {
+            let _ = writeln!(out, "{SESSIONS}{{outcome=\"{outcome}\"}} {}", load(c));
+        }
+        header(&mut out, SESSION_STORE_ERRORS, "counter", "Session store calls that failed, by kind.");
+        let _ = writeln!(out, "{SESSION_STORE_ERRORS}{{kind=\"timeout\"}} {}", load(&self.session_store_timeouts));
+        let _ = writeln!(out, "{SESSION_STORE_ERRORS}{{kind=\"failure\"}} {}", load(&self.session_store_failures));
+        header(&mut out, SHED, "counter", "Requests refused with 503 before processing, by reason.");
+        for reason in ShedReason::ALL {
+            let _ = writeln!(out, "{SHED}{{reason=\"{}\"}} {}", reason.as_str(), load(&self.shed[reason as usize]));
+        }
+        counter(&mut out, DEADLETTERS_DROPPED, "Dead letters dropped because their output was full.", load(&self.deadletters_dropped));
+        counter(&mut out, SINK_WRITE_ERRORS, "Sink write failures.", load(&self.sink_write_errors));
+        gauge(&mut out, SINK_QUEUE_DEPTH, "Events accepted and not yet written.", g.sink_queue_depth as f64);
+        gauge(&mut out, SINK_QUEUE_LIMIT, "Capacity of the sink queue.", g.sink_queue_limit as f64);
+        gauge(&mut out, INFLIGHT, "Event requests being processed.", g.inflight as f64);
+        if let Some(n) = g.memory_store_visitors {
+            gauge(&mut out, MEMORY_STORE_VISITORS, "Visitors held by the memory session store.", n as f64);
+            header(&mut out, MEMORY_STORE_EVICTIONS, "counter", "Visitors removed from the memory store, by reason.");
+            let _ = writeln!(out, "{MEMORY_STORE_EVICTIONS}{{reason=\"expired\"}} {}", g.memory_store_evictions_expired);
+            let _ = writeln!(out, "{MEMORY_STORE_EVICTIONS}{{reason=\"capacity\"}} {}", g.memory_store_evictions_capacity);
+        }
+        gauge(&mut out, READY, "1 while /readyz answers 200.", if g.ready { 1.0 } else { 0.0 });
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.record_request(Route::Events, 204, Duration::from_micros(300));
+        m.record_request(Route::Events, 204, Duration::from_millis(3));
+        m.record_request(Route::Events, 418, Duration::from_secs(10));
+        m.record_rejected(RejectReason::InvalidType);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("tracking_http_requests_total{route=\"events\",status=\"204\"} 2"));
+        assert!(text.contains("tracking_http_requests_total{route=\"events\",status=\"other\"} 1"));
+        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.0005\"} 1"));
+        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.005\"} 2"));
+        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"+Inf\"} 3"));
+        assert!(text.contains("tracking_events_rejected_total{reason=\"invalid_type\"} 1"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Sink adapters.
+
+pub mod ndjson;

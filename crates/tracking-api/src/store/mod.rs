@@ -1,0 +1,3 @@
+//! Session store adapters.
+
+pub mod memory;
