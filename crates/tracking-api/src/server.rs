@@ -84,8 +84,12 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
                 });
+                // half_close: a client that shuts down its write side right after
+                // sending (EOF while its request is in flight) still gets its
+                // request read and processed; without it hyper drops the request.
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
+                    .half_close(true)
                     .header_read_timeout(opts.header_timeout)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service);
