@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
@@ -21,8 +23,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    Admission, BodyError, Budget, ClientId, Clock, DeadLetter, DeadLetterSink, Event, EventSink, IdSource, RejectReason,
-    RequestContext, SessionOutcome, SessionStore, SinkError, StoreError, anonymize_ip, enrich, parse_body,
+    Admission, BodyError, Budget, ClientId, Clock, DeadLetter, DeadLetterSink, Event, EventSink,
+    IdSource, RejectReason, RequestContext, SessionOutcome, SessionStore, SinkError, StoreError,
+    anonymize_ip, enrich, parse_body,
 };
 
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
@@ -36,9 +39,9 @@ use crate::ua::UaParser;
 
 /// A transparent 1×1 GIF.
 pub const PIXEL_GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
-    0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// Request limits.
@@ -133,7 +136,10 @@ impl AppState {
     }
 
     fn gauges(&self) -> Gauges {
-        let (depth, limit) = self.sink_budget.as_ref().map_or((0, 0), |b| (b.used(), b.limit()));
+        let (depth, limit) = self
+            .sink_budget
+            .as_ref()
+            .map_or((0, 0), |b| (b.used(), b.limit()));
         let (expired, capacity) = self.memory_store.as_ref().map_or((0, 0), |m| m.evictions());
         Gauges {
             sink_queue_depth: depth,
@@ -203,10 +209,12 @@ impl ApiError {
     /// The one place where errors become status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Read(BodyReadError::TooLarge(_) | BodyReadError::InflatedTooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Read(BodyReadError::UnsupportedType(_) | BodyReadError::UnsupportedEncoding(_)) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            Self::Read(BodyReadError::TooLarge(_) | BodyReadError::InflatedTooLarge(_)) => {
+                StatusCode::PAYLOAD_TOO_LARGE
             }
+            Self::Read(
+                BodyReadError::UnsupportedType(_) | BodyReadError::UnsupportedEncoding(_),
+            ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Io(_)) => StatusCode::BAD_REQUEST,
             Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
@@ -236,17 +244,20 @@ impl ApiError {
         };
         let mut resp = json_response(status, &body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::MethodNotAllowed(allow) = self {
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
         }
         resp
     }
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    let bytes =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -263,8 +274,10 @@ fn empty(status: StatusCode) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -306,8 +319,13 @@ impl App {
                 Route::Events,
                 ApiError::MethodNotAllowed("POST, OPTIONS").into_response(),
             ),
-            ("/v1/pixel.gif", &Method::GET | &Method::HEAD) => (Route::Pixel, self.pixel(&req, peer.ip()).await),
-            ("/v1/pixel.gif", _) => (Route::Pixel, ApiError::MethodNotAllowed("GET, HEAD").into_response()),
+            ("/v1/pixel.gif", &Method::GET | &Method::HEAD) => {
+                (Route::Pixel, self.pixel(&req, peer.ip()).await)
+            }
+            ("/v1/pixel.gif", _) => (
+                Route::Pixel,
+                ApiError::MethodNotAllowed("GET, HEAD").into_response(),
+            ),
             ("/healthz", &Method::GET) => (Route::Healthz, text(StatusCode::OK, "ok\n")),
             ("/readyz", &Method::GET) => (
                 Route::Readyz,
@@ -382,7 +400,8 @@ impl App {
 
     fn set_cookie(&self, resp: &mut Response<Full<Bytes>>, id: Option<&ClientId>) {
         if let Some(id) = id {
-            resp.headers_mut().insert(SET_COOKIE, self.state.cookie.set(id));
+            resp.headers_mut()
+                .insert(SET_COOKIE, self.state.cookie.set(id));
         }
     }
 
@@ -395,9 +414,12 @@ impl App {
         let _permit = self.admit()?;
         let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
         let (parts, body) = req.into_parts();
-        let raw = tokio::time::timeout(limits.body_timeout, read_limited(body, limits.max_body_bytes))
-            .await
-            .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
+        let raw = tokio::time::timeout(
+            limits.body_timeout,
+            read_limited(body, limits.max_body_bytes),
+        )
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
         let body = match encoding {
             Encoding::Identity => raw,
             Encoding::Gzip => Bytes::from(inflate_bounded(&raw, limits.max_decompressed_bytes)?),
@@ -407,14 +429,21 @@ impl App {
 
     /// Takes an in-flight slot, or sheds the request.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.state.inflight).try_acquire_owned().map_err(|_| {
-            self.state.metrics.record_shed(ShedReason::Inflight);
-            ApiError::Overloaded
-        })
+        Arc::clone(&self.state.inflight)
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.state.metrics.record_shed(ShedReason::Inflight);
+                ApiError::Overloaded
+            })
     }
 
     /// Validates the events of a body and, when any is valid, processes them.
-    async fn ingest(&self, body: &[u8], headers: &HeaderMap, peer: IpAddr) -> Result<Ingested, ApiError> {
+    async fn ingest(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let received_at = st.clock.now();
         let items = parse_body(body, st.limits.max_batch_events)?;
@@ -466,7 +495,13 @@ impl App {
             .into_iter()
             .map(|(index, reason, raw)| {
                 st.metrics.record_rejected(reason);
-                self.dead_letter(received_at, reason.as_str(), reason.to_string(), Some(index), raw.to_owned());
+                self.dead_letter(
+                    received_at,
+                    reason.as_str(),
+                    reason.to_string(),
+                    Some(index),
+                    raw.to_owned(),
+                );
                 Rejected {
                     index,
                     error: reason.to_string(),
@@ -489,7 +524,9 @@ impl App {
         };
         let n = accepted.len();
         Metrics::add(&st.metrics.events_accepted, n as u64);
-        let task = st.tracker.spawn(process(Arc::clone(st), accepted, ctx, admission));
+        let task = st
+            .tracker
+            .spawn(process(Arc::clone(st), accepted, ctx, admission));
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Ingested {
             accepted: n,
@@ -498,7 +535,14 @@ impl App {
         })
     }
 
-    fn dead_letter(&self, received_at: tracking_core::Timestamp, reason: &'static str, error: String, index: Option<usize>, raw: String) {
+    fn dead_letter(
+        &self,
+        received_at: tracking_core::Timestamp,
+        reason: &'static str,
+        error: String,
+        index: Option<usize>,
+        raw: String,
+    ) {
         let kept = self.state.deadletters.reject(DeadLetter {
             received_at,
             reason,
@@ -525,7 +569,10 @@ impl App {
         let mut resp = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store, max-age=0"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-store, max-age=0"),
+        );
         match result {
             Ok(i) => self.set_cookie(&mut resp, i.new_visitor.as_ref()),
             // Each invalid event was already dead-lettered with its reason.
@@ -552,16 +599,20 @@ fn pixel_event_json(query: &str, referer: Option<&str>) -> String {
     let mut via = Map::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let (map, key, value) = match &*k {
-            "type" | "client_id" | "event_id" | "url" | "referrer" => (&mut event, &*k, Value::String(v.into_owned())),
+            "type" | "client_id" | "event_id" | "url" | "referrer" => {
+                (&mut event, &*k, Value::String(v.into_owned()))
+            }
             "ts" => (
                 &mut event,
                 "ts",
-                v.parse::<u64>().map_or_else(|_| Value::String(v.into_owned()), Value::from),
+                v.parse::<u64>()
+                    .map_or_else(|_| Value::String(v.into_owned()), Value::from),
             ),
             "props" => (
                 &mut event,
                 "props",
-                serde_json::from_str::<Map<String, Value>>(&v).map_or_else(|_| Value::String(v.into_owned()), Value::Object),
+                serde_json::from_str::<Map<String, Value>>(&v)
+                    .map_or_else(|_| Value::String(v.into_owned()), Value::Object),
             ),
             "via_source" => (&mut via, "source", Value::String(v.into_owned())),
             "via_medium" => (&mut via, "medium", Value::String(v.into_owned())),
@@ -574,7 +625,9 @@ fn pixel_event_json(query: &str, referer: Option<&str>) -> String {
         event.insert("via".into(), Value::Object(via));
     }
     if let Some(r) = referer.filter(|r| r.len() <= tracking_core::event::MAX_URL_BYTES) {
-        event.entry("url").or_insert_with(|| Value::String(r.to_owned()));
+        event
+            .entry("url")
+            .or_insert_with(|| Value::String(r.to_owned()));
     }
     Value::Object(event).to_string()
 }
@@ -584,7 +637,9 @@ fn pixel_event_json(query: &str, referer: Option<&str>) -> String {
 async fn process(st: Arc<AppState>, events: Vec<Event>, ctx: RequestContext, admission: Admission) {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let touch = st.store.touch(event.client_id(), ctx.received_at, event.via());
+        let touch = st
+            .store
+            .touch(event.client_id(), ctx.received_at, event.via());
         let outcome = match tokio::time::timeout(st.limits.session_timeout, touch).await {
             Ok(Ok(s)) => {
                 let m = &st.metrics;
@@ -622,14 +677,19 @@ mod tests {
     use super::*;
 
     fn check(query: &str, referer: Option<&str>, expected: serde_json::Value) {
-        let got: serde_json::Value = serde_json::from_str(&pixel_event_json(query, referer)).expect("json");
+        let got: serde_json::Value =
+            serde_json::from_str(&pixel_event_json(query, referer)).expect("json");
         assert_eq!(got, expected, "{query}");
     }
 
     #[test]
     fn pixel_parameters() {
         use serde_json::json;
-        check("type=pv&client_id=c1&ts=5", None, json!({"type": "pv", "client_id": "c1", "ts": 5}));
+        check(
+            "type=pv&client_id=c1&ts=5",
+            None,
+            json!({"type": "pv", "client_id": "c1", "ts": 5}),
+        );
         check("type=pv&ts=x", None, json!({"type": "pv", "ts": "x"}));
         check("type=a&type=b", None, json!({"type": "a"}));
         check(
@@ -637,7 +697,11 @@ mod tests {
             Some("https://site/p"),
             json!({"type": "pv", "via": {"source": "ad", "campaign": "c 1"}, "props": {"k": 1}, "url": "https://site/p"}),
         );
-        check("type=pv&url=u", Some("https://site/p"), json!({"type": "pv", "url": "u"}));
+        check(
+            "type=pv&url=u",
+            Some("https://site/p"),
+            json!({"type": "pv", "url": "u"}),
+        );
         check("props=%5B1%5D", None, json!({"props": "[1]"}));
     }
 }

@@ -39,15 +39,28 @@ pub fn check_headers(headers: &HeaderMap, max_body: usize) -> Result<Encoding, B
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         let media = ct.split(';').next().unwrap_or_default().trim();
-        if !media.eq_ignore_ascii_case("application/json") && !media.eq_ignore_ascii_case("text/plain") {
-            return Err(BodyReadError::UnsupportedType(ct.chars().take(100).collect()));
+        if !media.eq_ignore_ascii_case("application/json")
+            && !media.eq_ignore_ascii_case("text/plain")
+        {
+            return Err(BodyReadError::UnsupportedType(
+                ct.chars().take(100).collect(),
+            ));
         }
     }
-    let encoding = match headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+    let encoding = match headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim())
+    {
         None | Some("") => Encoding::Identity,
         Some(e) if e.eq_ignore_ascii_case("identity") => Encoding::Identity,
-        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => Encoding::Gzip,
-        Some(e) => return Err(BodyReadError::UnsupportedEncoding(e.chars().take(100).collect())),
+        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
+            Encoding::Gzip
+        }
+        Some(e) => {
+            return Err(BodyReadError::UnsupportedEncoding(
+                e.chars().take(100).collect(),
+            ));
+        }
     };
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -69,7 +82,9 @@ where
     let collected = Limited::new(body, limit).collect().await;
     match collected {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyReadError::TooLarge(limit)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(BodyReadError::TooLarge(limit))
+        }
         Err(e) => Err(BodyReadError::Io(e.to_string())),
     }
 }
@@ -106,12 +121,18 @@ mod tests {
     #[test]
     fn inflates_within_the_limit() {
         let data = b"{\"type\":\"t\"}".repeat(10);
-        assert_eq!(inflate_bounded(&gzip(&data), data.len()).expect("fits"), data);
+        assert_eq!(
+            inflate_bounded(&gzip(&data), data.len()).expect("fits"),
+            data
+        );
         assert!(matches!(
             inflate_bounded(&gzip(&data), data.len() - 1),
             Err(BodyReadError::InflatedTooLarge(_))
         ));
-        assert!(matches!(inflate_bounded(b"not gzip", 100), Err(BodyReadError::BadGzip(_))));
+        assert!(matches!(
+            inflate_bounded(b"not gzip", 100),
+            Err(BodyReadError::BadGzip(_))
+        ));
         let mut two = gzip(b"ab");
         two.extend(gzip(b"cd"));
         assert_eq!(inflate_bounded(&two, 10).expect("two members"), b"abcd");
@@ -122,21 +143,42 @@ mod tests {
         let check = |pairs: &[(&str, &str)], expected: Result<Encoding, &str>| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {
-                h.insert(http::HeaderName::from_bytes(k.as_bytes()).expect("name"), v.parse().expect("value"));
+                h.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
             }
             let got = check_headers(&h, 100).map_err(|e| e.to_string());
             match expected {
                 Ok(enc) => assert_eq!(got.ok(), Some(enc), "{pairs:?}"),
-                Err(frag) => assert!(got.as_ref().is_err_and(|e| e.contains(frag)), "{pairs:?}: {got:?}"),
+                Err(frag) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(frag)),
+                    "{pairs:?}: {got:?}"
+                ),
             }
         };
         check(&[], Ok(Encoding::Identity));
-        check(&[("content-type", "application/json")], Ok(Encoding::Identity));
-        check(&[("content-type", "text/plain;charset=UTF-8")], Ok(Encoding::Identity));
-        check(&[("content-type", "Application/JSON; charset=utf-8")], Ok(Encoding::Identity));
-        check(&[("content-type", "application/x-www-form-urlencoded")], Err("unsupported Content-Type"));
+        check(
+            &[("content-type", "application/json")],
+            Ok(Encoding::Identity),
+        );
+        check(
+            &[("content-type", "text/plain;charset=UTF-8")],
+            Ok(Encoding::Identity),
+        );
+        check(
+            &[("content-type", "Application/JSON; charset=utf-8")],
+            Ok(Encoding::Identity),
+        );
+        check(
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Err("unsupported Content-Type"),
+        );
         check(&[("content-encoding", "gzip")], Ok(Encoding::Gzip));
-        check(&[("content-encoding", "br")], Err("unsupported Content-Encoding"));
+        check(
+            &[("content-encoding", "br")],
+            Err("unsupported Content-Encoding"),
+        );
         check(&[("content-length", "101")], Err("exceeds 100"));
         check(&[("content-length", "100")], Ok(Encoding::Identity));
     }

@@ -90,11 +90,22 @@ fn positive(s: &str) -> Result<usize, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// HTTP listen address.
-    #[arg(long, env = "TRACKING_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Where sessions and via records live.
-    #[arg(long, env = "TRACKING_SESSION_STORE", value_enum, default_value = "memory", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_SESSION_STORE",
+        value_enum,
+        default_value = "memory",
+        global = true
+    )]
     pub session_store: StoreKind,
 
     /// Most visitors the memory store keeps; beyond it the least recently seen
@@ -108,7 +119,13 @@ pub struct Config {
     pub session_timeout: Duration,
 
     /// Where enriched events go.
-    #[arg(long, env = "TRACKING_SINK", value_enum, default_value = "stdout", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_SINK",
+        value_enum,
+        default_value = "stdout",
+        global = true
+    )]
     pub sink: SinkKind,
 
     /// File for `--sink file`.
@@ -121,7 +138,13 @@ pub struct Config {
     pub sink_queue: usize,
 
     /// Where rejected events go, with their reason.
-    #[arg(long, env = "TRACKING_DEADLETTER", value_enum, default_value = "stderr", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_DEADLETTER",
+        value_enum,
+        default_value = "stderr",
+        global = true
+    )]
     pub deadletter: DeadLetterKind,
 
     /// File for `--deadletter file`.
@@ -143,11 +166,21 @@ pub struct Config {
     /// Origins allowed to send with credentials (comma-separated, e.g.
     /// `https://www.example.com`). `*` lets any other origin send without
     /// credentials.
-    #[arg(long, env = "TRACKING_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub cors_origins: Vec<String>,
 
     /// Name of the first-party visitor-id cookie.
-    #[arg(long, env = "TRACKING_COOKIE_NAME", default_value = "_tid", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_COOKIE_NAME",
+        default_value = "_tid",
+        global = true
+    )]
     pub cookie_name: String,
 
     /// `Domain` attribute of the visitor cookie (default: host-only).
@@ -159,7 +192,13 @@ pub struct Config {
     pub cookie_secure: bool,
 
     /// `SameSite` attribute of the visitor cookie (`none` requires Secure).
-    #[arg(long, env = "TRACKING_COOKIE_SAMESITE", value_enum, default_value = "lax", global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_COOKIE_SAMESITE",
+        value_enum,
+        default_value = "lax",
+        global = true
+    )]
     pub cookie_same_site: SameSite,
 
     /// `Max-Age` of the visitor cookie (browsers cap it at 400 days).
@@ -167,7 +206,12 @@ pub struct Config {
     pub cookie_max_age: Duration,
 
     /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For is believed.
-    #[arg(long, env = "TRACKING_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "TRACKING_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
     pub trusted_proxies: Vec<IpNet>,
 
     /// MaxMind-format (GeoIP2/GeoLite2 City or Country) database file; when
@@ -253,7 +297,10 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
-            return fail(format!("TRACKING_COOKIE_NAME `{}` is not a valid cookie name", self.cookie_name));
+            return fail(format!(
+                "TRACKING_COOKIE_NAME `{}` is not a valid cookie name",
+                self.cookie_name
+            ));
         }
         for origin in &self.cors_origins {
             if origin != "*" && !is_origin(origin) {
@@ -262,7 +309,10 @@ impl Config {
                 ));
             }
         }
-        if self.session_timeout.is_zero() || self.body_timeout.is_zero() || self.header_timeout.is_zero() {
+        if self.session_timeout.is_zero()
+            || self.body_timeout.is_zero()
+            || self.header_timeout.is_zero()
+        {
             return fail("timeouts must be greater than zero".into());
         }
         Ok(())
@@ -292,7 +342,9 @@ mod tests {
             .and_then(|cli| cli.config.validate().map_err(|e| e.to_string()));
         match (got, expected) {
             (Ok(()), Ok(())) => {}
-            (Err(e), Err(fragment)) => assert!(e.contains(fragment), "{args:?}: `{e}` lacks `{fragment}`"),
+            (Err(e), Err(fragment)) => {
+                assert!(e.contains(fragment), "{args:?}: `{e}` lacks `{fragment}`")
+            }
             (got, expected) => panic!("{args:?}: got {got:?}, expected {expected:?}"),
         }
     }
@@ -303,14 +355,26 @@ mod tests {
         check(&["serve", "--listen", "0.0.0.0:9000"], Ok(()));
         check(&["--sink", "file"], Err("needs TRACKING_SINK_PATH"));
         check(&["--sink", "file", "--sink-path", "/tmp/x"], Ok(()));
-        check(&["--deadletter", "file"], Err("needs TRACKING_DEADLETTER_PATH"));
+        check(
+            &["--deadletter", "file"],
+            Err("needs TRACKING_DEADLETTER_PATH"),
+        );
         check(&["--short-ttl", "30"], Err("no unit"));
         check(&["--short-ttl", "0s"], Err("at least 1s"));
         check(&["--short-ttl", "91d"], Err("must not exceed"));
-        check(&["--cookie-same-site", "none", "--cookie-secure", "false"], Err("requires"));
+        check(
+            &["--cookie-same-site", "none", "--cookie-secure", "false"],
+            Err("requires"),
+        );
         check(&["--cookie-name", "a b"], Err("not a valid cookie name"));
-        check(&["--cors-origins", "https://a.example,http://localhost:3000"], Ok(()));
-        check(&["--cors-origins", "https://a.example/path"], Err("not an origin"));
+        check(
+            &["--cors-origins", "https://a.example,http://localhost:3000"],
+            Ok(()),
+        );
+        check(
+            &["--cors-origins", "https://a.example/path"],
+            Err("not an origin"),
+        );
         check(&["--cors-origins", "*"], Ok(()));
         check(&["--trusted-proxies", "10.0.0.0/8,::1/128"], Ok(()));
         check(&["--trusted-proxies", "10.0.0.0"], Err("invalid"));

@@ -17,8 +17,18 @@ pub struct VisitorCookie {
 }
 
 impl VisitorCookie {
-    pub fn new(name: &str, domain: Option<&str>, secure: bool, same_site: SameSite, max_age: Duration) -> Self {
-        let mut attributes = format!("; Max-Age={}; Path=/; HttpOnly; SameSite={}", max_age.as_secs(), same_site.as_str());
+    pub fn new(
+        name: &str,
+        domain: Option<&str>,
+        secure: bool,
+        same_site: SameSite,
+        max_age: Duration,
+    ) -> Self {
+        let mut attributes = format!(
+            "; Max-Age={}; Path=/; HttpOnly; SameSite={}",
+            max_age.as_secs(),
+            same_site.as_str()
+        );
         if secure {
             attributes.push_str("; Secure");
         }
@@ -33,7 +43,13 @@ impl VisitorCookie {
     }
 
     pub fn from_config(c: &Config) -> Self {
-        Self::new(&c.cookie_name, c.cookie_domain.as_deref(), c.cookie_secure, c.cookie_same_site, c.cookie_max_age)
+        Self::new(
+            &c.cookie_name,
+            c.cookie_domain.as_deref(),
+            c.cookie_secure,
+            c.cookie_same_site,
+            c.cookie_max_age,
+        )
     }
 
     /// The visitor id from the request's cookies, when present and valid.
@@ -62,11 +78,20 @@ mod tests {
 
     #[test]
     fn reads_and_sets() {
-        let c = VisitorCookie::new("_tid", Some("example.com"), true, SameSite::None, Duration::from_secs(86_400));
+        let c = VisitorCookie::new(
+            "_tid",
+            Some("example.com"),
+            true,
+            SameSite::None,
+            Duration::from_secs(86_400),
+        );
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_static("a=1; _tidx=2"));
         h.append(COOKIE, HeaderValue::from_static("b=3;  _tid=v-123 ; c=4"));
-        assert_eq!(c.read(&h).map(|id| id.as_str().to_owned()), Some("v-123".into()));
+        assert_eq!(
+            c.read(&h).map(|id| id.as_str().to_owned()),
+            Some("v-123".into())
+        );
         let mut bad = HeaderMap::new();
         bad.insert(COOKIE, HeaderValue::from_static("_tid=not valid"));
         assert_eq!(c.read(&bad), None);

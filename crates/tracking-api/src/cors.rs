@@ -46,7 +46,11 @@ impl Cors {
         let Some(origin) = request.get(http::header::ORIGIN) else {
             return Decision::NotCors;
         };
-        if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())) {
+        if self
+            .origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        {
             Decision::Credentialed(origin.clone())
         } else if self.any {
             Decision::Anonymous
@@ -60,7 +64,10 @@ impl Cors {
         match decision {
             Decision::Credentialed(origin) => {
                 response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                response.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+                response.insert(
+                    ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
                 response.append(VARY, HeaderValue::from_static("Origin"));
             }
             Decision::Anonymous => {
@@ -80,8 +87,14 @@ impl Cors {
         if !matches!(decision, Decision::Credentialed(_) | Decision::Anonymous) {
             return false;
         }
-        response.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, GET, OPTIONS"));
-        response.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
+        response.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, GET, OPTIONS"),
+        );
+        response.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(ALLOWED_HEADERS),
+        );
         response.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("7200"));
         true
     }

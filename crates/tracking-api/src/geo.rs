@@ -27,7 +27,11 @@ impl GeoLookup {
         let city: geoip2::City<'_> = found.decode().ok().flatten()?;
         let geo = Geo {
             country: city.country.iso_code.map(Box::from),
-            region: city.subdivisions.first().and_then(|s| s.iso_code).map(Box::from),
+            region: city
+                .subdivisions
+                .first()
+                .and_then(|s| s.iso_code)
+                .map(Box::from),
             city: city.city.names.english.map(Box::from),
         };
         (geo.country.is_some() || geo.region.is_some() || geo.city.is_some()).then(|| Arc::new(geo))

@@ -101,7 +101,11 @@ pub fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         )?),
         DeadLetterKind::Discard => Arc::new(DiscardDeadLetters::default()),
     };
-    let geo = config.geoip_db.as_deref().map(GeoLookup::open).transpose()?;
+    let geo = config
+        .geoip_db
+        .as_deref()
+        .map(GeoLookup::open)
+        .transpose()?;
     Ok(AppState::new(Parts {
         limits: config.limits(),
         store: memory.clone(),

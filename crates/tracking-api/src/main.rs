@@ -83,8 +83,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            let report = serve(listener, app(state), shutdown_signal(), config.serve_options()).await;
-            Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let report = serve(
+                listener,
+                app(state),
+                shutdown_signal(),
+                config.serve_options(),
+            )
+            .await;
+            Ok(if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -112,8 +112,10 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -192,27 +194,65 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
 
-        header(&mut out, HTTP_REQUESTS, "counter", "HTTP requests answered, by route and status.");
+        header(
+            &mut out,
+            HTTP_REQUESTS,
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
         for route in Route::ALL {
             for (i, status) in STATUSES.iter().enumerate() {
                 let n = load(&self.requests[route as usize][i]);
                 if n > 0 {
-                    let status = if *status == 0 { "other".to_string() } else { status.to_string() };
-                    let _ = writeln!(out, "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}", route.as_str());
+                    let status = if *status == 0 {
+                        "other".to_string()
+                    } else {
+                        status.to_string()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}",
+                        route.as_str()
+                    );
                 }
             }
         }
-        header(&mut out, HTTP_DURATION, "histogram", "Time from request received to response ready (ingest latency SLI for route=events).");
+        header(
+            &mut out,
+            HTTP_DURATION,
+            "histogram",
+            "Time from request received to response ready (ingest latency SLI for route=events).",
+        );
         for route in Route::ALL {
             let labels = format!("route=\"{}\"", route.as_str());
             self.durations[route as usize].render(&mut out, HTTP_DURATION, &labels);
         }
-        counter(&mut out, EVENTS_ACCEPTED, "Events accepted for processing.", load(&self.events_accepted));
-        header(&mut out, EVENTS_REJECTED, "counter", "Events refused, by reason (sent to the dead-letter output).");
+        counter(
+            &mut out,
+            EVENTS_ACCEPTED,
+            "Events accepted for processing.",
+            load(&self.events_accepted),
+        );
+        header(
+            &mut out,
+            EVENTS_REJECTED,
+            "counter",
+            "Events refused, by reason (sent to the dead-letter output).",
+        );
         for reason in RejectReason::ALL {
-            let _ = writeln!(out, "{EVENTS_REJECTED}{{reason=\"{}\"}} {}", reason.as_str(), load(&self.rejected[reason.index()]));
+            let _ = writeln!(
+                out,
+                "{EVENTS_REJECTED}{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.rejected[reason.index()])
+            );
         }
-        counter(&mut out, EVENTS_WRITTEN, "Enriched events written by the sink.", load(&self.events_written));
+        counter(
+            &mut out,
+            EVENTS_WRITTEN,
+            "Enriched events written by the sink.",
+            load(&self.events_written),
+        );
         header(&mut out, SESSIONS, "counter", "Session outcomes per event.");
         for (outcome, c) in [
             ("short_new", &self.sessions_short_new),
@@ -222,25 +262,96 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "{SESSIONS}{{outcome=\"{outcome}\"}} {}", load(c));
         }
-        header(&mut out, SESSION_STORE_ERRORS, "counter", "Session store calls that failed, by kind.");
-        let _ = writeln!(out, "{SESSION_STORE_ERRORS}{{kind=\"timeout\"}} {}", load(&self.session_store_timeouts));
-        let _ = writeln!(out, "{SESSION_STORE_ERRORS}{{kind=\"failure\"}} {}", load(&self.session_store_failures));
-        header(&mut out, SHED, "counter", "Requests refused with 503 before processing, by reason.");
+        header(
+            &mut out,
+            SESSION_STORE_ERRORS,
+            "counter",
+            "Session store calls that failed, by kind.",
+        );
+        let _ = writeln!(
+            out,
+            "{SESSION_STORE_ERRORS}{{kind=\"timeout\"}} {}",
+            load(&self.session_store_timeouts)
+        );
+        let _ = writeln!(
+            out,
+            "{SESSION_STORE_ERRORS}{{kind=\"failure\"}} {}",
+            load(&self.session_store_failures)
+        );
+        header(
+            &mut out,
+            SHED,
+            "counter",
+            "Requests refused with 503 before processing, by reason.",
+        );
         for reason in ShedReason::ALL {
-            let _ = writeln!(out, "{SHED}{{reason=\"{}\"}} {}", reason.as_str(), load(&self.shed[reason as usize]));
+            let _ = writeln!(
+                out,
+                "{SHED}{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.shed[reason as usize])
+            );
         }
-        counter(&mut out, DEADLETTERS_DROPPED, "Dead letters dropped because their output was full.", load(&self.deadletters_dropped));
-        counter(&mut out, SINK_WRITE_ERRORS, "Sink write failures.", load(&self.sink_write_errors));
-        gauge(&mut out, SINK_QUEUE_DEPTH, "Events accepted and not yet written.", g.sink_queue_depth as f64);
-        gauge(&mut out, SINK_QUEUE_LIMIT, "Capacity of the sink queue.", g.sink_queue_limit as f64);
-        gauge(&mut out, INFLIGHT, "Event requests being processed.", g.inflight as f64);
+        counter(
+            &mut out,
+            DEADLETTERS_DROPPED,
+            "Dead letters dropped because their output was full.",
+            load(&self.deadletters_dropped),
+        );
+        counter(
+            &mut out,
+            SINK_WRITE_ERRORS,
+            "Sink write failures.",
+            load(&self.sink_write_errors),
+        );
+        gauge(
+            &mut out,
+            SINK_QUEUE_DEPTH,
+            "Events accepted and not yet written.",
+            g.sink_queue_depth as f64,
+        );
+        gauge(
+            &mut out,
+            SINK_QUEUE_LIMIT,
+            "Capacity of the sink queue.",
+            g.sink_queue_limit as f64,
+        );
+        gauge(
+            &mut out,
+            INFLIGHT,
+            "Event requests being processed.",
+            g.inflight as f64,
+        );
         if let Some(n) = g.memory_store_visitors {
-            gauge(&mut out, MEMORY_STORE_VISITORS, "Visitors held by the memory session store.", n as f64);
-            header(&mut out, MEMORY_STORE_EVICTIONS, "counter", "Visitors removed from the memory store, by reason.");
-            let _ = writeln!(out, "{MEMORY_STORE_EVICTIONS}{{reason=\"expired\"}} {}", g.memory_store_evictions_expired);
-            let _ = writeln!(out, "{MEMORY_STORE_EVICTIONS}{{reason=\"capacity\"}} {}", g.memory_store_evictions_capacity);
+            gauge(
+                &mut out,
+                MEMORY_STORE_VISITORS,
+                "Visitors held by the memory session store.",
+                n as f64,
+            );
+            header(
+                &mut out,
+                MEMORY_STORE_EVICTIONS,
+                "counter",
+                "Visitors removed from the memory store, by reason.",
+            );
+            let _ = writeln!(
+                out,
+                "{MEMORY_STORE_EVICTIONS}{{reason=\"expired\"}} {}",
+                g.memory_store_evictions_expired
+            );
+            let _ = writeln!(
+                out,
+                "{MEMORY_STORE_EVICTIONS}{{reason=\"capacity\"}} {}",
+                g.memory_store_evictions_capacity
+            );
         }
-        gauge(&mut out, READY, "1 while /readyz answers 200.", if g.ready { 1.0 } else { 0.0 });
+        gauge(
+            &mut out,
+            READY,
+            "1 while /readyz answers 200.",
+            if g.ready { 1.0 } else { 0.0 },
+        );
         out
     }
 }
@@ -273,9 +384,15 @@ mod tests {
         let text = m.render(&Gauges::default());
         assert!(text.contains("tracking_http_requests_total{route=\"events\",status=\"204\"} 2"));
         assert!(text.contains("tracking_http_requests_total{route=\"events\",status=\"other\"} 1"));
-        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.0005\"} 1"));
-        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.005\"} 2"));
-        assert!(text.contains("tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"+Inf\"} 3"));
+        assert!(text.contains(
+            "tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"0.005\"} 2"
+        ));
+        assert!(text.contains(
+            "tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"+Inf\"} 3"
+        ));
         assert!(text.contains("tracking_events_rejected_total{reason=\"invalid_type\"} 1"));
     }
 }

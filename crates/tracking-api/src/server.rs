@@ -54,7 +54,12 @@ impl DrainReport {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>, opts: ServeOptions) -> DrainReport {
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+    opts: ServeOptions,
+) -> DrainReport {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(opts.max_connections));
     let state = Arc::clone(app.state());
@@ -107,22 +112,35 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
     tracing::info!("Listener closed; draining in-flight requests.");
 
     let deadline = Instant::now() + opts.drain_timeout;
-    let connections_cut = tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err();
+    let connections_cut = tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_err();
     if connections_cut {
         tracing::warn!("Connections were still open at the drain deadline.");
     }
     let tracker = state.tracker();
     tracker.close();
-    let tasks_cut = tokio::time::timeout_at(deadline, tracker.wait()).await.is_err();
+    let tasks_cut = tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err();
     if tasks_cut {
-        tracing::error!(tasks = tracker.len(), "Event tasks were still running at the drain deadline.");
+        tracing::error!(
+            tasks = tracker.len(),
+            "Event tasks were still running at the drain deadline."
+        );
     }
     // Sinks get their flush even when the drain overran: what they hold is accepted.
     let flush_deadline = deadline.max(Instant::now() + Duration::from_secs(5));
     let mut sinks_flushed = true;
     for (name, result) in [
-        ("events", tokio::time::timeout_at(flush_deadline, state.sink.close()).await),
-        ("dead letters", tokio::time::timeout_at(flush_deadline, state.deadletters.close()).await),
+        (
+            "events",
+            tokio::time::timeout_at(flush_deadline, state.sink.close()).await,
+        ),
+        (
+            "dead letters",
+            tokio::time::timeout_at(flush_deadline, state.deadletters.close()).await,
+        ),
     ] {
         match result {
             Ok(Ok(())) => {}
@@ -148,7 +166,11 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
 async fn accept(
     listener: &TcpListener,
     connections: &Arc<Semaphore>,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
     let permit = Arc::clone(connections).acquire_owned().await.ok()?;
     match listener.accept().await {
         Ok((stream, peer)) => Some((stream, peer, permit)),

@@ -87,12 +87,19 @@ mod tests {
         assert_eq!(&*a.name, "Chrome");
         assert_eq!(&*a.category, "pc");
         assert_eq!(&*a.os, "Linux");
-        assert!(Arc::ptr_eq(&a, &p.parse(chrome)), "second parse is a cache hit");
+        assert!(
+            Arc::ptr_eq(&a, &p.parse(chrome)),
+            "second parse is a cache hit"
+        );
         assert_eq!(&*p.parse("curl/8.0").name, "UNKNOWN");
         for i in 0..1000 {
             p.parse(&format!("agent/{i}"));
         }
-        let held: usize = p.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum();
+        let held: usize = p
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum();
         assert!(held <= 32, "cache stays bounded: {held}");
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! Needs Debian's `chromium` (`apt-get install chromium`); `.ci/run` installs it.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::path::PathBuf;
@@ -75,7 +77,11 @@ async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
             if let Some(head_end) = text.find("\r\n\r\n") {
                 let len = text[..head_end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
                     .unwrap_or(0);
                 if n >= head_end + 4 + len || m == 0 {
                     break text;
@@ -86,7 +92,9 @@ async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
         };
         if text.starts_with("POST /report") {
             let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
             return serde_json::from_str(body).unwrap();
         }
         let (status, body) = if text.starts_with("GET /index.html") {
@@ -155,14 +163,22 @@ async fn beacons_and_credentialed_fetches_from_another_origin() {
 
     let events = wait_for_lines(&sink, 3, Duration::from_secs(10));
     assert_eq!(events.len(), 3, "{events:?}");
-    let by_type = |t: &str| events.iter().find(|e| e["type"] == t).unwrap_or_else(|| panic!("no {t} in {events:?}"));
+    let by_type = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t)
+            .unwrap_or_else(|| panic!("no {t} in {events:?}"))
+    };
     let first = by_type("page_view");
     let visitor = first["client_id"].as_str().unwrap();
     assert_eq!(visitor.len(), 36, "a generated visitor id: {visitor}");
     // The cookie set on the first answer came back with the beacon and the fetch.
     assert_eq!(by_type("beacon_event")["client_id"], visitor);
     assert_eq!(by_type("add_to_cart")["client_id"], visitor);
-    assert_eq!(by_type("add_to_cart")["session"]["short_id"], first["session"]["short_id"]);
+    assert_eq!(
+        by_type("add_to_cart")["session"]["short_id"],
+        first["session"]["short_id"]
+    );
     assert_eq!(by_type("add_to_cart")["via"]["source"], "browser_test");
     assert_eq!(first["ua"]["name"], "Chrome");
 
@@ -170,7 +186,12 @@ async fn beacons_and_credentialed_fetches_from_another_origin() {
     assert_eq!(dead[0]["reason"], "invalid_type");
 
     // The JSON fetch was preflighted.
-    let metrics = request(api.addr, "GET", "/metrics", &[], b"").await.unwrap();
+    let metrics = request(api.addr, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
     let metrics = String::from_utf8(metrics.body).unwrap();
-    assert!(metrics.contains("tracking_http_requests_total{route=\"preflight\",status=\"204\"}"), "{metrics}");
+    assert!(
+        metrics.contains("tracking_http_requests_total{route=\"preflight\",status=\"204\"}"),
+        "{metrics}"
+    );
 }

@@ -1,5 +1,7 @@
 //! The HTTP contract of API.md, driven through `App::handle` without a socket.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::Write;
@@ -89,7 +91,9 @@ async fn bad_bodies_answer_400_with_an_error() {
         assert!(err.contains(fragment), "{input}: {err}");
     }
     // Every event invalid: 400, with the per-event reasons, all dead-lettered.
-    let (resp, bytes) = t.post(r#"{"events":[{"type":"X"},{"client_id":"v"}]}"#).await;
+    let (resp, bytes) = t
+        .post(r#"{"events":[{"type":"X"},{"client_id":"v"}]}"#)
+        .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let j = json(&bytes);
     assert_eq!(j["error"], "every event was rejected");
@@ -106,11 +110,16 @@ async fn limits_answer_413() {
         ..Options::default()
     });
     // Declared too large.
-    let big = format!(r#"{{"type":"t","client_id":"v","props":{{"p":"{}"}}}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"type":"t","client_id":"v","props":{{"p":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
     let (resp, _) = t.post(&big).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Too large without a Content-Length (streamed).
-    let req = Request::post("/v1/events").body(chunked(big.clone().into_bytes())).unwrap();
+    let req = Request::post("/v1/events")
+        .body(chunked(big.clone().into_bytes()))
+        .unwrap();
     let resp = t.app.handle(req, "127.0.0.1:1".parse().unwrap()).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Too many events.
@@ -118,7 +127,12 @@ async fn limits_answer_413() {
         .post(r#"{"events":[{"type":"a","client_id":"v"},{"type":"a","client_id":"v"},{"type":"a","client_id":"v"},{"type":"a","client_id":"v"}]}"#)
         .await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(json(&bytes)["error"].as_str().unwrap().contains("at most 3"));
+    assert!(
+        json(&bytes)["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3")
+    );
     assert!(t.sink.take().is_empty());
 }
 
@@ -146,7 +160,10 @@ async fn gzip_is_accepted_and_a_gzip_bomb_is_refused_cheaply() {
     let t = TestApp::new(Options::default());
     let batch = format!(
         r#"{{"events":[{}]}}"#,
-        (0..100).map(|i| format!(r#"{{"type":"app_open","client_id":"m1","props":{{"i":{i}}}}}"#)).collect::<Vec<_>>().join(",")
+        (0..100)
+            .map(|i| format!(r#"{{"type":"app_open","client_id":"m1","props":{{"i":{i}}}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let req = Request::post("/v1/events")
         .header("content-type", "application/json")
@@ -169,9 +186,18 @@ async fn gzip_is_accepted_and_a_gzip_bomb_is_refused_cheaply() {
         .unwrap();
     let (resp, bytes) = t.send(req).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(json(&bytes)["error"].as_str().unwrap().contains("decompressed"));
+    assert!(
+        json(&bytes)["error"]
+            .as_str()
+            .unwrap()
+            .contains("decompressed")
+    );
     // Inflating stops at the limit: far less work than the 256 MiB.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     let req = Request::post("/v1/events")
         .header("content-encoding", "gzip")
@@ -195,7 +221,12 @@ async fn other_media_types_and_encodings_answer_415() {
             .unwrap();
         let (resp, bytes) = t.send(req).await;
         assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{value}");
-        assert!(json(&bytes)["error"].as_str().unwrap().contains("unsupported"));
+        assert!(
+            json(&bytes)["error"]
+                .as_str()
+                .unwrap()
+                .contains("unsupported")
+        );
     }
     // application/json is as good as text/plain; no Content-Type is read as JSON.
     for ct in [Some("application/json"), None] {
@@ -203,7 +234,9 @@ async fn other_media_types_and_encodings_answer_415() {
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
-        let (resp, _) = t.send(req.body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap()).await;
+        let (resp, _) = t
+            .send(req.body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap())
+            .await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{ct:?}");
     }
 }
@@ -224,7 +257,12 @@ async fn a_full_queue_answers_503_with_retry_after() {
         .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");
-    assert!(json(&bytes)["error"].as_str().unwrap().contains("queue is full"));
+    assert!(
+        json(&bytes)["error"]
+            .as_str()
+            .unwrap()
+            .contains("queue is full")
+    );
     // Nothing of the refused request was taken.
     assert_eq!(t.sink.take().len(), 2);
     // One more still fits.
@@ -241,7 +279,8 @@ async fn too_many_requests_in_flight_answer_503_quickly() {
         ..Options::default()
     }));
     let t2 = Arc::clone(&t);
-    let first = tokio::spawn(async move { t2.post(r#"{"type":"a","client_id":"v"}"#).await.0.status() });
+    let first =
+        tokio::spawn(async move { t2.post(r#"{"type":"a","client_id":"v"}"#).await.0.status() });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let (resp, _) = t.post(r#"{"type":"a","client_id":"v"}"#).await;
@@ -256,10 +295,14 @@ async fn unknown_routes_and_methods() {
     let t = TestApp::new(Options::default());
     let (resp, _) = t.send(Request::get("/nope").body(body("")).unwrap()).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let (resp, _) = t.send(Request::get("/v1/events").body(body("")).unwrap()).await;
+    let (resp, _) = t
+        .send(Request::get("/v1/events").body(body("")).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(resp.headers()["allow"], "POST, OPTIONS");
-    let (resp, _) = t.send(Request::post("/v1/pixel.gif").body(body("")).unwrap()).await;
+    let (resp, _) = t
+        .send(Request::post("/v1/pixel.gif").body(body("")).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -267,17 +310,29 @@ async fn unknown_routes_and_methods() {
 async fn cors_for_listed_unlisted_and_any_origins() {
     let t = TestApp::new(Options::default());
     // Listed origin: echoed, with credentials, on the event response...
-    let req = post("").header("origin", "https://shop.example").body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap();
+    let req = post("")
+        .header("origin", "https://shop.example")
+        .body(body(r#"{"type":"t","client_id":"v"}"#))
+        .unwrap();
     let (resp, _) = t.send(req).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
     assert_eq!(resp.headers()["vary"], "Origin");
     // ...also on errors, so the page can read them...
-    let req = post("").header("origin", "https://shop.example").body(body("{")).unwrap();
+    let req = post("")
+        .header("origin", "https://shop.example")
+        .body(body("{"))
+        .unwrap();
     let (resp, _) = t.send(req).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     // ...and on the preflight.
     let req = Request::options("/v1/events")
         .header("origin", "https://shop.example")
@@ -287,13 +342,29 @@ async fn cors_for_listed_unlisted_and_any_origins() {
         .unwrap();
     let (resp, _) = t.send(req).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
-    assert!(resp.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    assert!(resp.headers()["access-control-allow-headers"].to_str().unwrap().contains("content-type"));
+    assert!(
+        resp.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        resp.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("content-type")
+    );
 
     // Unlisted origin: no CORS headers; preflight refused.
-    let req = post("").header("origin", "https://evil.example").body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap();
+    let req = post("")
+        .header("origin", "https://evil.example")
+        .body(body(r#"{"type":"t","client_id":"v"}"#))
+        .unwrap();
     let (resp, _) = t.send(req).await;
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     let req = Request::options("/v1/events")
@@ -310,13 +381,26 @@ async fn cors_for_listed_unlisted_and_any_origins() {
         cors: vec!["*".into(), "https://shop.example".into()],
         ..Options::default()
     });
-    let req = post("").header("origin", "https://blog.example").body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap();
+    let req = post("")
+        .header("origin", "https://blog.example")
+        .body(body(r#"{"type":"t","client_id":"v"}"#))
+        .unwrap();
     let (resp, _) = any.send(req).await;
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
-    assert!(resp.headers().get("access-control-allow-credentials").is_none());
-    let req = post("").header("origin", "https://shop.example").body(body(r#"{"type":"t","client_id":"v"}"#)).unwrap();
+    assert!(
+        resp.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let req = post("")
+        .header("origin", "https://shop.example")
+        .body(body(r#"{"type":"t","client_id":"v"}"#))
+        .unwrap();
     let (resp, _) = any.send(req).await;
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
 }
 
@@ -327,7 +411,10 @@ async fn visitor_cookie_is_set_once_and_reused() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(set.starts_with("_tid="), "{set}");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Secure"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Secure"),
+        "{set}"
+    );
     let id = set["_tid=".len()..].split(';').next().unwrap().to_owned();
     let first = t.sink.take().remove(0);
     assert_eq!(first["client_id"], id.as_str());
@@ -416,9 +503,14 @@ async fn a_slow_or_broken_store_degrades_to_unavailable_sessions() {
         let e = t.sink.take().remove(0);
         assert_eq!(e["session"]["status"], "unavailable");
         assert_eq!(e["session"]["short_id"], serde_json::Value::Null);
-        let (_, metrics) = t.send(Request::get("/metrics").body(body("")).unwrap()).await;
+        let (_, metrics) = t
+            .send(Request::get("/metrics").body(body("")).unwrap())
+            .await;
         let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-        assert!(metrics.contains("tracking_sessions_total{outcome=\"unavailable\"} 1"), "{metrics}");
+        assert!(
+            metrics.contains("tracking_sessions_total{outcome=\"unavailable\"} 1"),
+            "{metrics}"
+        );
     }
 }
 
@@ -458,7 +550,11 @@ async fn pixel_always_answers_a_gif() {
 
     // Invalid: still a GIF; the reason goes to the dead letters.
     let (resp, bytes) = t
-        .send(Request::get("/v1/pixel.gif?type=Nope&client_id=v").body(body("")).unwrap())
+        .send(
+            Request::get("/v1/pixel.gif?type=Nope&client_id=v")
+                .body(body(""))
+                .unwrap(),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(&bytes[..6], b"GIF89a");
@@ -467,25 +563,49 @@ async fn pixel_always_answers_a_gif() {
     assert_eq!(dead[0]["reason"], "invalid_type");
 
     // No client_id: the visitor cookie is set, as for beacons.
-    let (resp, _) = t.send(Request::get("/v1/pixel.gif?type=pv").body(body("")).unwrap()).await;
-    assert!(resp.headers()["set-cookie"].to_str().unwrap().starts_with("_tid="));
+    let (resp, _) = t
+        .send(
+            Request::get("/v1/pixel.gif?type=pv")
+                .body(body(""))
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("_tid=")
+    );
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let t = TestApp::new(Options::default());
-    let (resp, _) = t.send(Request::get("/healthz").body(body("")).unwrap()).await;
+    let (resp, _) = t
+        .send(Request::get("/healthz").body(body("")).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let (resp, _) = t.send(Request::get("/readyz").body(body("")).unwrap()).await;
+    let (resp, _) = t
+        .send(Request::get("/readyz").body(body("")).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     t.app.state().set_ready(false);
-    let (resp, _) = t.send(Request::get("/readyz").body(body("")).unwrap()).await;
+    let (resp, _) = t
+        .send(Request::get("/readyz").body(body("")).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     t.post(r#"{"type":"t","client_id":"v"}"#).await;
     t.post(r#"{"type":"T","client_id":"v"}"#).await;
-    let (resp, bytes) = t.send(Request::get("/metrics").body(body("")).unwrap()).await;
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let (resp, bytes) = t
+        .send(Request::get("/metrics").body(body("")).unwrap())
+        .await;
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let m = String::from_utf8(bytes.to_vec()).unwrap();
     for line in [
         "tracking_http_requests_total{route=\"events\",status=\"204\"} 1",

@@ -1,6 +1,8 @@
 //! Accepted means kept: client hang-ups, graceful shutdown in-process, and
 //! SIGTERM to the real binary under load.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::HashSet;
@@ -25,7 +27,9 @@ async fn dropping_the_request_future_does_not_lose_the_event() {
         ..Options::default()
     });
     let req = post("")
-        .body(Full::new(Bytes::from_static(br#"{"type":"purchase","client_id":"v"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"type":"purchase","client_id":"v"}"#,
+        )))
         .unwrap();
     let handled = t.app.handle(req, "127.0.0.1:9".parse().unwrap());
     tokio::select! {
@@ -52,7 +56,14 @@ async fn a_client_hanging_up_after_sending_keeps_its_event() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, t.app.clone(), async { let _ = stopped.await; }, ServeOptions::default()));
+    let server = tokio::spawn(serve(
+        listener,
+        t.app.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        ServeOptions::default(),
+    ));
 
     for i in 0..20 {
         let body = format!(r#"{{"type":"page_view","client_id":"gone-{i}"}}"#);
@@ -93,12 +104,25 @@ async fn shutdown_turns_readiness_off_then_drains_in_flight_requests() {
         drain_timeout: Duration::from_secs(5),
         ..ServeOptions::default()
     };
-    let server = tokio::spawn(serve(listener, t.app.clone(), async { let _ = stopped.await; }, opts));
+    let server = tokio::spawn(serve(
+        listener,
+        t.app.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        opts,
+    ));
 
     let ready = request(addr, "GET", "/readyz", &[], b"").await.unwrap();
     assert_eq!(ready.status, 200);
     // An event that will still be waiting for its session when shutdown starts.
-    let in_flight = tokio::spawn(request(addr, "POST", "/v1/events", &[("content-type", "text/plain")], br#"{"type":"slow","client_id":"v1"}"#));
+    let in_flight = tokio::spawn(request(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "text/plain")],
+        br#"{"type":"slow","client_id":"v1"}"#,
+    ));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -106,19 +130,44 @@ async fn shutdown_turns_readiness_off_then_drains_in_flight_requests() {
     // During the shutdown delay: not ready, but still serving.
     let ready = request(addr, "GET", "/readyz", &[], b"").await.unwrap();
     assert_eq!(ready.status, 503);
-    let during = request(addr, "POST", "/v1/events", &[("content-type", "text/plain")], br#"{"type":"late","client_id":"v2"}"#);
+    let during = request(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "text/plain")],
+        br#"{"type":"late","client_id":"v2"}"#,
+    );
     assert_eq!(during.await.unwrap().status, 204);
 
     // After it: the listener is closed.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener still open");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener still open"
+    );
 
     assert_eq!(in_flight.await.unwrap().unwrap().status, 204);
     let report = server.await.unwrap();
     assert!(report.clean(), "{report:?}");
-    let types: HashSet<_> = t.sink.take().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let types: HashSet<_> = t
+        .sink
+        .take()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(types, HashSet::from(["slow".to_owned(), "late".to_owned()]));
-    assert_eq!(t.app.handle(http::Request::get("/readyz").body(Full::new(Bytes::new())).unwrap(), "127.0.0.1:1".parse().unwrap()).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        t.app
+            .handle(
+                http::Request::get("/readyz")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+                "127.0.0.1:1".parse().unwrap()
+            )
+            .await
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 /// SIGTERM to the real binary while clients keep sending: it exits 0, and
@@ -142,8 +191,17 @@ async fn sigterm_under_load_keeps_every_accepted_event() {
             // Bounded: at most 2,000 requests per client, or until refused.
             for i in 0..2_000 {
                 let id = format!("c{c}-{i}");
-                let body = format!(r#"{{"type":"page_view","client_id":"{id}","event_id":"{id}"}}"#);
-                match request(addr, "POST", "/v1/events", &[("content-type", "text/plain")], body.as_bytes()).await {
+                let body =
+                    format!(r#"{{"type":"page_view","client_id":"{id}","event_id":"{id}"}}"#);
+                match request(
+                    addr,
+                    "POST",
+                    "/v1/events",
+                    &[("content-type", "text/plain")],
+                    body.as_bytes(),
+                )
+                .await
+                {
                     Ok(r) if r.status == 204 => accepted.lock().unwrap().push(id),
                     Ok(r) => assert_eq!(r.status, 503, "unexpected answer {r:?}"),
                     Err(_) => return, // the listener has closed
@@ -162,15 +220,32 @@ async fn sigterm_under_load_keeps_every_accepted_event() {
         c.await.unwrap();
     }
     let (status, api) = status;
-    assert!(status.success(), "exit {status:?}; stderr: {:?}", api.stderr.lock().unwrap());
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr: {:?}",
+        api.stderr.lock().unwrap()
+    );
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() > 50, "load too light to mean anything: {}", accepted.len());
+    assert!(
+        accepted.len() > 50,
+        "load too light to mean anything: {}",
+        accepted.len()
+    );
     let written: HashSet<String> = read_ndjson(&sink)
         .iter()
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .collect();
-    let missing: Vec<_> = accepted.iter().filter(|id| !written.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} of {} accepted events missing, e.g. {:?}", missing.len(), accepted.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| !written.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted events missing, e.g. {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(5)]
+    );
     let log = api.stderr.lock().unwrap().join("\n");
     assert!(log.contains("Drained."), "{log}");
     let _ = wait_for_lines; // used by other test files

@@ -175,7 +175,12 @@ impl EnrichedEvent {
 
 /// Builds the enriched event. An event without `event_id` gets a UUIDv7
 /// minted at `received_at`.
-pub fn enrich(event: Event, session: SessionOutcome, ctx: &RequestContext, ids: &dyn IdSource) -> EnrichedEvent {
+pub fn enrich(
+    event: Event,
+    session: SessionOutcome,
+    ctx: &RequestContext,
+    ids: &dyn IdSource,
+) -> EnrichedEvent {
     let via = match &session {
         SessionOutcome::Resolved(s) => s.via.as_ref().map(|r| ViaOut {
             via: r.via.clone(),
@@ -285,7 +290,11 @@ mod tests {
         assert!(json.get("geo").is_none());
         assert_eq!(json["schema_version"], 1);
         // Assigned ids are UUIDv7 minted at received_at.
-        let id: Uuid = json["event_id"].as_str().expect("id").parse().expect("uuid");
+        let id: Uuid = json["event_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
         assert_eq!(id.get_version_num(), 7);
         assert_eq!(e.event_id(), id.to_string());
 

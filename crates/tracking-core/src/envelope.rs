@@ -35,7 +35,8 @@ pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<Item<'_>>, BodyE
     if !text.trim_start().starts_with('{') {
         return Err(BodyError::Malformed("expected a JSON object".into()));
     }
-    let top: RawEvent<'_> = serde_json::from_str(text).map_err(|e| BodyError::Malformed(e.to_string()))?;
+    let top: RawEvent<'_> =
+        serde_json::from_str(text).map_err(|e| BodyError::Malformed(e.to_string()))?;
     let Some(events) = top.events else {
         return Ok(vec![Item {
             index: 0,
@@ -43,8 +44,8 @@ pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<Item<'_>>, BodyE
             event: Ok(top),
         }]);
     };
-    let events: Vec<&RawValue> =
-        serde_json::from_str(events.get()).map_err(|_| BodyError::Malformed("`events` must be an array".into()))?;
+    let events: Vec<&RawValue> = serde_json::from_str(events.get())
+        .map_err(|_| BodyError::Malformed("`events` must be an array".into()))?;
     if events.is_empty() {
         return Err(BodyError::NoEvents);
     }
@@ -92,16 +93,31 @@ mod tests {
     fn bodies() {
         use RejectReason::NotAnObject;
         check(r#"{"type":"t"}"#, Ok(vec![Ok(())]));
-        check(r#" {"events":[{"type":"a"},{"type":"b"}]} "#, Ok(vec![Ok(()), Ok(())]));
-        check(r#"{"events":[{"type":"a"},7,"x"]}"#, Ok(vec![Ok(()), Err(NotAnObject), Err(NotAnObject)]));
+        check(
+            r#" {"events":[{"type":"a"},{"type":"b"}]} "#,
+            Ok(vec![Ok(()), Ok(())]),
+        );
+        check(
+            r#"{"events":[{"type":"a"},7,"x"]}"#,
+            Ok(vec![Ok(()), Err(NotAnObject), Err(NotAnObject)]),
+        );
         check(r#"{"events":[]}"#, Err(BodyError::NoEvents));
         check(
             r#"{"events":[{},{},{},{}]}"#,
             Err(BodyError::TooManyEvents { limit: 3, got: 4 }),
         );
-        assert!(matches!(parse_body(b"{\"events\":{}}", 3), Err(BodyError::Malformed(_))));
-        assert!(matches!(parse_body(b"[{}]", 3), Err(BodyError::Malformed(_))));
-        assert!(matches!(parse_body(b"{\"type\":", 3), Err(BodyError::Malformed(_))));
+        assert!(matches!(
+            parse_body(b"{\"events\":{}}", 3),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_body(b"[{}]", 3),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_body(b"{\"type\":", 3),
+            Err(BodyError::Malformed(_))
+        ));
         assert!(matches!(parse_body(b"", 3), Err(BodyError::Malformed(_))));
         assert_eq!(parse_body(b"\xff", 3).err(), Some(BodyError::NotUtf8));
     }

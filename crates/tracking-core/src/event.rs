@@ -223,7 +223,11 @@ fn json_str<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
-fn optional_string(raw: Option<&RawValue>, max: usize, reason: RejectReason) -> Result<Option<Box<str>>, RejectReason> {
+fn optional_string(
+    raw: Option<&RawValue>,
+    max: usize,
+    reason: RejectReason,
+) -> Result<Option<Box<str>>, RejectReason> {
     match raw {
         None => Ok(None),
         Some(raw) => match json_str(raw) {
@@ -247,7 +251,11 @@ fn parse_via(raw: &RawValue) -> Result<Option<Via>, RejectReason> {
     let raw: RawVia<'_> = serde_json::from_str(raw.get()).map_err(|_| RejectReason::InvalidVia)?;
     let field = |r| optional_string(r, MAX_VIA_FIELD_BYTES, RejectReason::InvalidVia);
     let (source, medium, campaign) = (field(raw.source)?, field(raw.medium)?, field(raw.campaign)?);
-    Ok(Via::new(source.as_deref(), medium.as_deref(), campaign.as_deref()))
+    Ok(Via::new(
+        source.as_deref(),
+        medium.as_deref(),
+        campaign.as_deref(),
+    ))
 }
 
 /// A validated event. Built only through `TryFrom<RawEvent>`.
@@ -321,7 +329,9 @@ impl TryFrom<RawEvent<'_>> for Event {
         let ty = match raw.ty {
             None => return Err(RejectReason::MissingType),
             Some(v) => match json_str(v) {
-                Some(s) if (1..=64).contains(&s.len()) && s.bytes().all(is_type_byte) => Box::from(s),
+                Some(s) if (1..=64).contains(&s.len()) && s.bytes().all(is_type_byte) => {
+                    Box::from(s)
+                }
                 _ => return Err(RejectReason::InvalidType),
             },
         };
@@ -329,7 +339,9 @@ impl TryFrom<RawEvent<'_>> for Event {
             Some(v) => json_str(v)
                 .and_then(|s| ClientId::parse(&s))
                 .ok_or(RejectReason::InvalidClientId)?,
-            None => raw.fallback_client_id.ok_or(RejectReason::MissingClientId)?,
+            None => raw
+                .fallback_client_id
+                .ok_or(RejectReason::MissingClientId)?,
         };
         let event_id = match raw.event_id {
             None => None,
@@ -341,7 +353,11 @@ impl TryFrom<RawEvent<'_>> for Event {
         let ts = match raw.ts {
             None => None,
             // Integers only: `1.5`, `-1`, `"123"` and numbers above u64 are refused.
-            Some(v) => Some(v.get().parse::<u64>().map_err(|_| RejectReason::InvalidTs)?),
+            Some(v) => Some(
+                v.get()
+                    .parse::<u64>()
+                    .map_err(|_| RejectReason::InvalidTs)?,
+            ),
         };
         let url = optional_string(raw.url, MAX_URL_BYTES, RejectReason::InvalidUrl)?;
         let referrer = optional_string(raw.referrer, MAX_URL_BYTES, RejectReason::InvalidReferrer)?;
@@ -352,7 +368,9 @@ impl TryFrom<RawEvent<'_>> for Event {
         let via = via.or_else(|| url.as_deref().and_then(Via::from_url));
         let props = match raw.props {
             None => None,
-            Some(v) if v.get().starts_with('{') && v.get().len() <= MAX_PROPS_BYTES => Some(v.to_owned()),
+            Some(v) if v.get().starts_with('{') && v.get().len() <= MAX_PROPS_BYTES => {
+                Some(v.to_owned())
+            }
             Some(_) => return Err(RejectReason::InvalidProps),
         };
         Ok(Self {
@@ -399,44 +417,141 @@ mod tests {
         use RejectReason::*;
         let long_type = format!(r#"{{"type":"{}","client_id":"c"}}"#, "a".repeat(65));
         let long_id = format!(r#"{{"type":"t","client_id":"{}"}}"#, "c".repeat(129));
-        let long_url = format!(r#"{{"type":"t","client_id":"c","url":"{}"}}"#, "u".repeat(2049));
-        let max_url = format!(r#"{{"type":"t","client_id":"c","url":"{}"}}"#, "u".repeat(2048));
-        let big_props = format!(r#"{{"type":"t","client_id":"c","props":{{"k":"{}"}}}}"#, "p".repeat(8190));
+        let long_url = format!(
+            r#"{{"type":"t","client_id":"c","url":"{}"}}"#,
+            "u".repeat(2049)
+        );
+        let max_url = format!(
+            r#"{{"type":"t","client_id":"c","url":"{}"}}"#,
+            "u".repeat(2048)
+        );
+        let big_props = format!(
+            r#"{{"type":"t","client_id":"c","props":{{"k":"{}"}}}}"#,
+            "p".repeat(8190)
+        );
         let cases: Vec<(&str, Option<&str>, Result<&str, RejectReason>)> = vec![
-            (r#"{"type":"page_view","client_id":"abc"}"#, None, Ok("page_view abc None None ")),
-            (r#"{"type":"a.b:c-d_1","client_id":"A.b_c:d-9"}"#, None, Ok("a.b:c-d_1 A.b_c:d-9 None None ")),
+            (
+                r#"{"type":"page_view","client_id":"abc"}"#,
+                None,
+                Ok("page_view abc None None "),
+            ),
+            (
+                r#"{"type":"a.b:c-d_1","client_id":"A.b_c:d-9"}"#,
+                None,
+                Ok("a.b:c-d_1 A.b_c:d-9 None None "),
+            ),
             (r#"{"client_id":"abc"}"#, None, Err(MissingType)),
             (r#"{"type":null,"client_id":"abc"}"#, None, Err(MissingType)),
-            (r#"{"type":"Page","client_id":"abc"}"#, None, Err(InvalidType)),
+            (
+                r#"{"type":"Page","client_id":"abc"}"#,
+                None,
+                Err(InvalidType),
+            ),
             (r#"{"type":"","client_id":"abc"}"#, None, Err(InvalidType)),
             (r#"{"type":7,"client_id":"abc"}"#, None, Err(InvalidType)),
             (&long_type, None, Err(InvalidType)),
             (r#"{"type":"t"}"#, None, Err(MissingClientId)),
-            (r#"{"type":"t"}"#, Some("cookie-1"), Ok("t cookie-1 None None ")),
-            (r#"{"type":"t","client_id":"own"}"#, Some("cookie-1"), Ok("t own None None ")),
-            (r#"{"type":"t","client_id":"a b"}"#, Some("cookie-1"), Err(InvalidClientId)),
+            (
+                r#"{"type":"t"}"#,
+                Some("cookie-1"),
+                Ok("t cookie-1 None None "),
+            ),
+            (
+                r#"{"type":"t","client_id":"own"}"#,
+                Some("cookie-1"),
+                Ok("t own None None "),
+            ),
+            (
+                r#"{"type":"t","client_id":"a b"}"#,
+                Some("cookie-1"),
+                Err(InvalidClientId),
+            ),
             (r#"{"type":"t","client_id":""}"#, None, Err(InvalidClientId)),
             (r#"{"type":"t","client_id":12}"#, None, Err(InvalidClientId)),
             (&long_id, None, Err(InvalidClientId)),
-            (r#"{"type":"t","client_id":"c","event_id":"e-1"}"#, None, Ok(r#"t c Some("e-1") None "#)),
-            (r#"{"type":"t","client_id":"c","event_id":"e/1"}"#, None, Err(InvalidEventId)),
-            (r#"{"type":"t","client_id":"c","ts":1700000000000}"#, None, Ok("t c None Some(1700000000000) ")),
-            (r#"{"type":"t","client_id":"c","ts":-1}"#, None, Err(InvalidTs)),
-            (r#"{"type":"t","client_id":"c","ts":1.5}"#, None, Err(InvalidTs)),
-            (r#"{"type":"t","client_id":"c","ts":"1"}"#, None, Err(InvalidTs)),
-            (r#"{"type":"t","client_id":"c","ts":1e3}"#, None, Err(InvalidTs)),
+            (
+                r#"{"type":"t","client_id":"c","event_id":"e-1"}"#,
+                None,
+                Ok(r#"t c Some("e-1") None "#),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","event_id":"e/1"}"#,
+                None,
+                Err(InvalidEventId),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","ts":1700000000000}"#,
+                None,
+                Ok("t c None Some(1700000000000) "),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","ts":-1}"#,
+                None,
+                Err(InvalidTs),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","ts":1.5}"#,
+                None,
+                Err(InvalidTs),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","ts":"1"}"#,
+                None,
+                Err(InvalidTs),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","ts":1e3}"#,
+                None,
+                Err(InvalidTs),
+            ),
             (&max_url, None, Ok("t c None None ")),
             (&long_url, None, Err(InvalidUrl)),
-            (r#"{"type":"t","client_id":"c","url":5}"#, None, Err(InvalidUrl)),
-            (r#"{"type":"t","client_id":"c","referrer":{}}"#, None, Err(InvalidReferrer)),
-            (r#"{"type":"t","client_id":"c","props":[1]}"#, None, Err(InvalidProps)),
-            (r#"{"type":"t","client_id":"c","props":"x"}"#, None, Err(InvalidProps)),
+            (
+                r#"{"type":"t","client_id":"c","url":5}"#,
+                None,
+                Err(InvalidUrl),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","referrer":{}}"#,
+                None,
+                Err(InvalidReferrer),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","props":[1]}"#,
+                None,
+                Err(InvalidProps),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","props":"x"}"#,
+                None,
+                Err(InvalidProps),
+            ),
             (&big_props, None, Err(InvalidProps)),
-            (r#"{"type":"t","client_id":"c","props":{"a":[1,{"b":2}]}}"#, None, Ok("t c None None ")),
-            (r#"{"type":"t","client_id":"c","via":"x"}"#, None, Err(InvalidVia)),
-            (r#"{"type":"t","client_id":"c","via":{"source":1}}"#, None, Err(InvalidVia)),
-            (r#"{"type":"t","client_id":"c","unknown":1}"#, None, Ok("t c None None ")),
-            (r#"{"type":"t\u0031","client_id":"c"}"#, None, Ok("t1 c None None ")),
+            (
+                r#"{"type":"t","client_id":"c","props":{"a":[1,{"b":2}]}}"#,
+                None,
+                Ok("t c None None "),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","via":"x"}"#,
+                None,
+                Err(InvalidVia),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","via":{"source":1}}"#,
+                None,
+                Err(InvalidVia),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","unknown":1}"#,
+                None,
+                Ok("t c None None "),
+            ),
+            (
+                r#"{"type":"t\u0031","client_id":"c"}"#,
+                None,
+                Ok("t1 c None None "),
+            ),
         ];
         for (json, cookie, expected) in cases {
             check(json, cookie, expected);
@@ -466,8 +581,14 @@ mod tests {
                 r#"{"type":"t","client_id":"c","via":{},"url":"https://s/?utm_campaign=c1"}"#,
                 Ok(r#"t c None None None/None/Some("c1")"#),
             ),
-            (r#"{"type":"t","client_id":"c","url":"https://s/?utm_source="}"#, Ok("t c None None ")),
-            (r#"{"type":"t","client_id":"c","url":"https://s/#?utm_source=x"}"#, Ok("t c None None ")),
+            (
+                r#"{"type":"t","client_id":"c","url":"https://s/?utm_source="}"#,
+                Ok("t c None None "),
+            ),
+            (
+                r#"{"type":"t","client_id":"c","url":"https://s/#?utm_source=x"}"#,
+                Ok("t c None None "),
+            ),
         ];
         for (json, expected) in cases {
             check(json, None, expected);

@@ -17,10 +17,14 @@ pub mod session;
 pub mod time;
 
 pub use budget::{Admission, Budget};
-pub use enrich::{EnrichedEvent, Geo, RequestContext, SessionOutcome, UserAgent, anonymize_ip, enrich};
+pub use enrich::{
+    EnrichedEvent, Geo, RequestContext, SessionOutcome, UserAgent, anonymize_ip, enrich,
+};
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
 pub use ids::{IdSource, RandomIds, SequentialIds};
-pub use ports::{BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError};
+pub use ports::{
+    BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError,
+};
 pub use session::{SessionPolicy, SessionRecord, Sessions, Ttls, ViaRecord, VisitorState};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, parse_duration};

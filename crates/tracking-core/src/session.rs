@@ -74,14 +74,19 @@ impl SessionPolicy {
     /// visitor's previous state; returns what the event sees and the state to
     /// store. A record with a `last_seen` ahead of `now` (clock skew between
     /// pods) is alive and keeps its later timestamp.
-    pub fn resolve(&self, prev: Option<&VisitorState>, now: Timestamp, via: Option<&Via>) -> (Sessions, VisitorState) {
+    pub fn resolve(
+        &self,
+        prev: Option<&VisitorState>,
+        now: Timestamp,
+        via: Option<&Via>,
+    ) -> (Sessions, VisitorState) {
         let prev = prev.cloned().unwrap_or_default();
         let (short, short_new) = self.renew(prev.short, self.ttls.short, now);
         let (long, long_new) = self.renew(prev.long, self.ttls.long, now);
         let via = match via {
             Some(v) => Some(ViaRecord {
                 via: v.clone(),
-                expires_at: now.add(self.ttls.via),
+                expires_at: now.saturating_add(self.ttls.via),
             }),
             None => prev.via.filter(|r| now < r.expires_at),
         };
@@ -100,7 +105,12 @@ impl SessionPolicy {
         (sessions, state)
     }
 
-    fn renew(&self, prev: Option<SessionRecord>, ttl: Duration, now: Timestamp) -> (SessionRecord, bool) {
+    fn renew(
+        &self,
+        prev: Option<SessionRecord>,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> (SessionRecord, bool) {
         match prev {
             Some(r) if r.last_seen.alive_at(ttl, now) => (
                 SessionRecord {
@@ -122,10 +132,18 @@ impl SessionPolicy {
     /// When nothing in `state` is alive any more: the state may be dropped
     /// from then on without changing any answer.
     pub fn expires_at(&self, state: &VisitorState) -> Timestamp {
-        let short = state.short.map(|r| r.last_seen.add(self.ttls.short));
-        let long = state.long.map(|r| r.last_seen.add(self.ttls.long));
+        let short = state
+            .short
+            .map(|r| r.last_seen.saturating_add(self.ttls.short));
+        let long = state
+            .long
+            .map(|r| r.last_seen.saturating_add(self.ttls.long));
         let via = state.via.as_ref().map(|r| r.expires_at);
-        [short, long, via].into_iter().flatten().max().unwrap_or_default()
+        [short, long, via]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -160,7 +178,11 @@ mod tests {
         let mut got = Vec::new();
         for (minute, v) in events {
             let v = v.map(via);
-            let (s, next) = policy.resolve(state.as_ref(), Timestamp::from_millis(minute * MIN), v.as_ref());
+            let (s, next) = policy.resolve(
+                state.as_ref(),
+                Timestamp::from_millis(minute * MIN),
+                v.as_ref(),
+            );
             let seq = |u: Uuid| u.as_u128() & 0xffff_ffff_ffff;
             got.push((
                 seq(s.short_id),
@@ -186,7 +208,11 @@ mod tests {
         // the latest event it has expired, the long one continues.
         check(
             &[(0, None), (29, None), (59, None)],
-            &[(1, 2, true, true, None), (1, 2, false, false, None), (3, 2, true, false, None)],
+            &[
+                (1, 2, true, true, None),
+                (1, 2, false, false, None),
+                (3, 2, true, false, None),
+            ],
         );
         check(
             &[(0, None), (30, None)],
@@ -235,14 +261,23 @@ mod tests {
         let (_, state) = policy.resolve(None, Timestamp::from_millis(100 * MIN), None);
         let (s, next) = policy.resolve(Some(&state), Timestamp::from_millis(90 * MIN), None);
         assert!(!s.short_new && !s.long_new);
-        assert_eq!(next.short.map(|r| r.last_seen), Some(Timestamp::from_millis(100 * MIN)));
+        assert_eq!(
+            next.short.map(|r| r.last_seen),
+            Some(Timestamp::from_millis(100 * MIN))
+        );
     }
 
     #[test]
     fn expiry_of_a_whole_state() {
         let policy = policy();
         let (_, state) = policy.resolve(None, Timestamp::from_millis(0), Some(&via("ad")));
-        assert_eq!(policy.expires_at(&state), Timestamp::from_millis(90 * 24 * 60 * MIN));
-        assert_eq!(policy.expires_at(&VisitorState::default()), Timestamp::default());
+        assert_eq!(
+            policy.expires_at(&state),
+            Timestamp::from_millis(90 * 24 * 60 * MIN)
+        );
+        assert_eq!(
+            policy.expires_at(&VisitorState::default()),
+            Timestamp::default()
+        );
     }
 }

@@ -20,7 +20,7 @@ impl Timestamp {
     }
 
     /// `self + d`, saturating at the end of time.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn saturating_add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(duration_millis(d)))
     }
 
@@ -29,7 +29,7 @@ impl Timestamp {
     /// expired. A record from the future (another pod's clock ahead of ours)
     /// is alive.
     pub fn alive_at(self, ttl: Duration, now: Timestamp) -> bool {
-        now < self.add(ttl)
+        now < self.saturating_add(ttl)
     }
 }
 
@@ -134,7 +134,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ));
+        }
     };
     n.checked_mul(unit_ms)
         .map(Duration::from_millis)
@@ -163,7 +167,9 @@ mod tests {
     }
 
     fn check_duration(input: &str, expected: Result<u64, ()>) {
-        let got = parse_duration(input).map(|d| d.as_millis() as u64).map_err(|_| ());
+        let got = parse_duration(input)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|_| ());
         assert_eq!(got, expected, "{input}");
     }
 
@@ -193,6 +199,9 @@ mod tests {
         let ttl = Duration::from_millis(100);
         assert!(t.alive_at(ttl, Timestamp::from_millis(1_099)));
         assert!(!t.alive_at(ttl, Timestamp::from_millis(1_100)));
-        assert!(t.alive_at(ttl, Timestamp::from_millis(500)), "future records are alive");
+        assert!(
+            t.alive_at(ttl, Timestamp::from_millis(500)),
+            "future records are alive"
+        );
     }
 }

@@ -31,7 +31,11 @@ pub enum Target {
 }
 
 enum Msg {
-    Lines { bytes: Vec<u8>, events: u64, _admission: Admission },
+    Lines {
+        bytes: Vec<u8>,
+        events: u64,
+        _admission: Admission,
+    },
     Close(oneshot::Sender<Result<(), String>>),
 }
 
@@ -69,7 +73,10 @@ impl NdjsonSink {
         let (w, e) = (Arc::clone(&written), Arc::clone(&write_errors));
         let label = name.clone();
         std::thread::Builder::new()
-            .name(format!("ndjson-{}", if sync.is_some() { "file" } else { &name }))
+            .name(format!(
+                "ndjson-{}",
+                if sync.is_some() { "file" } else { &name }
+            ))
             .spawn(move || writer(rx, out, sync, flush_each, &w, &e, &label))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
@@ -135,7 +142,12 @@ fn open_append(path: &Path) -> io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {} for appending: {e}", path.display())))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {} for appending: {e}", path.display()),
+            )
+        })
 }
 
 fn serialize_lines<T: Serialize>(items: &[T]) -> Vec<u8> {
@@ -196,7 +208,9 @@ fn writer(
             Msg::Close(done) => {
                 let mut result = out.flush().map_err(|e| format!("flushing {target}: {e}"));
                 if let (Ok(()), Some(file)) = (&result, &sync) {
-                    result = file.sync_data().map_err(|e| format!("fsync of {target}: {e}"));
+                    result = file
+                        .sync_data()
+                        .map_err(|e| format!("fsync of {target}: {e}"));
                 }
                 let _ = done.send(result);
                 return;

@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
-use tracking_core::{BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via, VisitorState};
+use tracking_core::{
+    BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
+    VisitorState,
+};
 
 const SHARDS: usize = 64;
 /// Entries compared when evicting for capacity.
@@ -57,7 +60,8 @@ impl MemorySessionStore {
                 .map(|i| {
                     Mutex::new(Shard {
                         map: IndexMap::new(),
-                        rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                        rng: 0x9e37_79b9_7f4a_7c15
+                            ^ (i as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
                     })
                 })
                 .collect(),
@@ -75,7 +79,10 @@ impl MemorySessionStore {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,12 +101,15 @@ impl MemorySessionStore {
     pub fn sweep(&self, now: Timestamp) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let Ok(mut shard) = shard.lock() else { continue };
+            let Ok(mut shard) = shard.lock() else {
+                continue;
+            };
             let before = shard.map.len();
             shard.map.retain(|_, st| self.policy.expires_at(st) > now);
             removed += before - shard.map.len();
         }
-        self.evicted_expired.fetch_add(removed as u64, Ordering::Relaxed);
+        self.evicted_expired
+            .fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 
@@ -137,10 +147,15 @@ impl MemorySessionStore {
         (self.hasher.hash_one(client_id) as usize) % SHARDS
     }
 
-    fn touch_now(&self, client_id: &ClientId, now: Timestamp, via: Option<&Via>) -> Result<Sessions, StoreError> {
-        let mut shard = self.shards[self.shard_of(client_id)]
-            .lock()
-            .map_err(|_| StoreError::Corrupt("a memory store shard was poisoned by a panic".into()))?;
+    fn touch_now(
+        &self,
+        client_id: &ClientId,
+        now: Timestamp,
+        via: Option<&Via>,
+    ) -> Result<Sessions, StoreError> {
+        let mut shard = self.shards[self.shard_of(client_id)].lock().map_err(|_| {
+            StoreError::Corrupt("a memory store shard was poisoned by a panic".into())
+        })?;
         if let Some(state) = shard.map.get_mut(client_id) {
             let (sessions, next) = self.policy.resolve(Some(state), now, via);
             *state = next;
@@ -191,7 +206,9 @@ mod tests {
         let s = store(1000);
         let t = Timestamp::from_millis(1_000_000);
         let a = s.touch_now(&id(1), t, None).expect("touch");
-        let b = s.touch_now(&id(1), t.add(Duration::from_secs(59)), None).expect("touch");
+        let b = s
+            .touch_now(&id(1), t.saturating_add(Duration::from_secs(59)), None)
+            .expect("touch");
         let c = s.touch_now(&id(2), t, None).expect("touch");
         assert_eq!(a.short_id, b.short_id);
         assert!(a.short_new && !b.short_new);
@@ -203,13 +220,24 @@ mod tests {
         let s = store(640);
         let t0 = Timestamp::from_millis(10_000_000);
         for i in 0..100_000 {
-            s.touch_now(&id(i), t0.add(Duration::from_millis(i as u64)), None).expect("touch");
+            s.touch_now(
+                &id(i),
+                t0.saturating_add(Duration::from_millis(i as u64)),
+                None,
+            )
+            .expect("touch");
             assert!(s.len() <= s.capacity());
         }
-        assert!(s.len() > s.capacity() * 9 / 10, "stays nearly full: {}", s.len());
+        assert!(
+            s.len() > s.capacity() * 9 / 10,
+            "stays nearly full: {}",
+            s.len()
+        );
         assert_eq!(s.evictions().1, 100_000 - s.len() as u64);
         // Approximate LRU: survivors are mostly recent visitors.
-        let recent = (99_000..100_000).filter(|&i| s.get(&id(i)).is_some()).count();
+        let recent = (99_000..100_000)
+            .filter(|&i| s.get(&id(i)).is_some())
+            .count();
         let old = (0..1_000).filter(|&i| s.get(&id(i)).is_some()).count();
         assert!(recent > old * 10, "recent {recent} vs old {old}");
     }
@@ -221,18 +249,22 @@ mod tests {
         for i in 0..1_000 {
             s.touch_now(&id(i), t0, None).expect("touch");
         }
-        assert_eq!(s.sweep(t0.add(Duration::from_secs(3599))), 0);
-        assert_eq!(s.sweep(t0.add(Duration::from_secs(3600))), 1_000);
+        assert_eq!(s.sweep(t0.saturating_add(Duration::from_secs(3599))), 0);
+        assert_eq!(s.sweep(t0.saturating_add(Duration::from_secs(3600))), 1_000);
         assert!(s.is_empty());
         // Lazy expiry on insertion also reclaims space without a sweep.
         for i in 0..1_000 {
             s.touch_now(&id(i), t0, None).expect("touch");
         }
-        let later = t0.add(Duration::from_secs(7200));
+        let later = t0.saturating_add(Duration::from_secs(7200));
         for i in 1_000..3_000 {
             s.touch_now(&id(i), later, None).expect("touch");
         }
-        assert!(s.len() < 3_000 - 200, "probes removed expired entries: {}", s.len());
+        assert!(
+            s.len() < 3_000 - 200,
+            "probes removed expired entries: {}",
+            s.len()
+        );
     }
 
     #[test]

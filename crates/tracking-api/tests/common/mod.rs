@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod mmdb;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -21,8 +22,8 @@ use tracking_api::metrics::Metrics;
 use tracking_api::store::memory::MemorySessionStore;
 use tracking_api::{App, AppState, Limits, Parts, app};
 use tracking_core::{
-    Admission, BoxFuture, Budget, DeadLetter, DeadLetterSink, EnrichedEvent, EventSink, ManualClock, SequentialIds,
-    SessionPolicy, SessionStore, SinkError, Timestamp, Ttls,
+    Admission, BoxFuture, Budget, DeadLetter, DeadLetterSink, EnrichedEvent, EventSink,
+    ManualClock, SequentialIds, SessionPolicy, SessionStore, SinkError, Timestamp, Ttls,
 };
 
 pub const START: Timestamp = Timestamp::from_millis(1_763_000_000_000);
@@ -78,7 +79,10 @@ pub struct CollectingDeadLetters(pub Mutex<Vec<serde_json::Value>>);
 
 impl DeadLetterSink for CollectingDeadLetters {
     fn reject(&self, letter: DeadLetter) -> bool {
-        self.0.lock().unwrap().push(serde_json::to_value(&letter).unwrap());
+        self.0
+            .lock()
+            .unwrap()
+            .push(serde_json::to_value(&letter).unwrap());
         true
     }
 
@@ -98,6 +102,7 @@ pub struct Options {
     pub trusted_proxies: Vec<&'static str>,
     pub store: Option<Arc<dyn SessionStore>>,
     pub session_timeout: Duration,
+    pub geo: Option<tracking_api::geo::GeoLookup>,
 }
 
 impl Default for Options {
@@ -113,6 +118,7 @@ impl Default for Options {
             trusted_proxies: vec![],
             store: None,
             session_timeout: Duration::from_millis(100),
+            geo: None,
         }
     }
 }
@@ -137,7 +143,10 @@ impl TestApp {
     pub fn new(o: Options) -> Self {
         let clock = Arc::new(ManualClock::new(START));
         let ids = Arc::new(SequentialIds::default());
-        let memory = Arc::new(MemorySessionStore::new(SessionPolicy::new(ttls(), ids.clone()), 10_000));
+        let memory = Arc::new(MemorySessionStore::new(
+            SessionPolicy::new(ttls(), ids.clone()),
+            10_000,
+        ));
         let sink = Arc::new(CollectingSink::new(o.queue, o.hold_queue));
         let deadletters = Arc::new(CollectingDeadLetters::default());
         let state = AppState::new(Parts {
@@ -155,9 +164,20 @@ impl TestApp {
             clock: clock.clone(),
             ids,
             cors: Cors::new(&o.cors),
-            cookie: VisitorCookie::new("_tid", None, true, SameSite::Lax, Duration::from_secs(86_400 * 365)),
-            client_ip: ClientIp::new(o.trusted_proxies.iter().map(|n| n.parse().unwrap()).collect()),
-            geo: None,
+            cookie: VisitorCookie::new(
+                "_tid",
+                None,
+                true,
+                SameSite::Lax,
+                Duration::from_secs(86_400 * 365),
+            ),
+            client_ip: ClientIp::new(
+                o.trusted_proxies
+                    .iter()
+                    .map(|n| n.parse().unwrap())
+                    .collect(),
+            ),
+            geo: o.geo,
             metrics: Arc::new(Metrics::default()),
             memory_store: Some(memory.clone()),
             sink_budget: Some(sink.budget.clone()),
@@ -176,13 +196,18 @@ impl TestApp {
         let peer: SocketAddr = "203.0.113.77:5555".parse().unwrap();
         let resp = self.app.handle(req, peer).await;
         let (parts, body) = resp.into_parts();
+        #[allow(clippy::disallowed_methods)] // the app's own bounded answer
         let bytes = body.collect().await.unwrap().to_bytes();
         (Response::from_parts(parts, ()), bytes)
     }
 
     pub async fn post(&self, body: &str) -> (Response<()>, Bytes) {
-        self.send(post(body).body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-            .await
+        self.send(
+            post(body)
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap(),
+        )
+        .await
     }
 }
 
@@ -192,7 +217,8 @@ pub fn post(_body: &str) -> http::request::Builder {
 }
 
 pub fn json(bytes: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 /// A session store that waits before answering (or never answers within the
@@ -228,7 +254,9 @@ impl SessionStore for BrokenStore {
         _now: Timestamp,
         _via: Option<&'a tracking_core::Via>,
     ) -> BoxFuture<'a, Result<tracking_core::Sessions, tracking_core::StoreError>> {
-        Box::pin(std::future::ready(Err(tracking_core::StoreError::Unavailable("backend down".into()))))
+        Box::pin(std::future::ready(Err(
+            tracking_core::StoreError::Unavailable("backend down".into()),
+        )))
     }
 }
 
@@ -237,5 +265,8 @@ pub fn slow_memory_store(delay: Duration) -> Arc<SlowStore> {
         SessionPolicy::new(ttls(), Arc::new(SequentialIds::default())),
         10_000,
     ));
-    Arc::new(SlowStore { delay, inner: memory })
+    Arc::new(SlowStore {
+        delay,
+        inner: memory,
+    })
 }

@@ -42,7 +42,11 @@ impl ApiProcess {
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("addr=").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = tx.send(addr);
                 }
                 keep.lock().unwrap().push(line);
@@ -55,20 +59,30 @@ impl ApiProcess {
                 panic!("tracking-api did not start: {:?}", stderr.lock().unwrap());
             }
         };
-        Self { child, addr, stderr }
+        Self {
+            child,
+            addr,
+            stderr,
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         assert!(ok.success());
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "tracking-api did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tracking-api did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -91,9 +105,18 @@ pub struct RawResponse {
 
 /// Sends one request on a new connection (`Connection: close`) and reads the
 /// whole response.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<RawResponse> {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<RawResponse> {
     let mut stream = TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -105,7 +128,12 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no response head in {:?}", String::from_utf8_lossy(&buf))))?;
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no response head in {:?}",
+                String::from_utf8_lossy(&buf)
+            ))
+        })?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let status = head
         .split_whitespace()
