@@ -108,9 +108,9 @@ pub struct Config {
     )]
     pub session_store: StoreKind,
 
-    /// Most visitors the memory store keeps; beyond it the least recently seen
-    /// of a random sample is evicted (counted in metrics).
-    #[arg(long, env = "TRACKING_MEMORY_MAX_VISITORS", default_value = "1000000", value_parser = positive, global = true)]
+    /// Most visitors the memory store keeps (about 0.5 KB each); beyond it the
+    /// least recently seen of a random sample is evicted (counted in metrics).
+    #[arg(long, env = "TRACKING_MEMORY_MAX_VISITORS", default_value = "200000", value_parser = positive, global = true)]
     pub memory_max_visitors: usize,
 
     /// Deadline of one session-store call; past it the event is accepted with

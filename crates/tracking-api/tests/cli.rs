@@ -81,3 +81,20 @@ fn bootstrap_has_nothing_to_create_for_the_embedded_default() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("Nothing to create"), "{err}");
 }
+
+#[test]
+fn the_readme_documents_every_environment_variable() {
+    let (_, help, _) = run(&["--help"], &[]);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let undocumented: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next())
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "README.md's configuration table lacks {undocumented:?}"
+    );
+}

@@ -620,3 +620,36 @@ async fn health_readiness_and_metrics() {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
 }
+
+/// A body that never completes.
+struct Stalled;
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_answers_408() {
+    let t = TestApp::new(Options {
+        body_timeout: Duration::from_millis(100),
+        ..Options::default()
+    });
+    let started = Instant::now();
+    let resp = t
+        .app
+        .handle(
+            Request::post("/v1/events").body(Stalled).unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

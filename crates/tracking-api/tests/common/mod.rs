@@ -103,6 +103,7 @@ pub struct Options {
     pub store: Option<Arc<dyn SessionStore>>,
     pub session_timeout: Duration,
     pub geo: Option<tracking_api::geo::GeoLookup>,
+    pub body_timeout: Duration,
 }
 
 impl Default for Options {
@@ -119,6 +120,7 @@ impl Default for Options {
             store: None,
             session_timeout: Duration::from_millis(100),
             geo: None,
+            body_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -155,7 +157,7 @@ impl TestApp {
                 max_decompressed_bytes: o.max_decompressed,
                 max_batch_events: o.max_batch,
                 max_inflight: o.max_inflight,
-                body_timeout: Duration::from_secs(5),
+                body_timeout: o.body_timeout,
                 session_timeout: o.session_timeout,
             },
             store: o.store.unwrap_or_else(|| memory.clone()),
