@@ -91,7 +91,8 @@ mod tests {
             Arc::ptr_eq(&a, &p.parse(chrome)),
             "second parse is a cache hit"
         );
-        assert_eq!(&*p.parse("curl/8.0").name, "UNKNOWN");
+        assert_eq!(&*p.parse("curl/8.0").name, "HTTP Library");
+        assert_eq!(&*p.parse("zz-unknown-agent").name, "UNKNOWN");
         for i in 0..1000 {
             p.parse(&format!("agent/{i}"));
         }

@@ -221,6 +221,9 @@ fn writer(
 
 impl EventSink for NdjsonSink {
     fn try_admit(&self, n: usize) -> Result<Admission, SinkError> {
+        if self.tx.lock().map_or(true, |tx| tx.is_none()) {
+            return Err(SinkError::Closed);
+        }
         self.budget.try_acquire(n).ok_or(SinkError::Full {
             limit: self.budget.limit(),
         })
@@ -270,5 +273,77 @@ impl DeadLetterSink for DiscardDeadLetters {
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(i: usize) -> DeadLetter {
+        DeadLetter {
+            received_at: tracking_core::Timestamp::from_millis(0),
+            reason: "invalid_type",
+            error: "bad".into(),
+            index: Some(i),
+            raw: format!("{{\"n\":{i}}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_lines_flushes_on_close_and_then_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.ndjson");
+        let written = Arc::new(AtomicU64::new(0));
+        let sink = NdjsonSink::start(
+            Target::File(path.clone()),
+            3,
+            Arc::clone(&written),
+            Arc::default(),
+        )
+        .expect("start");
+        for i in 0..3 {
+            assert!(DeadLetterSink::reject(&sink, letter(i)));
+        }
+        DeadLetterSink::close(&sink).await.expect("close");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["index"], 2);
+        assert_eq!(written.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            sink.budget().used(),
+            0,
+            "written lines give their room back"
+        );
+        assert!(matches!(
+            EventSink::try_admit(&sink, 1),
+            Err(SinkError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_dead_letters_and_counts_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = NdjsonSink::start(
+            Target::File(dir.path().join("d.ndjson")),
+            2,
+            Arc::default(),
+            Arc::default(),
+        )
+        .expect("start");
+        let held = sink.budget().try_acquire(2).expect("fill the queue");
+        assert!(!DeadLetterSink::reject(&sink, letter(0)));
+        assert_eq!(sink.dropped(), 1);
+        assert!(matches!(
+            EventSink::try_admit(&sink, 1),
+            Err(SinkError::Full { limit: 2 })
+        ));
+        drop(held);
+        assert!(DeadLetterSink::reject(&sink, letter(1)));
+        DeadLetterSink::close(&sink).await.expect("close");
     }
 }
