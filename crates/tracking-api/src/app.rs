@@ -55,25 +55,12 @@ pub struct Limits {
     pub session_timeout: Duration,
 }
 
-/// Everything a request needs, built once at start-up.
+/// Everything a request needs, built once at start-up: the adapters and
+/// settings it was built from, and the request-time state around them.
 #[derive(Debug)]
 pub struct AppState {
-    pub limits: Limits,
-    pub store: Arc<dyn SessionStore>,
-    pub sink: Arc<dyn EventSink>,
-    pub deadletters: Arc<dyn DeadLetterSink>,
-    pub clock: Arc<dyn Clock>,
-    pub ids: Arc<dyn IdSource>,
-    pub cors: Cors,
-    pub cookie: VisitorCookie,
-    pub client_ip: ClientIp,
+    pub parts: Parts,
     pub ua: UaParser,
-    pub geo: Option<GeoLookup>,
-    pub metrics: Arc<Metrics>,
-    /// Present when the store is the memory store, for its gauges.
-    pub memory_store: Option<Arc<MemorySessionStore>>,
-    /// The sink's queue bound, for `/metrics`.
-    pub sink_budget: Option<Arc<Budget>>,
     inflight: Arc<Semaphore>,
     tracker: TaskTracker,
     ready: AtomicBool,
@@ -102,23 +89,11 @@ impl AppState {
     pub fn new(parts: Parts) -> Arc<Self> {
         Arc::new(Self {
             inflight: Arc::new(Semaphore::new(parts.limits.max_inflight)),
-            limits: parts.limits,
-            store: parts.store,
-            sink: parts.sink,
-            deadletters: parts.deadletters,
-            clock: parts.clock,
-            ids: parts.ids,
-            cors: parts.cors,
-            cookie: parts.cookie,
-            client_ip: parts.client_ip,
             ua: UaParser::new(4096),
-            geo: parts.geo,
-            metrics: parts.metrics,
-            memory_store: parts.memory_store,
-            sink_budget: parts.sink_budget,
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
             store_warned_at: AtomicU64::new(0),
+            parts,
         })
     }
 
@@ -137,15 +112,20 @@ impl AppState {
 
     fn gauges(&self) -> Gauges {
         let (depth, limit) = self
+            .parts
             .sink_budget
             .as_ref()
             .map_or((0, 0), |b| (b.used(), b.limit()));
-        let (expired, capacity) = self.memory_store.as_ref().map_or((0, 0), |m| m.evictions());
+        let (expired, capacity) = self
+            .parts
+            .memory_store
+            .as_ref()
+            .map_or((0, 0), |m| m.evictions());
         Gauges {
             sink_queue_depth: depth,
             sink_queue_limit: limit,
-            inflight: self.limits.max_inflight - self.inflight.available_permits(),
-            memory_store_visitors: self.memory_store.as_ref().map(|m| m.len()),
+            inflight: self.parts.limits.max_inflight - self.inflight.available_permits(),
+            memory_store_visitors: self.parts.memory_store.as_ref().map(|m| m.len()),
             memory_store_evictions_expired: expired,
             memory_store_evictions_capacity: capacity,
             ready: self.is_ready(),
@@ -154,7 +134,7 @@ impl AppState {
 
     /// Logs a session-store failure at most once a second.
     fn warn_store(&self, error: &StoreError) {
-        let now_s = self.clock.now().as_millis() / 1000;
+        let now_s = self.parts.clock.now().as_millis() / 1000;
         let last = self.store_warned_at.swap(now_s, Ordering::Relaxed);
         if last != now_s {
             tracing::warn!(%error, "Session store failed; events are accepted without sessions.");
@@ -339,13 +319,14 @@ impl App {
             _ => (Route::Other, ApiError::NotFound.into_response()),
         };
         self.state
+            .parts
             .metrics
             .record_request(route, resp.status().as_u16(), start.elapsed());
         resp
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
-        let body = self.state.metrics.render(&self.state.gauges());
+        let body = self.state.parts.metrics.render(&self.state.gauges());
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -355,7 +336,7 @@ impl App {
     }
 
     fn preflight(&self, headers: &HeaderMap) -> Response<Full<Bytes>> {
-        let decision = self.state.cors.decide(headers);
+        let decision = self.state.parts.cors.decide(headers);
         let mut resp = empty(StatusCode::NO_CONTENT);
         if !Cors::apply_preflight(&decision, resp.headers_mut()) {
             resp = ApiError::OriginRefused.into_response();
@@ -369,7 +350,7 @@ impl App {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let decision = self.state.cors.decide(req.headers());
+        let decision = self.state.parts.cors.decide(req.headers());
         let mut resp = match self.events_inner(req, peer).await {
             Ok(i) if i.rejected.is_empty() => {
                 let mut r = empty(StatusCode::NO_CONTENT);
@@ -401,7 +382,7 @@ impl App {
     fn set_cookie(&self, resp: &mut Response<Full<Bytes>>, id: Option<&ClientId>) {
         if let Some(id) = id {
             resp.headers_mut()
-                .insert(SET_COOKIE, self.state.cookie.set(id));
+                .insert(SET_COOKIE, self.state.parts.cookie.set(id));
         }
     }
 
@@ -410,7 +391,7 @@ impl App {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let limits = self.state.limits;
+        let limits = self.state.parts.limits;
         let _permit = self.admit()?;
         let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
         let (parts, body) = req.into_parts();
@@ -432,7 +413,7 @@ impl App {
         Arc::clone(&self.state.inflight)
             .try_acquire_owned()
             .map_err(|_| {
-                self.state.metrics.record_shed(ShedReason::Inflight);
+                self.state.parts.metrics.record_shed(ShedReason::Inflight);
                 ApiError::Overloaded
             })
     }
@@ -445,10 +426,10 @@ impl App {
         peer: IpAddr,
     ) -> Result<Ingested, ApiError> {
         let st = &self.state;
-        let received_at = st.clock.now();
-        let items = parse_body(body, st.limits.max_batch_events)?;
+        let received_at = st.parts.clock.now();
+        let items = parse_body(body, st.parts.limits.max_batch_events)?;
 
-        let cookie_id = st.cookie.read(headers);
+        let cookie_id = st.parts.cookie.read(headers);
         let needs_fallback = items
             .iter()
             .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
@@ -456,7 +437,7 @@ impl App {
         let fallback = match cookie_id {
             Some(id) => Some(id),
             None if needs_fallback => {
-                let id = ClientId::parse(&st.ids.new_id(received_at).to_string());
+                let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
                 new_visitor.clone_from(&id);
                 id
             }
@@ -479,22 +460,27 @@ impl App {
         let admission = if accepted.is_empty() {
             None
         } else {
-            Some(st.sink.try_admit(accepted.len()).map_err(|e| match e {
-                SinkError::Full { .. } => {
-                    st.metrics.record_shed(ShedReason::QueueFull);
-                    ApiError::QueueFull
-                }
-                SinkError::Closed | SinkError::Failed(_) => {
-                    st.metrics.record_shed(ShedReason::Draining);
-                    ApiError::Draining
-                }
-            })?)
+            Some(
+                st.parts
+                    .sink
+                    .try_admit(accepted.len())
+                    .map_err(|e| match e {
+                        SinkError::Full { .. } => {
+                            st.parts.metrics.record_shed(ShedReason::QueueFull);
+                            ApiError::QueueFull
+                        }
+                        SinkError::Closed | SinkError::Failed(_) => {
+                            st.parts.metrics.record_shed(ShedReason::Draining);
+                            ApiError::Draining
+                        }
+                    })?,
+            )
         };
 
         let rejected: Vec<Rejected> = rejected
             .into_iter()
             .map(|(index, reason, raw)| {
-                st.metrics.record_rejected(reason);
+                st.parts.metrics.record_rejected(reason);
                 self.dead_letter(
                     received_at,
                     reason.as_str(),
@@ -512,7 +498,7 @@ impl App {
             return Err(ApiError::AllRejected(rejected));
         };
 
-        let ip = st.client_ip.resolve(peer, headers);
+        let ip = st.parts.client_ip.resolve(peer, headers);
         let ctx = RequestContext {
             received_at,
             ip: Some(anonymize_ip(ip)),
@@ -520,10 +506,10 @@ impl App {
                 .get(USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|ua| st.ua.parse(ua)),
-            geo: st.geo.as_ref().and_then(|g| g.lookup(ip)),
+            geo: st.parts.geo.as_ref().and_then(|g| g.lookup(ip)),
         };
         let n = accepted.len();
-        Metrics::add(&st.metrics.events_accepted, n as u64);
+        Metrics::add(&st.parts.metrics.events_accepted, n as u64);
         let task = st
             .tracker
             .spawn(process(Arc::clone(st), accepted, ctx, admission));
@@ -543,7 +529,7 @@ impl App {
         index: Option<usize>,
         raw: String,
     ) {
-        let kept = self.state.deadletters.reject(DeadLetter {
+        let kept = self.state.parts.deadletters.reject(DeadLetter {
             received_at,
             reason,
             error,
@@ -551,7 +537,7 @@ impl App {
             raw,
         });
         if !kept {
-            Metrics::add(&self.state.metrics.deadletters_dropped, 1);
+            Metrics::add(&self.state.parts.metrics.deadletters_dropped, 1);
         }
     }
 
@@ -578,7 +564,7 @@ impl App {
             // Each invalid event was already dead-lettered with its reason.
             Err(ApiError::AllRejected(_)) => {}
             Err(e) => {
-                let received_at = self.state.clock.now();
+                let received_at = self.state.parts.clock.now();
                 let reason = if e.status() == StatusCode::SERVICE_UNAVAILABLE {
                     "overloaded"
                 } else {
@@ -638,11 +624,12 @@ async fn process(st: Arc<AppState>, events: Vec<Event>, ctx: RequestContext, adm
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         let touch = st
+            .parts
             .store
             .touch(event.client_id(), ctx.received_at, event.via());
-        let outcome = match tokio::time::timeout(st.limits.session_timeout, touch).await {
+        let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
             Ok(Ok(s)) => {
-                let m = &st.metrics;
+                let m = &st.parts.metrics;
                 if s.short_new {
                     Metrics::add(&m.sessions_short_new, 1);
                 }
@@ -655,21 +642,21 @@ async fn process(st: Arc<AppState>, events: Vec<Event>, ctx: RequestContext, adm
                 SessionOutcome::Resolved(s)
             }
             Ok(Err(e)) => {
-                Metrics::add(&st.metrics.session_store_failures, 1);
-                Metrics::add(&st.metrics.sessions_unavailable, 1);
+                Metrics::add(&st.parts.metrics.session_store_failures, 1);
+                Metrics::add(&st.parts.metrics.sessions_unavailable, 1);
                 st.warn_store(&e);
                 SessionOutcome::Unavailable
             }
             Err(_) => {
-                Metrics::add(&st.metrics.session_store_timeouts, 1);
-                Metrics::add(&st.metrics.sessions_unavailable, 1);
-                st.warn_store(&StoreError::Timeout(st.limits.session_timeout));
+                Metrics::add(&st.parts.metrics.session_store_timeouts, 1);
+                Metrics::add(&st.parts.metrics.sessions_unavailable, 1);
+                st.warn_store(&StoreError::Timeout(st.parts.limits.session_timeout));
                 SessionOutcome::Unavailable
             }
         };
-        out.push(enrich(event, outcome, &ctx, &*st.ids));
+        out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
     }
-    st.sink.send(out, admission);
+    st.parts.sink.send(out, admission);
 }
 
 #[cfg(test)]

@@ -72,8 +72,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 sink = ?config.sink,
                 "Listening."
             );
-            if let Some(memory) = state.memory_store.clone() {
-                let clock = Arc::clone(&state.clock);
+            if let Some(memory) = state.parts.memory_store.clone() {
+                let clock = Arc::clone(&state.parts.clock);
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(60));
                     loop {

@@ -135,11 +135,11 @@ pub async fn serve(
     for (name, result) in [
         (
             "events",
-            tokio::time::timeout_at(flush_deadline, state.sink.close()).await,
+            tokio::time::timeout_at(flush_deadline, state.parts.sink.close()).await,
         ),
         (
             "dead letters",
-            tokio::time::timeout_at(flush_deadline, state.deadletters.close()).await,
+            tokio::time::timeout_at(flush_deadline, state.parts.deadletters.close()).await,
         ),
     ] {
         match result {
