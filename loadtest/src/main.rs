@@ -94,8 +94,9 @@ struct RunArgs {
     /// Generator threads (one worker each).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Most requests in flight; beyond it sends are dropped and counted.
-    /// Default from Little's law: rate × 100 ms × 2 headroom, within [64, 10000].
+    /// Most requests in flight — and so most connections, each carrying one
+    /// request at a time; beyond it sends are dropped and counted. Default
+    /// from Little's law: rate × 100 ms × 2 headroom, within [64, 10000].
     #[arg(long)]
     max_inflight: Option<usize>,
     /// Per-request timeout.
