@@ -39,6 +39,16 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         now: Timestamp,
         via: Option<&'a Via>,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
+
+    /// Waits for work the store still owes (e.g. renewal writes in flight).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Operation counters for metrics, as `(operation, count)`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Why a sink could not take events.

@@ -1,0 +1,250 @@
+//! How a visitor's state is laid out in a Bigtable row.
+
+use bigtable_rs::bigtable::RowCell;
+use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
+use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter};
+use bigtable_rs::google::bigtable::v2::{Mutation, RowFilter};
+use serde::{Deserialize, Serialize};
+use tracking_core::{ClientId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
+use uuid::Uuid;
+
+/// Short session: value = 16-byte id, cell timestamp = latest event.
+pub const SHORT: &str = "s";
+/// Long session: same shape.
+pub const LONG: &str = "l";
+/// Via record: value = JSON with its own expiry, cell timestamp = when recorded.
+pub const VIA: &str = "v";
+pub const ID: &[u8] = b"id";
+pub const ROUTE: &[u8] = b"r";
+
+/// `xxxx#<client_id>`: the prefix spreads visitors over 65,536 key ranges so
+/// that no monotonically growing or popular prefix concentrates load. The
+/// hash (FNV-1a, then murmur3's 64-bit finalizer so that ids differing only
+/// in their last characters still land far apart) is fixed forever: changing
+/// it would orphan every stored row.
+pub fn row_key(client_id: &ClientId) -> Vec<u8> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.as_str().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    format!("{:04x}#{}", (h >> 48) as u16, client_id.as_str()).into_bytes()
+}
+
+/// Only our families, and only the latest cell of each column. Without the
+/// limit, every version Bigtable has not garbage-collected yet (production
+/// GC is lazy: days) would be read.
+pub fn latest_cells_filter() -> RowFilter {
+    RowFilter {
+        filter: Some(Filter::Chain(Chain {
+            filters: vec![
+                RowFilter {
+                    filter: Some(Filter::FamilyNameRegexFilter(format!(
+                        "^[{SHORT}{LONG}{VIA}]$"
+                    ))),
+                },
+                RowFilter {
+                    filter: Some(Filter::CellsPerColumnLimitFilter(1)),
+                },
+            ],
+        })),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredVia {
+    source: Option<String>,
+    medium: Option<String>,
+    campaign: Option<String>,
+    expires_at: u64,
+}
+
+fn micros(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis().saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn millis(micros: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(micros / 1000).unwrap_or(0))
+}
+
+/// The state in a row's cells. Unreadable cells count as absent (and are
+/// reported in `corrupt`), so one bad cell cannot lock a visitor out.
+pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
+    let mut state = VisitorState::default();
+    let mut corrupt = 0;
+    // Newest first per column even if the filter were missing.
+    let newest = |family: &str, qualifier: &[u8]| {
+        cells
+            .iter()
+            .filter(|c| c.family_name == family && c.qualifier == qualifier)
+            .max_by_key(|c| c.timestamp_micros)
+    };
+    for (family, slot) in [(SHORT, &mut state.short), (LONG, &mut state.long)] {
+        if let Some(c) = newest(family, ID) {
+            match Uuid::from_slice(&c.value) {
+                Ok(id) => {
+                    *slot = Some(SessionRecord {
+                        id,
+                        last_seen: millis(c.timestamp_micros),
+                    })
+                }
+                Err(_) => corrupt += 1,
+            }
+        }
+    }
+    if let Some(c) = newest(VIA, ROUTE) {
+        match serde_json::from_slice::<StoredVia>(&c.value) {
+            Ok(v) => {
+                state.via = Via::new(
+                    v.source.as_deref(),
+                    v.medium.as_deref(),
+                    v.campaign.as_deref(),
+                )
+                .map(|via| ViaRecord {
+                    via,
+                    expires_at: Timestamp::from_millis(v.expires_at),
+                });
+            }
+            Err(_) => corrupt += 1,
+        }
+    }
+    (state, corrupt)
+}
+
+fn set(family: &str, qualifier: &[u8], at: Timestamp, value: Vec<u8>) -> Mutation {
+    Mutation {
+        mutation: Some(Kind::SetCell(SetCell {
+            family_name: family.to_owned(),
+            column_qualifier: qualifier.to_vec(),
+            timestamp_micros: micros(at),
+            value,
+        })),
+    }
+}
+
+/// The cells that renew `next` at `now`: both sessions always (a new cell,
+/// timestamped with the latest event, in whole milliseconds), the via record
+/// only when this event recorded one.
+pub fn encode(next: &VisitorState, via_recorded: bool, now: Timestamp) -> Vec<Mutation> {
+    let mut out = Vec::with_capacity(3);
+    for (family, rec) in [(SHORT, next.short), (LONG, next.long)] {
+        if let Some(r) = rec {
+            out.push(set(family, ID, r.last_seen, r.id.as_bytes().to_vec()));
+        }
+    }
+    if via_recorded && let Some(v) = &next.via {
+        let stored = StoredVia {
+            source: v.via.source.as_deref().map(str::to_owned),
+            medium: v.via.medium.as_deref().map(str::to_owned),
+            campaign: v.via.campaign.as_deref().map(str::to_owned),
+            expires_at: v.expires_at.as_millis(),
+        };
+        if let Ok(json) = serde_json::to_vec(&stored) {
+            out.push(set(VIA, ROUTE, now, json));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STABLE_KEY: &str = "fc1f#visitor-1";
+
+    fn cell(family: &str, qualifier: &[u8], ts_ms: i64, value: Vec<u8>) -> RowCell {
+        RowCell {
+            family_name: family.into(),
+            qualifier: qualifier.to_vec(),
+            value,
+            timestamp_micros: ts_ms * 1000,
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn row_keys_are_spread_and_stable() {
+        let key =
+            |s: &str| String::from_utf8(row_key(&ClientId::parse(s).expect("id"))).expect("utf8");
+        assert_eq!(key("visitor-1"), key("visitor-1"));
+        assert!(key("visitor-1").ends_with("#visitor-1"));
+        assert_eq!(key("visitor-1").len(), "xxxx#visitor-1".len());
+        // Sequential ids land far apart.
+        let prefixes: std::collections::HashSet<_> = (0..1000)
+            .map(|i| key(&format!("v{i}"))[..4].to_owned())
+            .collect();
+        // 1,000 ids over 65,536 prefixes: ~992 distinct expected if uniform.
+        assert!(prefixes.len() > 980, "{} distinct prefixes", prefixes.len());
+        // Pinned: the key of a stored row must never change.
+        assert_eq!(key("visitor-1"), STABLE_KEY);
+    }
+
+    #[test]
+    fn round_trip_and_newest_cell_wins() {
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let via = ViaRecord {
+            via: Via::new(Some("ad"), None, Some("c")).expect("via"),
+            expires_at: Timestamp::from_millis(9_000),
+        };
+        let state = VisitorState {
+            short: Some(SessionRecord {
+                id: a,
+                last_seen: Timestamp::from_millis(5_000),
+            }),
+            long: Some(SessionRecord {
+                id: b,
+                last_seen: Timestamp::from_millis(5_000),
+            }),
+            via: Some(via.clone()),
+        };
+        let muts = encode(&state, true, Timestamp::from_millis(5_000));
+        assert_eq!(muts.len(), 3);
+        assert_eq!(
+            encode(&state, false, Timestamp::from_millis(5_000)).len(),
+            2
+        );
+        let as_cells = |muts: &[Mutation]| -> Vec<RowCell> {
+            muts.iter()
+                .filter_map(|m| match &m.mutation {
+                    Some(Kind::SetCell(s)) => Some(RowCell {
+                        family_name: s.family_name.clone(),
+                        qualifier: s.column_qualifier.clone(),
+                        value: s.value.clone(),
+                        timestamp_micros: s.timestamp_micros,
+                        labels: vec![],
+                    }),
+                    _ => None,
+                })
+                .collect()
+        };
+        let cells = as_cells(&muts);
+        assert_eq!(decode(&cells), (state.clone(), 0));
+
+        // Older versions present (no filter, lazy GC): the newest wins.
+        let mut many = as_cells(&muts);
+        many.push(cell(
+            SHORT,
+            ID,
+            4_000,
+            Uuid::from_u128(7).as_bytes().to_vec(),
+        ));
+        many.insert(
+            0,
+            cell(SHORT, ID, 1_000, Uuid::from_u128(8).as_bytes().to_vec()),
+        );
+        assert_eq!(decode(&many).0.short, state.short);
+
+        // Corrupt cells count as absent.
+        let bad = vec![
+            cell(SHORT, ID, 1, b"short".to_vec()),
+            cell(VIA, ROUTE, 1, b"{".to_vec()),
+        ];
+        let (s, corrupt) = decode(&bad);
+        assert_eq!((s, corrupt), (VisitorState::default(), 2));
+    }
+}

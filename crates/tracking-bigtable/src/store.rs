@@ -1,0 +1,293 @@
+//! `BigtableSessionStore`: one read and one write per event.
+//!
+//! A touch takes the visitor's stripe lock, reads the row (latest cells only;
+//! retried with backoff on transient errors until the caller's deadline),
+//! resolves the sessions, and returns them. The renewal write is handed to a
+//! tracked task that keeps the stripe lock until the write has landed, so the
+//! event does not wait for it but the visitor's next event in this process
+//! does: events of one visitor are applied in order and never mint two
+//! sessions within one process. Across processes, two first events of one
+//! visitor racing within one read-write round trip can mint two ids; the
+//! later write wins and every later event shares it (documented in
+//! ARCHITECTURE.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
+use bigtable_rs::google::bigtable::v2::{MutateRowRequest, ReadRowsRequest, RowSet};
+use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
+use tracking_core::{
+    BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
+};
+
+use crate::schema::{decode, encode, latest_cells_filter, row_key};
+use crate::{BigtableConfig, SetupError};
+
+const STRIPES: usize = 4096;
+const READ_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reads: AtomicU64,
+    pub read_retries: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_retries: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub corrupt_cells: AtomicU64,
+}
+
+struct Inner {
+    client: BigTable,
+    table_name: String,
+    policy: SessionPolicy,
+    cfg: BigtableConfig,
+    stripes: Vec<Arc<Mutex<()>>>,
+    writes: TaskTracker,
+    counters: Counters,
+    warned_at: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct BigtableSessionStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BigtableSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigtableSessionStore")
+            .field("table", &self.inner.table_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether another attempt may succeed.
+fn transient(e: &BtError) -> bool {
+    match e {
+        BtError::RpcError(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Aborted
+                | tonic::Code::Internal
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+        ),
+        BtError::TransportError(_) | BtError::IoError(_) | BtError::TimeoutError(_) => true,
+        _ => false,
+    }
+}
+
+impl BigtableSessionStore {
+    /// Connects (lazily: nothing is sent until the first call).
+    pub async fn connect(cfg: BigtableConfig, policy: SessionPolicy) -> Result<Self, SetupError> {
+        let connection = match &cfg.emulator_host {
+            Some(host) => BigTableConnection::new_with_emulator(
+                host,
+                &cfg.project,
+                &cfg.instance,
+                false,
+                cfg.channels,
+                Some(cfg.attempt_timeout),
+            )
+            .map_err(|e| SetupError::Connect(e.to_string()))?,
+            None => {
+                let provider = gcp_auth::provider()
+                    .await
+                    .map_err(|e| SetupError::Credentials(e.to_string()))?;
+                BigTableConnection::new_with_token_provider(
+                    &cfg.project,
+                    &cfg.instance,
+                    false,
+                    cfg.channels,
+                    Some(cfg.attempt_timeout),
+                    provider,
+                )
+                .map_err(|e| SetupError::Connect(e.to_string()))?
+            }
+        };
+        let client = connection.client();
+        let table_name = client.get_full_table_name(&cfg.table);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                table_name,
+                policy,
+                stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+                writes: TaskTracker::new(),
+                counters: Counters::default(),
+                warned_at: AtomicU64::new(0),
+                cfg,
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Waits for the renewal writes in flight.
+    pub async fn flush(&self) {
+        self.inner.writes.close();
+        self.inner.writes.wait().await;
+        self.inner.writes.reopen();
+    }
+}
+
+impl Inner {
+    fn stripe(&self, key: &[u8]) -> Arc<Mutex<()>> {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in key {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        Arc::clone(&self.stripes[h as usize % STRIPES])
+    }
+
+    async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
+        let mut backoff = Duration::from_millis(2);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request = ReadRowsRequest {
+                table_name: self.table_name.clone(),
+                rows: Some(RowSet {
+                    row_keys: vec![key.to_vec()],
+                    row_ranges: vec![],
+                }),
+                filter: Some(latest_cells_filter()),
+                rows_limit: 1,
+                ..ReadRowsRequest::default()
+            };
+            let mut client = self.client.clone();
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            let result =
+                tokio::time::timeout(self.cfg.attempt_timeout, client.read_rows(request)).await;
+            let error = match result {
+                Ok(Ok(rows)) => {
+                    let cells = rows
+                        .into_iter()
+                        .next()
+                        .map(|(_, cells)| cells)
+                        .unwrap_or_default();
+                    let (state, corrupt) = decode(&cells);
+                    if corrupt > 0 {
+                        self.counters
+                            .corrupt_cells
+                            .fetch_add(corrupt as u64, Ordering::Relaxed);
+                        tracing::warn!(corrupt, "Unreadable session cells ignored.");
+                    }
+                    return Ok(state);
+                }
+                Ok(Err(e)) if transient(&e) && attempt < READ_ATTEMPTS => e.to_string(),
+                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                Err(_) if attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
+                Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
+            };
+            self.counters.read_retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, attempt, "Bigtable read failed; retrying.");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+
+    /// Writes the renewal, retrying transient failures until the write
+    /// deadline. Setting cells at explicit timestamps is idempotent.
+    async fn write(
+        &self,
+        key: Vec<u8>,
+        mutations: Vec<bigtable_rs::google::bigtable::v2::Mutation>,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.cfg.write_timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let request = MutateRowRequest {
+                table_name: self.table_name.clone(),
+                row_key: key.clone(),
+                mutations: mutations.clone(),
+                ..MutateRowRequest::default()
+            };
+            let mut client = self.client.clone();
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
+            let error = match tokio::time::timeout_at(deadline, client.mutate_row(request)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) if transient(&e) => e.to_string(),
+                Ok(Err(e)) => {
+                    self.write_failed(&e.to_string());
+                    return;
+                }
+                Err(_) => {
+                    self.write_failed("write deadline passed");
+                    return;
+                }
+            };
+            if tokio::time::Instant::now() + backoff >= deadline {
+                self.write_failed(&error);
+                return;
+            }
+            self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn write_failed(&self, error: &str) {
+        self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if self.warned_at.swap(now_s, Ordering::Relaxed) != now_s {
+            tracing::warn!(
+                error,
+                "Bigtable session renewal failed; the session may end early."
+            );
+        }
+    }
+}
+
+impl SessionStore for BigtableSessionStore {
+    fn touch<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let key = row_key(client_id);
+            let turn = inner.stripe(&key).lock_owned().await;
+            let prev = inner.read(&key).await?;
+            let (sessions, next) = inner.policy.resolve(Some(&prev), now, via);
+            let mutations = encode(&next, via.is_some(), now);
+            let writer = Arc::clone(inner);
+            inner.writes.spawn(async move {
+                writer.write(key, mutations).await;
+                drop(turn);
+            });
+            Ok(sessions)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.inner.writes.close();
+            self.inner.writes.wait().await;
+        })
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("read", load(&c.reads)),
+            ("read_retry", load(&c.read_retries)),
+            ("write", load(&c.writes)),
+            ("write_retry", load(&c.write_retries)),
+            ("write_failure", load(&c.write_failures)),
+            ("corrupt_cell", load(&c.corrupt_cells)),
+        ]
+    }
+}

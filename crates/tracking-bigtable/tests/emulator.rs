@@ -1,0 +1,290 @@
+//! The Bigtable session store against the real Cloud Bigtable emulator,
+//! started by the test on a free port.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bigtable_rs::bigtable::BigTableConnection;
+use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
+use bigtable_rs::google::bigtable::v2::{MutateRowRequest, Mutation, ReadRowsRequest, RowSet};
+use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::ColumnFamily;
+use test_support::BigtableEmulator;
+use tracking_bigtable::admin::create_table;
+use tracking_bigtable::schema::{ID, LONG, SHORT, latest_cells_filter, row_key};
+use tracking_bigtable::{BigtableConfig, BigtableSessionStore, BootstrapOutcome, bootstrap};
+use tracking_core::{
+    ClientId, Clock, ManualClock, SequentialIds, SessionPolicy, SessionStore, StoreError,
+    Timestamp, Ttls, Via,
+};
+use uuid::Uuid;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn ttls() -> Ttls {
+    Ttls {
+        short: 30 * MIN,
+        long: 90 * 24 * 60 * MIN,
+        via: 60 * MIN,
+    }
+}
+
+fn config(emu: &BigtableEmulator, table: &str) -> BigtableConfig {
+    BigtableConfig {
+        project: "test-project".into(),
+        instance: "test-instance".into(),
+        table: table.into(),
+        emulator_host: Some(emu.host()),
+        channels: 2,
+        attempt_timeout: Duration::from_millis(200),
+        write_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A clock at the real present: emulator GC judges cell ages by real time.
+fn clock() -> Arc<ManualClock> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    Arc::new(ManualClock::new(Timestamp::from_millis(now)))
+}
+
+async fn store(cfg: BigtableConfig) -> BigtableSessionStore {
+    let policy = SessionPolicy::new(ttls(), Arc::new(SequentialIds::default()));
+    BigtableSessionStore::connect(cfg, policy).await.unwrap()
+}
+
+fn id(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn bootstrap_creates_once_and_leaves_an_existing_table_alone() {
+    let emu = BigtableEmulator::start();
+    let cfg = config(&emu, "sessions");
+    assert_eq!(
+        bootstrap(&cfg, ttls()).await.unwrap(),
+        BootstrapOutcome::Created
+    );
+    assert_eq!(
+        bootstrap(&cfg, ttls()).await.unwrap(),
+        BootstrapOutcome::AlreadyExists
+    );
+}
+
+#[tokio::test]
+async fn sessions_continue_within_the_ttl_and_renew_after_it() {
+    let emu = BigtableEmulator::start();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let clock = clock();
+    let s = store(cfg.clone()).await;
+    let v = id("visitor-1");
+    let ad = Via::new(Some("ad"), None, None).unwrap();
+
+    let a = s.touch(&v, clock.now(), Some(&ad)).await.unwrap();
+    assert!(a.short_new && a.long_new);
+    clock.advance(29 * MIN);
+    let b = s.touch(&v, clock.now(), None).await.unwrap();
+    assert_eq!((b.short_id, b.long_id), (a.short_id, a.long_id));
+    assert!(!b.short_new && !b.long_new);
+    assert_eq!(
+        b.via.as_ref().map(|r| r.via.source.as_deref()),
+        Some(Some("ad"))
+    );
+    clock.advance(30 * MIN);
+    let c = s.touch(&v, clock.now(), None).await.unwrap();
+    assert_ne!(c.short_id, a.short_id);
+    assert!(c.short_new && !c.long_new);
+    assert_eq!(c.long_id, a.long_id);
+    // The via was recorded 59 minutes ago with a 60-minute TTL: still attached.
+    assert!(c.via.is_some());
+    clock.advance(MIN);
+    assert!(s.touch(&v, clock.now(), None).await.unwrap().via.is_none());
+
+    // A new store (a restarted process) sees the same sessions: they live in Bigtable.
+    s.flush().await;
+    let again = store(cfg).await;
+    let d = again.touch(&v, clock.now(), None).await.unwrap();
+    assert_eq!((d.short_id, d.long_id), (c.short_id, c.long_id));
+    // One read and one write per event.
+    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
+    assert_eq!(counters["read"], 4);
+    s.flush().await;
+    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
+    assert_eq!(counters["write"], 4);
+}
+
+/// The emulator garbage-collects old versions within a second or two under a
+/// max-versions rule, which would hide a missing latest-cell filter. Here the
+/// families have no GC rule at all, the row holds several versions, and the
+/// newest short-session cell is expired while an older one is "alive" only
+/// by its id: the store must read the newest and judge it expired.
+#[tokio::test]
+async fn reads_only_the_newest_version_and_judges_its_expiry() {
+    let emu = BigtableEmulator::start();
+    let cfg = config(&emu, "no_gc");
+    let families = HashMap::from([
+        (SHORT.to_owned(), ColumnFamily::default()),
+        (LONG.to_owned(), ColumnFamily::default()),
+        ("v".to_owned(), ColumnFamily::default()),
+    ]);
+    assert_eq!(
+        create_table(&cfg, families).await.unwrap(),
+        BootstrapOutcome::Created
+    );
+    let clock = clock();
+    let now = clock.now().as_millis() as i64;
+    let v = id("versioned");
+    let key = row_key(&v);
+    let conn = BigTableConnection::new_with_emulator(
+        &emu.host(),
+        &cfg.project,
+        &cfg.instance,
+        false,
+        1,
+        None,
+    )
+    .unwrap();
+    let mut raw = conn.client();
+    let table_name = raw.get_full_table_name(&cfg.table);
+    let cell = |family: &str, id: u128, at_ms: i64| Mutation {
+        mutation: Some(Kind::SetCell(SetCell {
+            family_name: family.into(),
+            column_qualifier: ID.to_vec(),
+            timestamp_micros: at_ms * 1000,
+            value: Uuid::from_u128(id).as_bytes().to_vec(),
+        })),
+    };
+    let minutes = |m: i64| m * 60_000;
+    // Short session: versions at -100, -80, -45 minutes (newest: expired, 30-minute TTL).
+    // Long session: versions at -100 and -45 minutes (newest: alive).
+    let mutations = vec![
+        cell(SHORT, 1, now - minutes(100)),
+        cell(SHORT, 2, now - minutes(80)),
+        cell(SHORT, 3, now - minutes(45)),
+        cell(LONG, 10, now - minutes(100)),
+        cell(LONG, 11, now - minutes(45)),
+    ];
+    raw.mutate_row(MutateRowRequest {
+        table_name: table_name.clone(),
+        row_key: key.clone(),
+        mutations,
+        ..MutateRowRequest::default()
+    })
+    .await
+    .unwrap();
+    // Without a filter every version is still there: the trap is armed.
+    let all = raw
+        .read_rows(ReadRowsRequest {
+            table_name: table_name.clone(),
+            rows: Some(RowSet {
+                row_keys: vec![key.clone()],
+                row_ranges: vec![],
+            }),
+            ..ReadRowsRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all[0].1.len(), 5, "five versions stored");
+    // The store's filter reads one cell per column, not every stored version.
+    let filtered = raw
+        .read_rows(ReadRowsRequest {
+            table_name: table_name.clone(),
+            rows: Some(RowSet {
+                row_keys: vec![key.clone()],
+                row_ranges: vec![],
+            }),
+            filter: Some(latest_cells_filter()),
+            ..ReadRowsRequest::default()
+        })
+        .await
+        .unwrap();
+    let cells = &filtered[0].1;
+    assert_eq!(cells.len(), 2, "one cell per column");
+    assert!(
+        cells
+            .iter()
+            .all(|c| c.timestamp_micros == (now - minutes(45)) * 1000)
+    );
+
+    let s = store(cfg).await;
+    let got = s.touch(&v, clock.now(), None).await.unwrap();
+    assert!(
+        got.short_new,
+        "the newest short cell is 45 minutes old: expired"
+    );
+    assert!(![1, 2, 3].contains(&got.short_id.as_u128()));
+    assert!(!got.long_new);
+    assert_eq!(
+        got.long_id,
+        Uuid::from_u128(11),
+        "the newest long cell wins"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
+    let mut emu = BigtableEmulator::start();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let clock = clock();
+    let s = store(cfg.clone()).await;
+    let v = id("v-dead");
+    s.touch(&v, clock.now(), None).await.unwrap();
+    s.flush().await;
+
+    emu.stop();
+    let started = Instant::now();
+    let err = s.touch(&v, clock.now(), None).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Back (empty, as a restarted emulator is): the same store works again.
+    emu.restart();
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        match s.touch(&v, clock.now(), None).await {
+            Ok(x) => break x,
+            Err(e) if Instant::now() > deadline => panic!("store did not recover: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(back.short_new, "the restarted emulator is empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_events_of_one_visitor_share_one_session() {
+    let emu = BigtableEmulator::start();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let clock = clock();
+    let s = Arc::new(store(cfg).await);
+    let v = id("busy-visitor");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, v, now) = (Arc::clone(&s), v.clone(), clock.now());
+            tokio::spawn(async move { s.touch(&v, now, None).await.unwrap() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut new = 0;
+    for t in tasks {
+        let got = t.await.unwrap();
+        ids.push((got.short_id, got.long_id));
+        new += usize::from(got.short_new);
+    }
+    assert_eq!(new, 1, "exactly one event minted the session");
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+}
