@@ -128,6 +128,7 @@ impl AppState {
             memory_store_visitors: self.parts.memory_store.as_ref().map(|m| m.len()),
             memory_store_evictions_expired: expired,
             memory_store_evictions_capacity: capacity,
+            store_ops: self.parts.store.counters(),
             ready: self.is_ready(),
         }
     }

@@ -38,6 +38,8 @@ pub enum Command {
 pub enum StoreKind {
     /// In-process, bounded, lost on restart.
     Memory,
+    /// Cloud Bigtable (TRACKING_BIGTABLE_*; BIGTABLE_EMULATOR_HOST for the emulator).
+    Bigtable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +114,42 @@ pub struct Config {
     /// least recently seen of a random sample is evicted (counted in metrics).
     #[arg(long, env = "TRACKING_MEMORY_MAX_VISITORS", default_value = "200000", value_parser = positive, global = true)]
     pub memory_max_visitors: usize,
+
+    /// Bigtable project (required with `--session-store bigtable`).
+    #[arg(long, env = "TRACKING_BIGTABLE_PROJECT", global = true)]
+    pub bigtable_project: Option<String>,
+
+    /// Bigtable instance (required with `--session-store bigtable`).
+    #[arg(long, env = "TRACKING_BIGTABLE_INSTANCE", global = true)]
+    pub bigtable_instance: Option<String>,
+
+    /// Bigtable table holding sessions and via records.
+    #[arg(
+        long,
+        env = "TRACKING_BIGTABLE_TABLE",
+        default_value = "sessions",
+        global = true
+    )]
+    pub bigtable_table: String,
+
+    /// `host:port` of a Bigtable emulator: plaintext, no credentials. Unset:
+    /// Bigtable itself, with Application Default Credentials.
+    #[arg(long, env = "BIGTABLE_EMULATOR_HOST", global = true)]
+    pub bigtable_emulator_host: Option<String>,
+
+    /// gRPC channels (HTTP/2 connections) to Bigtable.
+    #[arg(long, env = "TRACKING_BIGTABLE_CHANNELS", default_value = "4", value_parser = positive, global = true)]
+    pub bigtable_channels: usize,
+
+    /// Deadline of one Bigtable read attempt (up to 3 attempts, within
+    /// TRACKING_SESSION_TIMEOUT).
+    #[arg(long, env = "TRACKING_BIGTABLE_ATTEMPT_TIMEOUT", default_value = "40ms", value_parser = duration, global = true)]
+    pub bigtable_attempt_timeout: Duration,
+
+    /// Time allowed for a session renewal write, retries included (off the
+    /// request path).
+    #[arg(long, env = "TRACKING_BIGTABLE_WRITE_TIMEOUT", default_value = "2s", value_parser = duration, global = true)]
+    pub bigtable_write_timeout: Duration,
 
     /// Deadline of one session-store call; past it the event is accepted with
     /// `session.status = "unavailable"`.
@@ -270,6 +308,11 @@ impl Config {
     /// Checks what clap cannot: combinations and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError(m));
+        if self.session_store == StoreKind::Bigtable
+            && (self.bigtable_project.is_none() || self.bigtable_instance.is_none())
+        {
+            return fail("TRACKING_SESSION_STORE=bigtable needs TRACKING_BIGTABLE_PROJECT and TRACKING_BIGTABLE_INSTANCE".into());
+        }
         if self.sink == SinkKind::File && self.sink_path.is_none() {
             return fail("TRACKING_SINK=file needs TRACKING_SINK_PATH".into());
         }
@@ -380,5 +423,20 @@ mod tests {
         check(&["--trusted-proxies", "10.0.0.0"], Err("invalid"));
         check(&["--max-inflight", "0"], Err("at least 1"));
         check(&["--session-store", "cassandra"], Err("invalid value"));
+        check(
+            &["--session-store", "bigtable"],
+            Err("needs TRACKING_BIGTABLE_PROJECT"),
+        );
+        check(
+            &[
+                "--session-store",
+                "bigtable",
+                "--bigtable-project",
+                "p",
+                "--bigtable-instance",
+                "i",
+            ],
+            Ok(()),
+        );
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use app::{App, AppState, Limits, Parts, app};
 pub use server::{DrainReport, ServeOptions, serve};
-use tracking_core::{DeadLetterSink, RandomIds, SessionPolicy, SystemClock, Ttls};
+use tracking_core::{DeadLetterSink, RandomIds, SessionPolicy, SessionStore, SystemClock, Ttls};
 
 use crate::client_ip::ClientIp;
 use crate::config::{Config, DeadLetterKind, SinkKind, StoreKind};
@@ -66,15 +66,55 @@ impl Config {
             drain_timeout: self.drain_timeout,
         }
     }
+
+    pub fn bigtable(&self) -> tracking_bigtable::BigtableConfig {
+        tracking_bigtable::BigtableConfig {
+            project: self.bigtable_project.clone().unwrap_or_default(),
+            instance: self.bigtable_instance.clone().unwrap_or_default(),
+            table: self.bigtable_table.clone(),
+            emulator_host: self.bigtable_emulator_host.clone(),
+            channels: self.bigtable_channels,
+            attempt_timeout: self.bigtable_attempt_timeout,
+            write_timeout: self.bigtable_write_timeout,
+        }
+    }
+}
+
+/// `tracking-api bootstrap`: creates what the configured backends need when
+/// missing, never altering what exists. Returns what it did, in words.
+pub async fn bootstrap(config: &Config) -> anyhow::Result<String> {
+    match config.session_store {
+        StoreKind::Memory => Ok("Nothing to create: the memory store and the stdout/file sinks need no backend resources.".into()),
+        StoreKind::Bigtable => {
+            let bt = config.bigtable();
+            let outcome = tracking_bigtable::bootstrap(&bt, config.ttls()).await?;
+            Ok(match outcome {
+                tracking_bigtable::BootstrapOutcome::Created => format!("Created Bigtable table {} with families s, l, v.", bt.table),
+                tracking_bigtable::BootstrapOutcome::AlreadyExists => {
+                    format!("Bigtable table {} already exists; left as it is.", bt.table)
+                }
+            })
+        }
+    }
 }
 
 /// Builds the adapters the configuration names (opening files, starting
-/// writer threads) and the application state over them.
-pub fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
+/// writer threads, connecting lazily to Bigtable) and the application state
+/// over them.
+pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::default());
     let policy = SessionPolicy::new(config.ttls(), Arc::new(RandomIds));
-    let memory = match config.session_store {
-        StoreKind::Memory => Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors)),
+    let (store, memory): (Arc<dyn SessionStore>, _) = match config.session_store {
+        StoreKind::Memory => {
+            let m = Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors));
+            (m.clone(), Some(m))
+        }
+        StoreKind::Bigtable => (
+            Arc::new(
+                tracking_bigtable::BigtableSessionStore::connect(config.bigtable(), policy).await?,
+            ),
+            None,
+        ),
     };
     let target = match config.sink {
         SinkKind::Stdout => Target::Stdout,
@@ -108,7 +148,7 @@ pub fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         .transpose()?;
     Ok(AppState::new(Parts {
         limits: config.limits(),
-        store: memory.clone(),
+        store,
         sink_budget: Some(Arc::clone(sink.budget())),
         sink,
         deadletters,
@@ -119,6 +159,6 @@ pub fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         client_ip: ClientIp::new(config.trusted_proxies.clone()),
         geo,
         metrics,
-        memory_store: Some(memory),
+        memory_store: memory,
     }))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tracking_api::config::{Cli, Command, Config};
-use tracking_api::{app, build_state, serve};
+use tracking_api::{app, bootstrap, build_state, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,15 +54,12 @@ fn init_logging() {
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Bootstrap => {
-            tracing::info!(
-                store = ?config.session_store,
-                sink = ?config.sink,
-                "Nothing to create: the memory store and the stdout/file sinks need no backend resources."
-            );
+            let done = bootstrap(&config).await?;
+            tracing::info!(store = ?config.session_store, sink = ?config.sink, "{done}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let state = build_state(&config)?;
+            let state = build_state(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -15,6 +15,7 @@ pub const EVENTS_REJECTED: &str = "tracking_events_rejected_total";
 pub const EVENTS_WRITTEN: &str = "tracking_events_written_total";
 pub const SESSIONS: &str = "tracking_sessions_total";
 pub const SESSION_STORE_ERRORS: &str = "tracking_session_store_errors_total";
+pub const SESSION_STORE_OPS: &str = "tracking_session_store_ops_total";
 pub const SHED: &str = "tracking_requests_shed_total";
 pub const DEADLETTERS_DROPPED: &str = "tracking_deadletters_dropped_total";
 pub const SINK_WRITE_ERRORS: &str = "tracking_sink_write_errors_total";
@@ -133,7 +134,7 @@ impl Histogram {
 }
 
 /// Gauges read at render time from the components that own them.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Gauges {
     pub sink_queue_depth: usize,
     pub sink_queue_limit: usize,
@@ -141,6 +142,8 @@ pub struct Gauges {
     pub memory_store_visitors: Option<usize>,
     pub memory_store_evictions_expired: u64,
     pub memory_store_evictions_capacity: u64,
+    /// The store's own counters (Bigtable reads, writes, retries, …).
+    pub store_ops: Vec<(&'static str, u64)>,
     pub ready: bool,
 }
 
@@ -278,6 +281,17 @@ impl Metrics {
             "{SESSION_STORE_ERRORS}{{kind=\"failure\"}} {}",
             load(&self.session_store_failures)
         );
+        if !g.store_ops.is_empty() {
+            header(
+                &mut out,
+                SESSION_STORE_OPS,
+                "counter",
+                "Session store backend operations, by kind.",
+            );
+            for (op, n) in &g.store_ops {
+                let _ = writeln!(out, "{SESSION_STORE_OPS}{{op=\"{op}\"}} {n}");
+            }
+        }
         header(
             &mut out,
             SHED,

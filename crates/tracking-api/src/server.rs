@@ -131,6 +131,13 @@ pub async fn serve(
     }
     // Sinks get their flush even when the drain overran: what they hold is accepted.
     let flush_deadline = deadline.max(Instant::now() + Duration::from_secs(5));
+    // Session renewals still in flight (Bigtable writes) finish first.
+    if tokio::time::timeout_at(flush_deadline, state.parts.store.close())
+        .await
+        .is_err()
+    {
+        tracing::error!("Session store writes were still running at the flush deadline.");
+    }
     let mut sinks_flushed = true;
     for (name, result) in [
         (

@@ -1,0 +1,160 @@
+//! tracking-api with TRACKING_SESSION_STORE=bigtable against the real
+//! Bigtable emulator: sessions survive a restart of the API, a dead Bigtable
+//! degrades events instead of failing them, and its return needs no restart.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::process::{ApiProcess, read_ndjson, request, wait_for_lines};
+use test_support::BigtableEmulator;
+
+fn env<'a>(emu: &'a str, sink: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("TRACKING_SESSION_STORE", "bigtable"),
+        ("TRACKING_BIGTABLE_PROJECT", "p"),
+        ("TRACKING_BIGTABLE_INSTANCE", "i"),
+        ("BIGTABLE_EMULATOR_HOST", emu),
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink),
+    ]
+}
+
+fn bootstrap(env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .arg("bootstrap")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bootstrap failed: {log}");
+    log
+}
+
+async fn send(api: &ApiProcess, body: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "text/plain")],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    (r.status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_live_in_bigtable_and_survive_its_outages() {
+    let mut emu = BigtableEmulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let host = emu.host();
+    let env = env(&host, sink.to_str().unwrap());
+    assert!(bootstrap(&env).contains("Created Bigtable table sessions"));
+    assert!(bootstrap(&env).contains("already exists; left as it is"));
+
+    // 1. A session, then a restart of tracking-api: the same session.
+    let mut api = ApiProcess::start(&env);
+    assert_eq!(
+        send(
+            &api,
+            r#"{"type":"page_view","client_id":"bt-1","via":{"source":"ad"}}"#
+        )
+        .await
+        .0,
+        204
+    );
+    assert!(api.terminate(Duration::from_secs(10)).success());
+    let mut api = ApiProcess::start(&env);
+    assert_eq!(
+        send(&api, r#"{"type":"purchase","client_id":"bt-1"}"#)
+            .await
+            .0,
+        204
+    );
+    let events = wait_for_lines(&sink, 2, Duration::from_secs(5));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["session"]["status"], "ok");
+    assert_eq!(
+        events[1]["session"]["short_id"],
+        events[0]["session"]["short_id"]
+    );
+    assert_eq!(events[1]["session"]["short_new"], false);
+    assert_eq!(events[1]["via"]["source"], "ad");
+
+    // 2. Bigtable dies: events are still accepted, quickly, marked unavailable.
+    emu.stop();
+    for i in 0..5 {
+        let (status, took) = send(
+            &api,
+            &format!(r#"{{"type":"page_view","client_id":"bt-{i}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 204);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    let events = wait_for_lines(&sink, 7, Duration::from_secs(5));
+    assert_eq!(events.len(), 7);
+    assert!(
+        events[2..]
+            .iter()
+            .all(|e| e["session"]["status"] == "unavailable"),
+        "{:?}",
+        &events[2..]
+    );
+    let metrics = request(api.addr, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        metrics.contains("tracking_sessions_total{outcome=\"unavailable\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tracking_session_store_ops_total{op=\"read\"}"),
+        "{metrics}"
+    );
+
+    // 3. Bigtable is back (empty, as a restarted emulator is): no restart needed.
+    emu.restart();
+    bootstrap(&env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert_eq!(
+            send(&api, r#"{"type":"page_view","client_id":"bt-back"}"#)
+                .await
+                .0,
+            204
+        );
+        let last = read_ndjson(&sink).pop().unwrap();
+        if last["client_id"] == "bt-back" && last["session"]["status"] == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions did not come back: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(api.terminate(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn bigtable_without_its_location_is_a_configuration_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .env_clear()
+        .env("TRACKING_SESSION_STORE", "bigtable")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("needs TRACKING_BIGTABLE_PROJECT and TRACKING_BIGTABLE_INSTANCE")
+    );
+}
