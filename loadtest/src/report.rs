@@ -153,6 +153,29 @@ impl Default for Health {
 }
 
 impl Report {
+    /// Sets the error rate (from the counts), the percentiles and the
+    /// serialized histograms from the three merged histograms.
+    pub fn set_distributions(
+        &mut self,
+        latency: &Histogram<u64>,
+        service: &Histogram<u64>,
+        lag: &Histogram<u64>,
+    ) {
+        self.error_rate = if self.sent > 0 {
+            self.errors as f64 / self.sent as f64
+        } else {
+            0.0
+        };
+        self.latency_ms = Percentiles::of(latency);
+        self.service_time_ms = Percentiles::of(service);
+        self.schedule_lag_ms = Percentiles::of(lag);
+        self.histograms = EncodedHistograms {
+            latency_us: encode(latency),
+            service_us: encode(service),
+            lag_us: encode(lag),
+        };
+    }
+
     /// Recomputes the verdict from the figures.
     pub fn judge(&mut self, health: Health) {
         let mut reasons = Vec::new();
@@ -283,19 +306,7 @@ pub fn merge(reports: &[Report], health: Health) -> anyhow::Result<Report> {
                 .absorb(s);
         }
     }
-    out.error_rate = if out.sent > 0 {
-        out.errors as f64 / out.sent as f64
-    } else {
-        0.0
-    };
-    out.latency_ms = Percentiles::of(&lat);
-    out.service_time_ms = Percentiles::of(&svc);
-    out.schedule_lag_ms = Percentiles::of(&lag);
-    out.histograms = EncodedHistograms {
-        latency_us: encode(&lat),
-        service_us: encode(&svc),
-        lag_us: encode(&lag),
-    };
+    out.set_distributions(&lat, &svc, &lag);
     out.timeseries = seconds.into_values().collect();
     out.judge(health);
     // A merged run is saturated if any of its generators was.

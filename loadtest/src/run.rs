@@ -30,9 +30,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::report::{
-    Cpu, EncodedHistograms, Health, Percentiles, Report, Second, encode, new_histogram,
-};
+use crate::report::{Cpu, Health, Report, Second, new_histogram};
 use crate::scenario::{Generator, ScenarioConfig};
 use crate::schedule::Schedule;
 
@@ -480,19 +478,7 @@ pub async fn run(cfg: RunConfig, progress: Arc<Progress>) -> anyhow::Result<Repo
     } else {
         0.0
     };
-    report.error_rate = if report.sent > 0 {
-        report.errors as f64 / report.sent as f64
-    } else {
-        0.0
-    };
-    report.latency_ms = Percentiles::of(&latency);
-    report.service_time_ms = Percentiles::of(&service);
-    report.schedule_lag_ms = Percentiles::of(&lag);
-    report.histograms = EncodedHistograms {
-        latency_us: encode(&latency),
-        service_us: encode(&service),
-        lag_us: encode(&lag),
-    };
+    report.set_distributions(&latency, &service, &lag);
     let start_second = start_unix_ms / 1000;
     report.timeseries = seconds
         .into_iter()
