@@ -1,5 +1,5 @@
 //! The Bigtable emulator's raw single-row read+write rate with the store's
-//! own client and request shapes (latest-cell read, two-cell write), closed
+//! own client and requests (`read_visitor`, `encode`), closed
 //! loop at a fixed concurrency. Used by `scripts/bench-bigtable` as the
 //! reference the service is compared with.
 //!
@@ -10,10 +10,9 @@
 use std::time::{Duration, Instant};
 
 use bigtable_rs::bigtable::BigTableConnection;
-use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
-use bigtable_rs::google::bigtable::v2::{MutateRowRequest, Mutation, ReadRowsRequest, RowSet};
-use tracking_bigtable::schema::{ID, LONG, SHORT, latest_cells_filter, row_key};
-use tracking_core::ClientId;
+use bigtable_rs::google::bigtable::v2::MutateRowRequest;
+use tracking_bigtable::schema::{encode, read_visitor, row_key};
+use tracking_core::{ClientId, SessionRecord, Timestamp, VisitorState};
 
 #[tokio::main]
 async fn main() {
@@ -50,36 +49,29 @@ async fn main() {
                     );
                     let started = Instant::now();
                     client
-                        .read_rows(ReadRowsRequest {
-                            table_name: table_name.clone(),
-                            rows: Some(RowSet {
-                                row_keys: vec![key.clone()],
-                                row_ranges: vec![],
-                            }),
-                            filter: Some(latest_cells_filter()),
-                            rows_limit: 1,
-                            ..ReadRowsRequest::default()
-                        })
+                        .read_rows(read_visitor(&table_name, &key))
                         .await
                         .unwrap();
-                    let now_us = (std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_millis()
-                        * 1000) as i64;
-                    let cell = |family: &str| Mutation {
-                        mutation: Some(Kind::SetCell(SetCell {
-                            family_name: family.into(),
-                            column_qualifier: ID.to_vec(),
-                            timestamp_micros: now_us,
-                            value: vec![7; 16],
-                        })),
+                    let now = Timestamp::from_millis(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis() as u64,
+                    );
+                    let session = Some(SessionRecord {
+                        id: uuid::Uuid::from_u128(u128::from(i)),
+                        last_seen: now,
+                    });
+                    let renewal = VisitorState {
+                        short: session,
+                        long: session,
+                        via: None,
                     };
                     client
                         .mutate_row(MutateRowRequest {
                             table_name: table_name.clone(),
                             row_key: key,
-                            mutations: vec![cell(SHORT), cell(LONG)],
+                            mutations: encode(&renewal, false, now),
                             ..MutateRowRequest::default()
                         })
                         .await

@@ -3,7 +3,7 @@
 use bigtable_rs::bigtable::RowCell;
 use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
 use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter};
-use bigtable_rs::google::bigtable::v2::{Mutation, RowFilter};
+use bigtable_rs::google::bigtable::v2::{Mutation, ReadRowsRequest, RowFilter, RowSet};
 use serde::{Deserialize, Serialize};
 use tracking_core::{ClientId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
 use uuid::Uuid;
@@ -23,6 +23,12 @@ pub const ROUTE: &[u8] = b"r";
 /// in their last characters still land far apart) is fixed forever: changing
 /// it would orphan every stored row.
 pub fn row_key(client_id: &ClientId) -> Vec<u8> {
+    row_key_with(key_hash(client_id), client_id)
+}
+
+/// The fixed 64-bit hash behind the row-key prefix (also usable to pick a
+/// lock stripe without hashing again).
+pub fn key_hash(client_id: &ClientId) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in client_id.as_str().bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -31,8 +37,26 @@ pub fn row_key(client_id: &ClientId) -> Vec<u8> {
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    format!("{:04x}#{}", (h >> 48) as u16, client_id.as_str()).into_bytes()
+    h ^ (h >> 33)
+}
+
+/// The row key of `client_id` given its [`key_hash`].
+pub fn row_key_with(hash: u64, client_id: &ClientId) -> Vec<u8> {
+    format!("{:04x}#{}", (hash >> 48) as u16, client_id.as_str()).into_bytes()
+}
+
+/// The read of one visitor's row that the store sends: latest cells only.
+pub fn read_visitor(table_name: &str, key: &[u8]) -> ReadRowsRequest {
+    ReadRowsRequest {
+        table_name: table_name.to_owned(),
+        rows: Some(RowSet {
+            row_keys: vec![key.to_vec()],
+            row_ranges: vec![],
+        }),
+        filter: Some(latest_cells_filter()),
+        rows_limit: 1,
+        ..ReadRowsRequest::default()
+    }
 }
 
 /// Only our families, and only the latest cell of each column. Without the

@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
-use bigtable_rs::google::bigtable::v2::{MutateRowRequest, ReadRowsRequest, RowSet};
+use bigtable_rs::google::bigtable::v2::MutateRowRequest;
 use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
     BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
 };
 
-use crate::schema::{decode, encode, latest_cells_filter, row_key};
+use crate::schema::{decode, encode, key_hash, read_visitor, row_key_with};
 use crate::{BigtableConfig, SetupError};
 
 const STRIPES: usize = 4096;
@@ -138,12 +138,8 @@ impl BigtableSessionStore {
 }
 
 impl Inner {
-    fn stripe(&self, key: &[u8]) -> Arc<Mutex<()>> {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in key {
-            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-        }
-        Arc::clone(&self.stripes[h as usize % STRIPES])
+    fn stripe(&self, hash: u64) -> Arc<Mutex<()>> {
+        Arc::clone(&self.stripes[(hash % STRIPES as u64) as usize])
     }
 
     async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
@@ -151,16 +147,7 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let request = ReadRowsRequest {
-                table_name: self.table_name.clone(),
-                rows: Some(RowSet {
-                    row_keys: vec![key.to_vec()],
-                    row_ranges: vec![],
-                }),
-                filter: Some(latest_cells_filter()),
-                rows_limit: 1,
-                ..ReadRowsRequest::default()
-            };
+            let request = read_visitor(&self.table_name, key);
             let mut client = self.client.clone();
             self.counters.reads.fetch_add(1, Ordering::Relaxed);
             let result =
@@ -257,8 +244,9 @@ impl SessionStore for BigtableSessionStore {
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let key = row_key(client_id);
-            let turn = inner.stripe(&key).lock_owned().await;
+            let hash = key_hash(client_id);
+            let key = row_key_with(hash, client_id);
+            let turn = inner.stripe(hash).lock_owned().await;
             let prev = inner.read(&key).await?;
             let (sessions, next) = inner.policy.resolve(Some(&prev), now, via);
             let mutations = encode(&next, via.is_some(), now);

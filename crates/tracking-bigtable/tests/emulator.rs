@@ -13,7 +13,7 @@ use bigtable_rs::google::bigtable::v2::{MutateRowRequest, Mutation, ReadRowsRequ
 use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::ColumnFamily;
 use test_support::BigtableEmulator;
 use tracking_bigtable::admin::create_table;
-use tracking_bigtable::schema::{ID, LONG, SHORT, latest_cells_filter, row_key};
+use tracking_bigtable::schema::{ID, LONG, SHORT, read_visitor, row_key};
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore, BootstrapOutcome, bootstrap};
 use tracking_core::{
     ClientId, Clock, ManualClock, SequentialIds, SessionPolicy, SessionStore, StoreError,
@@ -190,17 +190,9 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
         .await
         .unwrap();
     assert_eq!(all[0].1.len(), 5, "five versions stored");
-    // The store's filter reads one cell per column, not every stored version.
+    // The store's read returns one cell per column, not every stored version.
     let filtered = raw
-        .read_rows(ReadRowsRequest {
-            table_name: table_name.clone(),
-            rows: Some(RowSet {
-                row_keys: vec![key.clone()],
-                row_ranges: vec![],
-            }),
-            filter: Some(latest_cells_filter()),
-            ..ReadRowsRequest::default()
-        })
+        .read_rows(read_visitor(&table_name, &key))
         .await
         .unwrap();
     let cells = &filtered[0].1;
