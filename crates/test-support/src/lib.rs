@@ -41,32 +41,88 @@ fn wait_for_port(addr: SocketAddr, within: Duration) -> bool {
     false
 }
 
-/// The Cloud Bigtable emulator (`cbtemulator`), in memory.
+/// Which emulator, and how to run it.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    name: &'static str,
+    /// Path under the SDK root.
+    binary: &'static str,
+    args: fn(u16) -> Vec<String>,
+    startup: Duration,
+    hint: &'static str,
+}
+
+const BIGTABLE: Kind = Kind {
+    name: "Bigtable emulator",
+    binary: "platform/bigtable-emulator/cbtemulator",
+    args: |port| {
+        vec![
+            "-host".into(),
+            "127.0.0.1".into(),
+            "-port".into(),
+            port.to_string(),
+        ]
+    },
+    startup: Duration::from_secs(15),
+    hint: "The Bigtable emulator ships with the Google Cloud CLI: install the \
+        `google-cloud-cli-bigtable-emulator` package (apt) or run `gcloud components install bigtable`.",
+};
+
+const PUBSUB: Kind = Kind {
+    name: "Pub/Sub emulator",
+    binary: "platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+    args: |port| vec!["--host=127.0.0.1".into(), format!("--port={port}")],
+    // A JVM: several seconds to start on a busy machine.
+    startup: Duration::from_secs(60),
+    hint: "The Pub/Sub emulator ships with the Google Cloud CLI: install the \
+        `google-cloud-cli-pubsub-emulator` package (apt) or run `gcloud components install pubsub-emulator`; \
+        it needs Java (e.g. `openjdk-17-jre-headless`).",
+};
+
+/// An emulator from the Google Cloud CLI, in memory, on a free loopback port.
 #[derive(Debug)]
-pub struct BigtableEmulator {
+pub struct Emulator {
+    kind: Kind,
     binary: PathBuf,
     child: Option<Child>,
     pub addr: SocketAddr,
 }
 
-impl BigtableEmulator {
-    /// Finds and starts the emulator on a free port. Panics with an install
-    /// hint when it is missing.
-    pub fn start() -> Self {
+/// The Cloud Bigtable emulator (`cbtemulator`).
+pub type BigtableEmulator = Emulator;
+/// The Cloud Pub/Sub emulator.
+pub type PubsubEmulator = Emulator;
+
+impl Emulator {
+    /// Finds and starts the Bigtable emulator. Panics with an install hint
+    /// when it is missing.
+    pub fn bigtable() -> Self {
+        Self::start(BIGTABLE)
+    }
+
+    /// Finds and starts the Pub/Sub emulator. Panics with an install hint
+    /// when it is missing.
+    pub fn pubsub() -> Self {
+        Self::start(PUBSUB)
+    }
+
+    fn start(kind: Kind) -> Self {
         let binary = match gcloud_sdk_root() {
-            Ok(root) => root.join("platform/bigtable-emulator/cbtemulator"),
-            Err(e) => panic!("{e}\n{}", Self::HINT),
+            Ok(root) => root.join(kind.binary),
+            Err(e) => panic!("{e}\n{}", kind.hint),
         };
         assert!(
             binary.exists(),
-            "no Bigtable emulator at {}\n{}",
+            "no {} at {}\n{}",
+            kind.name,
             binary.display(),
-            Self::HINT
+            kind.hint
         );
         let mut last = String::new();
         for _ in 0..5 {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let mut me = Self {
+                kind,
                 binary: binary.clone(),
                 child: None,
                 addr,
@@ -76,30 +132,30 @@ impl BigtableEmulator {
                 Err(e) => last = e,
             }
         }
-        panic!("the Bigtable emulator did not start: {last}");
+        panic!("the {} did not start: {last}", kind.name);
     }
-
-    const HINT: &'static str = "The Bigtable emulator ships with the Google Cloud CLI: install the \
-        `google-cloud-cli-bigtable-emulator` package (apt) or run `gcloud components install bigtable`.";
 
     fn spawn(&mut self) -> Result<(), String> {
         let child = Command::new(&self.binary)
-            .args(["-host", "127.0.0.1", "-port", &self.addr.port().to_string()])
+            .args((self.kind.args)(self.addr.port()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
         self.child = Some(child);
-        if wait_for_port(self.addr, Duration::from_secs(15)) {
+        if wait_for_port(self.addr, self.kind.startup) {
             Ok(())
         } else {
             self.stop();
-            Err(format!("nothing listened on {} within 15 s", self.addr))
+            Err(format!(
+                "nothing listened on {} within {:?}",
+                self.addr, self.kind.startup
+            ))
         }
     }
 
-    /// `host:port`, as `BIGTABLE_EMULATOR_HOST` wants it.
+    /// `host:port`, as `BIGTABLE_EMULATOR_HOST` / `PUBSUB_EMULATOR_HOST` want it.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
@@ -120,7 +176,7 @@ impl BigtableEmulator {
             match self.spawn() {
                 Ok(()) => return,
                 Err(e) if Instant::now() > deadline => {
-                    panic!("the Bigtable emulator did not restart: {e}")
+                    panic!("the {} did not restart: {e}", self.kind.name)
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -128,8 +184,230 @@ impl BigtableEmulator {
     }
 }
 
-impl Drop for BigtableEmulator {
+impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Pub/Sub emulator clients for tests: topics, subscriptions, pulling.
+pub mod pubsub {
+    use std::time::{Duration, Instant};
+
+    use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin, TopicAdmin};
+    pub use google_cloud_pubsub::model::Message;
+
+    fn anonymous() -> google_cloud_auth::credentials::Credentials {
+        google_cloud_auth::credentials::anonymous::Builder::new().build()
+    }
+
+    fn endpoint(host: &str) -> String {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        format!("http://{host}")
+    }
+
+    /// Creates `projects/{project}/topics/{topic}` (unless it exists) and a subscription
+    /// `projects/{project}/subscriptions/{topic}-test` on it; returns the
+    /// subscription's path. Panics on failure (this is test setup).
+    pub async fn topic_with_subscription(host: &str, project: &str, topic: &str) -> String {
+        let topic_path = format!("projects/{project}/topics/{topic}");
+        let sub_path = format!("projects/{project}/subscriptions/{topic}-test");
+        let admin = TopicAdmin::builder()
+            .with_endpoint(endpoint(host))
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .expect("topic admin client");
+        if let Err(e) = admin.create_topic().set_name(&topic_path).send().await {
+            let exists = e.status().map(|s| s.code)
+                == Some(google_cloud_gax::error::rpc::Code::AlreadyExists);
+            assert!(exists, "create topic {topic_path}: {e}");
+        }
+        let subs = SubscriptionAdmin::builder()
+            .with_endpoint(endpoint(host))
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .expect("subscription admin client");
+        subs.create_subscription()
+            .set_name(&sub_path)
+            .set_topic(&topic_path)
+            .set_ack_deadline_seconds(60)
+            .send()
+            .await
+            .expect("create subscription");
+        sub_path
+    }
+
+    /// Pulls (and acks) messages until `done(&messages)` says so, or until
+    /// `within` has passed. The emulator delivers a few thousand messages a
+    /// second at most: budget time accordingly.
+    pub async fn pull_until(
+        host: &str,
+        subscription: &str,
+        within: Duration,
+        mut done: impl FnMut(&[Message]) -> bool,
+    ) -> Vec<Message> {
+        let client = Subscriber::builder()
+            .with_endpoint(endpoint(host))
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .expect("subscriber client");
+        let mut stream = client.subscribe(subscription).build();
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, stream.next()).await {
+                Ok(Some(Ok((m, h)))) => {
+                    h.ack();
+                    out.push(m);
+                }
+                Ok(Some(Err(e))) => {
+                    // Streams may end with errors while the emulator is
+                    // restarting; pull again.
+                    note(&format!("pull error: {e}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    stream = client.subscribe(subscription).build();
+                }
+                Ok(None) => {
+                    stream = client.subscribe(subscription).build();
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    fn note(line: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+
+    /// The `event_id` of an enriched event message.
+    pub fn event_id(m: &Message) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&m.data).expect("message data is JSON");
+        v["event_id"].as_str().expect("event_id").to_owned()
+    }
+}
+
+/// A loopback TCP forwarder that a test can open and close, to make a
+/// backend unreachable for the service under test while the test itself
+/// still reaches the backend directly (e.g. to re-create topics on a
+/// restarted emulator before the service sees it again).
+///
+/// Closed: new connections are accepted and dropped at once, and open ones
+/// are cut. Runs on its own thread; stopped when dropped.
+#[derive(Debug)]
+pub struct Gate {
+    pub addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// Forwards a free loopback port to `upstream`; starts open.
+    pub fn start(upstream: SocketAddr) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind gate");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("gate address");
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, g, s) = (
+            Arc::clone(&open),
+            Arc::clone(&generation),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                if !o.load(Ordering::Relaxed) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(1))
+                else {
+                    continue;
+                };
+                let born = g.load(Ordering::Relaxed);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if g.load(Ordering::Relaxed) != born || s.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            open,
+            generation,
+            stop,
+        }
+    }
+
+    /// `host:port` of the gate, for the service under test.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Cuts open connections and refuses new ones until [`Gate::open`].
+    pub fn close(&self) {
+        use std::sync::atomic::Ordering;
+        self.open.store(false, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

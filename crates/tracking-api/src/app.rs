@@ -83,6 +83,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub memory_store: Option<Arc<MemorySessionStore>>,
     pub sink_budget: Option<Arc<Budget>>,
+    /// The Pub/Sub sink, for its metrics.
+    pub publisher: Option<Arc<tracking_pubsub::PubsubSink>>,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl AppState {
             memory_store_evictions_expired: expired,
             memory_store_evictions_capacity: capacity,
             store_ops: self.parts.store.counters(),
+            publisher: self.parts.publisher.as_ref().map(|p| p.stats()),
             ready: self.is_ready(),
         }
     }

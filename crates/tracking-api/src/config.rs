@@ -48,6 +48,8 @@ pub enum SinkKind {
     Stdout,
     /// NDJSON appended to --sink-path.
     File,
+    /// Google Cloud Pub/Sub (TRACKING_PUBSUB_*; PUBSUB_EMULATOR_HOST for the emulator).
+    Pubsub,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +81,33 @@ impl SameSite {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512MiB or 1GiB"))?;
+    let unit = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(unit)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -170,10 +199,68 @@ pub struct Config {
     #[arg(long, env = "TRACKING_SINK_PATH", global = true)]
     pub sink_path: Option<PathBuf>,
 
-    /// Events accepted but not yet written that the sink may hold; beyond it
-    /// requests get 503 with Retry-After.
+    /// Events accepted and held in memory (not yet written, acknowledged by
+    /// Pub/Sub or spooled); beyond it requests get 503 with Retry-After.
     #[arg(long, env = "TRACKING_SINK_QUEUE", default_value = "100000", value_parser = positive, global = true)]
     pub sink_queue: usize,
+
+    /// Pub/Sub project (required with `--sink pubsub`).
+    #[arg(long, env = "TRACKING_PUBSUB_PROJECT", global = true)]
+    pub pubsub_project: Option<String>,
+
+    /// Pub/Sub topic for enriched events (required with `--sink pubsub`).
+    #[arg(long, env = "TRACKING_PUBSUB_TOPIC", global = true)]
+    pub pubsub_topic: Option<String>,
+
+    /// Pub/Sub topic for rejected events. Unset: they go to --deadletter.
+    /// With it, --deadletter is the fallback when a letter cannot be
+    /// published.
+    #[arg(long, env = "TRACKING_PUBSUB_DEADLETTER_TOPIC", global = true)]
+    pub pubsub_deadletter_topic: Option<String>,
+
+    /// `host:port` of a Pub/Sub emulator: plaintext, no credentials. Unset:
+    /// Pub/Sub itself, with Application Default Credentials.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST", global = true)]
+    pub pubsub_emulator_host: Option<String>,
+
+    /// A publish batch is sent at this many messages…
+    #[arg(long, env = "TRACKING_PUBSUB_BATCH_MESSAGES", default_value = "100", value_parser = positive_u32, global = true)]
+    pub pubsub_batch_messages: u32,
+
+    /// …or this many bytes…
+    #[arg(long, env = "TRACKING_PUBSUB_BATCH_BYTES", default_value = "1000000", value_parser = positive_u32, global = true)]
+    pub pubsub_batch_bytes: u32,
+
+    /// …or after this delay, whichever comes first.
+    #[arg(long, env = "TRACKING_PUBSUB_BATCH_DELAY", default_value = "10ms", value_parser = duration, global = true)]
+    pub pubsub_batch_delay: Duration,
+
+    /// Time the client may spend retrying one publish; then the event goes
+    /// to the spool.
+    #[arg(long, env = "TRACKING_PUBSUB_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub pubsub_publish_timeout: Duration,
+
+    /// Publishes outstanding and none acknowledged for this long: new events
+    /// go to the spool until it has been replayed.
+    #[arg(long, env = "TRACKING_PUBSUB_STALL_TIMEOUT", default_value = "2s", value_parser = duration, global = true)]
+    pub pubsub_stall_timeout: Duration,
+
+    /// On SIGTERM, how long outstanding publishes may take before their
+    /// events are spooled instead.
+    #[arg(long, env = "TRACKING_PUBSUB_FLUSH_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
+    pub pubsub_flush_timeout: Duration,
+
+    /// Directory of the disk spool for events that cannot be published yet
+    /// (replayed automatically). Unset: they wait in memory, bounded by
+    /// TRACKING_SINK_QUEUE, and are lost if the process stops during an
+    /// outage.
+    #[arg(long, env = "TRACKING_SPOOL_DIR", global = true)]
+    pub spool_dir: Option<PathBuf>,
+
+    /// While events go to the spool, none are admitted (503) once it holds
+    /// this much.
+    #[arg(long, env = "TRACKING_SPOOL_MAX_BYTES", default_value = "1GiB", value_parser = bytes, global = true)]
+    pub spool_max_bytes: u64,
 
     /// Where rejected events go, with their reason.
     #[arg(
@@ -316,6 +403,17 @@ impl Config {
         if self.sink == SinkKind::File && self.sink_path.is_none() {
             return fail("TRACKING_SINK=file needs TRACKING_SINK_PATH".into());
         }
+        if self.sink == SinkKind::Pubsub
+            && (self.pubsub_project.is_none() || self.pubsub_topic.is_none())
+        {
+            return fail(
+                "TRACKING_SINK=pubsub needs TRACKING_PUBSUB_PROJECT and TRACKING_PUBSUB_TOPIC"
+                    .into(),
+            );
+        }
+        if self.sink != SinkKind::Pubsub && self.pubsub_deadletter_topic.is_some() {
+            return fail("TRACKING_PUBSUB_DEADLETTER_TOPIC needs TRACKING_SINK=pubsub".into());
+        }
         if self.deadletter == DeadLetterKind::File && self.deadletter_path.is_none() {
             return fail("TRACKING_DEADLETTER=file needs TRACKING_DEADLETTER_PATH".into());
         }
@@ -398,6 +496,27 @@ mod tests {
         check(&["serve", "--listen", "0.0.0.0:9000"], Ok(()));
         check(&["--sink", "file"], Err("needs TRACKING_SINK_PATH"));
         check(&["--sink", "file", "--sink-path", "/tmp/x"], Ok(()));
+        check(&["--sink", "pubsub"], Err("needs TRACKING_PUBSUB_PROJECT"));
+        check(
+            &[
+                "--sink",
+                "pubsub",
+                "--pubsub-project",
+                "p",
+                "--pubsub-topic",
+                "t",
+            ],
+            Ok(()),
+        );
+        check(
+            &["--pubsub-deadletter-topic", "d"],
+            Err("needs TRACKING_SINK=pubsub"),
+        );
+        check(&["--spool-max-bytes", "64MiB"], Ok(()));
+        check(&["--spool-max-bytes", "64MB"], Err("the unit must be"));
+        check(&["--spool-max-bytes", "0"], Err("out of range"));
+        assert_eq!(bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(bytes("4096"), Ok(4096));
         check(
             &["--deadletter", "file"],
             Err("needs TRACKING_DEADLETTER_PATH"),

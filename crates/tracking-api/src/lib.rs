@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 pub use app::{App, AppState, Limits, Parts, app};
 pub use server::{DrainReport, ServeOptions, serve};
-use tracking_core::{DeadLetterSink, RandomIds, SessionPolicy, SessionStore, SystemClock, Ttls};
+use tracking_core::{
+    DeadLetterSink, EventSink, RandomIds, SessionPolicy, SessionStore, SystemClock, Ttls,
+};
 
 use crate::client_ip::ClientIp;
 use crate::config::{Config, DeadLetterKind, SinkKind, StoreKind};
@@ -64,6 +66,33 @@ impl Config {
             max_connections: self.max_connections,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
+            // The Pub/Sub sink's own flush deadline, plus time to spool what
+            // is left.
+            flush_timeout: self.pubsub_flush_timeout + std::time::Duration::from_secs(5),
+        }
+    }
+
+    pub fn pubsub(&self) -> tracking_pubsub::PubsubConfig {
+        tracking_pubsub::PubsubConfig {
+            project: self.pubsub_project.clone().unwrap_or_default(),
+            topic: self.pubsub_topic.clone().unwrap_or_default(),
+            deadletter_topic: self.pubsub_deadletter_topic.clone(),
+            emulator_host: self.pubsub_emulator_host.clone(),
+            batch_messages: self.pubsub_batch_messages,
+            batch_bytes: self.pubsub_batch_bytes,
+            batch_delay: self.pubsub_batch_delay,
+            publish_timeout: self.pubsub_publish_timeout,
+        }
+    }
+
+    pub fn sink_options(&self) -> tracking_pubsub::SinkOptions {
+        tracking_pubsub::SinkOptions {
+            max_queue: self.sink_queue,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            spool_segment_bytes: (self.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
+            stall_timeout: self.pubsub_stall_timeout,
+            flush_timeout: self.pubsub_flush_timeout,
         }
     }
 
@@ -81,21 +110,37 @@ impl Config {
 }
 
 /// `tracking-api bootstrap`: creates what the configured backends need when
-/// missing, never altering what exists. Returns what it did, in words.
-pub async fn bootstrap(config: &Config) -> anyhow::Result<String> {
-    match config.session_store {
-        StoreKind::Memory => Ok("Nothing to create: the memory store and the stdout/file sinks need no backend resources.".into()),
-        StoreKind::Bigtable => {
-            let bt = config.bigtable();
-            let outcome = tracking_bigtable::bootstrap(&bt, config.ttls()).await?;
-            Ok(match outcome {
-                tracking_bigtable::BootstrapOutcome::Created => format!("Created Bigtable table {} with families s, l, v.", bt.table),
+/// missing, never altering what exists. Returns what it did, a line per
+/// resource.
+pub async fn bootstrap(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    if config.session_store == StoreKind::Bigtable {
+        let bt = config.bigtable();
+        done.push(
+            match tracking_bigtable::bootstrap(&bt, config.ttls()).await? {
+                tracking_bigtable::BootstrapOutcome::Created => {
+                    format!("Created Bigtable table {} with families s, l, v.", bt.table)
+                }
                 tracking_bigtable::BootstrapOutcome::AlreadyExists => {
                     format!("Bigtable table {} already exists; left as it is.", bt.table)
                 }
-            })
+            },
+        );
+    }
+    if config.sink == SinkKind::Pubsub {
+        for outcome in tracking_pubsub::bootstrap(&config.pubsub()).await? {
+            done.push(match outcome {
+                tracking_pubsub::TopicOutcome::Created(t) => format!("Created Pub/Sub topic {t}."),
+                tracking_pubsub::TopicOutcome::AlreadyExists(t) => {
+                    format!("Pub/Sub topic {t} already exists; left as it is.")
+                }
+            });
         }
     }
+    if done.is_empty() {
+        done.push("Nothing to create: the memory store and the stdout/file sinks need no backend resources.".into());
+    }
+    Ok(done)
 }
 
 /// Builds the adapters the configuration names (opening files, starting
@@ -116,17 +161,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             None,
         ),
     };
-    let target = match config.sink {
-        SinkKind::Stdout => Target::Stdout,
-        SinkKind::File => Target::File(config.sink_path.clone().unwrap_or_default()),
-    };
-    let sink = Arc::new(NdjsonSink::start(
-        target,
-        config.sink_queue,
-        Arc::clone(&metrics.events_written),
-        Arc::clone(&metrics.sink_write_errors),
-    )?);
-    let deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
+    let local_deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
         DeadLetterKind::Stderr => Arc::new(NdjsonSink::start(
             Target::Stderr,
             DEADLETTER_QUEUE,
@@ -141,6 +176,44 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         )?),
         DeadLetterKind::Discard => Arc::new(DiscardDeadLetters::default()),
     };
+    let (sink, sink_budget, publisher, deadletters): (
+        Arc<dyn EventSink>,
+        _,
+        _,
+        Arc<dyn DeadLetterSink>,
+    ) = match config.sink {
+        SinkKind::Stdout | SinkKind::File => {
+            let target = match config.sink {
+                SinkKind::File => Target::File(config.sink_path.clone().unwrap_or_default()),
+                _ => Target::Stdout,
+            };
+            let sink = Arc::new(NdjsonSink::start(
+                target,
+                config.sink_queue,
+                Arc::clone(&metrics.events_written),
+                Arc::clone(&metrics.sink_write_errors),
+            )?);
+            let budget = Arc::clone(sink.budget());
+            (sink, budget, None, local_deadletters)
+        }
+        SinkKind::Pubsub => {
+            let publishers = tracking_pubsub::connect(&config.pubsub()).await?;
+            let sink = Arc::new(tracking_pubsub::PubsubSink::start(
+                publishers.events,
+                config.sink_options(),
+            )?);
+            let deadletters: Arc<dyn DeadLetterSink> = match publishers.deadletters {
+                Some(p) => Arc::new(tracking_pubsub::PubsubDeadLetters::new(
+                    p,
+                    DEADLETTER_QUEUE,
+                    local_deadletters,
+                )),
+                None => local_deadletters,
+            };
+            let budget = Arc::clone(sink.budget());
+            (sink.clone(), budget, Some(sink), deadletters)
+        }
+    };
     let geo = config
         .geoip_db
         .as_deref()
@@ -149,8 +222,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     Ok(AppState::new(Parts {
         limits: config.limits(),
         store,
-        sink_budget: Some(Arc::clone(sink.budget())),
+        sink_budget: Some(sink_budget),
         sink,
+        publisher,
         deadletters,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),

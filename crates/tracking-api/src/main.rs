@@ -54,8 +54,9 @@ fn init_logging() {
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Bootstrap => {
-            let done = bootstrap(&config).await?;
-            tracing::info!(store = ?config.session_store, sink = ?config.sink, "{done}");
+            for done in bootstrap(&config).await? {
+                tracing::info!(store = ?config.session_store, sink = ?config.sink, "{done}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {

@@ -25,6 +25,19 @@ pub const INFLIGHT: &str = "tracking_inflight_requests";
 pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
 pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
 pub const READY: &str = "tracking_ready";
+pub const PUBSUB_DIRECT: &str = "tracking_pubsub_direct";
+pub const PUBSUB_IN_FLIGHT: &str = "tracking_pubsub_in_flight_messages";
+pub const PUBSUB_PUBLISHED: &str = "tracking_pubsub_published_total";
+pub const PUBSUB_FAILED: &str = "tracking_pubsub_failed_total";
+pub const PUBSUB_SPOOLED: &str = "tracking_pubsub_spooled_total";
+pub const PUBSUB_REPLAYED: &str = "tracking_pubsub_replayed_total";
+pub const PUBSUB_SPOOL_ERRORS: &str = "tracking_pubsub_spool_errors_total";
+pub const PUBSUB_LOST: &str = "tracking_pubsub_lost_total";
+pub const PUBSUB_SPOOL_BYTES: &str = "tracking_pubsub_spool_bytes";
+pub const PUBSUB_BACKLOG: &str = "tracking_pubsub_backlog_events";
+pub const PUBSUB_SPOOL_DAMAGED: &str = "tracking_pubsub_spool_damaged_bytes_total";
+/// The delivery SLI: accepted → acknowledged by Pub/Sub, outages included.
+pub const DELIVERY_LATENCY: &str = "tracking_delivery_latency_seconds";
 
 /// Routes, as the bounded `route` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +157,8 @@ pub struct Gauges {
     pub memory_store_evictions_capacity: u64,
     /// The store's own counters (Bigtable reads, writes, retries, …).
     pub store_ops: Vec<(&'static str, u64)>,
+    /// The Pub/Sub sink's counters, when it is the sink.
+    pub publisher: Option<tracking_pubsub::PublisherStats>,
     pub ready: bool,
 }
 
@@ -253,8 +268,10 @@ impl Metrics {
         counter(
             &mut out,
             EVENTS_WRITTEN,
-            "Enriched events written by the sink.",
-            load(&self.events_written),
+            "Enriched events written by the sink (Pub/Sub: acknowledged).",
+            g.publisher
+                .as_ref()
+                .map_or(load(&self.events_written), |p| p.published + p.replayed),
         );
         header(&mut out, SESSIONS, "counter", "Session outcomes per event.");
         for (outcome, c) in [
@@ -360,6 +377,9 @@ impl Metrics {
                 g.memory_store_evictions_capacity
             );
         }
+        if let Some(p) = &g.publisher {
+            render_publisher(&mut out, p);
+        }
         gauge(
             &mut out,
             READY,
@@ -368,6 +388,109 @@ impl Metrics {
         );
         out
     }
+}
+
+fn render_publisher(out: &mut String, p: &tracking_pubsub::PublisherStats) {
+    gauge(
+        out,
+        PUBSUB_DIRECT,
+        "1 while events are published as they come; 0 while they go to the backlog first.",
+        if p.direct { 1.0 } else { 0.0 },
+    );
+    gauge(
+        out,
+        PUBSUB_IN_FLIGHT,
+        "Messages handed to the Pub/Sub client and not answered yet.",
+        p.in_flight as f64,
+    );
+    counter(
+        out,
+        PUBSUB_PUBLISHED,
+        "Events acknowledged by Pub/Sub on their first publish.",
+        p.published,
+    );
+    header(
+        out,
+        PUBSUB_FAILED,
+        "counter",
+        "Publishes that failed after the client's retries, by class.",
+    );
+    let _ = writeln!(
+        out,
+        "{PUBSUB_FAILED}{{class=\"retryable\"}} {}",
+        p.failed_retryable
+    );
+    let _ = writeln!(
+        out,
+        "{PUBSUB_FAILED}{{class=\"permanent\"}} {}",
+        p.failed_permanent
+    );
+    counter(
+        out,
+        PUBSUB_SPOOLED,
+        "Events put in the backlog (the spool, or memory without one).",
+        p.spooled,
+    );
+    counter(
+        out,
+        PUBSUB_REPLAYED,
+        "Backlog events acknowledged by Pub/Sub.",
+        p.replayed,
+    );
+    counter(
+        out,
+        PUBSUB_SPOOL_ERRORS,
+        "Failed spool reads or writes.",
+        p.spool_errors,
+    );
+    counter(
+        out,
+        PUBSUB_LOST,
+        "Events given up (only at shutdown without a spool while Pub/Sub is down).",
+        p.lost,
+    );
+    gauge(
+        out,
+        PUBSUB_SPOOL_BYTES,
+        "Bytes in the spool waiting for replay.",
+        p.spool_bytes as f64,
+    );
+    gauge(
+        out,
+        PUBSUB_BACKLOG,
+        "Events in the backlog waiting for replay.",
+        p.backlog_events as f64,
+    );
+    counter(
+        out,
+        PUBSUB_SPOOL_DAMAGED,
+        "Damaged spool bytes found and skipped at start.",
+        p.damaged_bytes,
+    );
+    header(
+        out,
+        DELIVERY_LATENCY,
+        "histogram",
+        "Delivery SLI: time from acceptance to Pub/Sub acknowledgement.",
+    );
+    let mut cumulative = 0;
+    for (bound, n) in tracking_pubsub::DELIVERY_BUCKETS
+        .iter()
+        .zip(&p.delivery_buckets)
+    {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{DELIVERY_LATENCY}_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{DELIVERY_LATENCY}_bucket{{le=\"+Inf\"}} {}",
+        p.delivery_count
+    );
+    let _ = writeln!(out, "{DELIVERY_LATENCY}_sum {}", p.delivery_sum_seconds);
+    let _ = writeln!(out, "{DELIVERY_LATENCY}_count {}", p.delivery_count);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -23,6 +23,9 @@ pub struct ServeOptions {
     pub max_connections: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// Time the sinks get to flush after the drain (at least this, even
+    /// when the drain overran).
+    pub flush_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -32,6 +35,7 @@ impl Default for ServeOptions {
             max_connections: 16_384,
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
+            flush_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -130,7 +134,7 @@ pub async fn serve(
         );
     }
     // Sinks get their flush even when the drain overran: what they hold is accepted.
-    let flush_deadline = deadline.max(Instant::now() + Duration::from_secs(5));
+    let flush_deadline = deadline.max(Instant::now() + opts.flush_timeout);
     // Session renewals still in flight (Bigtable writes) finish first.
     if tokio::time::timeout_at(flush_deadline, state.parts.store.close())
         .await

@@ -51,7 +51,7 @@ async fn send(api: &ApiProcess, body: &str) -> (u16, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_live_in_bigtable_and_survive_its_outages() {
-    let mut emu = BigtableEmulator::start();
+    let mut emu = BigtableEmulator::bigtable();
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.ndjson");
     let host = emu.host();

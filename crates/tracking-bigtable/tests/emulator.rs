@@ -63,7 +63,7 @@ fn id(s: &str) -> ClientId {
 
 #[tokio::test]
 async fn bootstrap_creates_once_and_leaves_an_existing_table_alone() {
-    let emu = BigtableEmulator::start();
+    let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     assert_eq!(
         bootstrap(&cfg, ttls()).await.unwrap(),
@@ -77,7 +77,7 @@ async fn bootstrap_creates_once_and_leaves_an_existing_table_alone() {
 
 #[tokio::test]
 async fn sessions_continue_within_the_ttl_and_renew_after_it() {
-    let emu = BigtableEmulator::start();
+    let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     bootstrap(&cfg, ttls()).await.unwrap();
     let clock = clock();
@@ -125,7 +125,7 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
 /// by its id: the store must read the newest and judge it expired.
 #[tokio::test]
 async fn reads_only_the_newest_version_and_judges_its_expiry() {
-    let emu = BigtableEmulator::start();
+    let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "no_gc");
     let families = HashMap::from([
         (SHORT.to_owned(), ColumnFamily::default()),
@@ -220,7 +220,7 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
 
 #[tokio::test]
 async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
-    let mut emu = BigtableEmulator::start();
+    let mut emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     bootstrap(&cfg, ttls()).await.unwrap();
     let clock = clock();
@@ -258,7 +258,7 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_events_of_one_visitor_share_one_session() {
-    let emu = BigtableEmulator::start();
+    let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     bootstrap(&cfg, ttls()).await.unwrap();
     let clock = clock();

@@ -168,6 +168,11 @@ impl EnrichedEvent {
         &self.client_id
     }
 
+    /// When the API accepted the event.
+    pub fn received_at(&self) -> Timestamp {
+        self.received_at
+    }
+
     pub fn session(&self) -> &SessionOutcome {
         &self.session
     }

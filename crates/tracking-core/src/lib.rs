@@ -18,7 +18,8 @@ pub mod time;
 
 pub use budget::{Admission, Budget};
 pub use enrich::{
-    EnrichedEvent, Geo, RequestContext, SessionOutcome, UserAgent, anonymize_ip, enrich,
+    EnrichedEvent, Geo, RequestContext, SCHEMA_VERSION, SessionOutcome, UserAgent, anonymize_ip,
+    enrich,
 };
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};

@@ -183,6 +183,7 @@ impl TestApp {
             metrics: Arc::new(Metrics::default()),
             memory_store: Some(memory.clone()),
             sink_budget: Some(sink.budget.clone()),
+            publisher: None,
         });
         state.set_ready(true);
         Self {

@@ -1,0 +1,617 @@
+//! tracking-api with TRACKING_SINK=pubsub against the real Pub/Sub emulator:
+//! every event answered with a 2xx is delivered — in steady state, through an
+//! emulator outage and restart, through SIGTERM and a restart of the API —
+//! and what cannot be kept is refused with 503.
+//!
+//! The API reaches the emulator through a [`Gate`] (a loopback forwarder the
+//! test opens and closes), so that a restarted emulator gets its topic and
+//! subscription back before the API sees it: otherwise a replayed event could
+//! land on the topic before the test's subscription exists.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::process::{ApiProcess, request};
+use test_support::pubsub::{Message, event_id, pull_until, topic_with_subscription};
+use test_support::{Gate, PubsubEmulator};
+
+const PROJECT: &str = "test-project";
+const TOPIC: &str = "events";
+
+struct Rig {
+    emu: PubsubEmulator,
+    gate: Gate,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start() -> Self {
+        let emu = PubsubEmulator::pubsub();
+        let gate = Gate::start(emu.addr);
+        Self {
+            emu,
+            gate,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn spool(&self) -> String {
+        self.dir.path().join("spool").to_str().unwrap().to_owned()
+    }
+
+    /// The API's environment: Pub/Sub through the gate, plus `extra`.
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("TRACKING_SINK", "pubsub"),
+            ("TRACKING_PUBSUB_PROJECT", PROJECT),
+            ("TRACKING_PUBSUB_TOPIC", TOPIC),
+            ("TRACKING_DEADLETTER", "discard"),
+            ("TRACKING_DRAIN_TIMEOUT", "10s"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        env.push(("PUBSUB_EMULATOR_HOST".into(), self.gate.host()));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
+    }
+
+    /// The topic and the test's subscription on the emulator (direct, not
+    /// through the gate).
+    async fn subscription(&self) -> String {
+        topic_with_subscription(&self.emu.host(), PROJECT, TOPIC).await
+    }
+
+    /// Pulls until every id in `want` has been delivered (or `within`).
+    async fn delivered(&self, sub: &str, want: &HashSet<String>, within: Duration) -> Delivery {
+        let mut seen = HashSet::new();
+        let mut scanned = 0;
+        let messages = pull_until(&self.emu.host(), sub, within, |msgs| {
+            for m in &msgs[scanned..] {
+                seen.insert(event_id(m));
+            }
+            scanned = msgs.len();
+            want.is_subset(&seen)
+        })
+        .await;
+        Delivery::of(&messages)
+    }
+}
+
+fn start_api(env: &[(String, String)]) -> ApiProcess {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ApiProcess::start(&env)
+}
+
+/// What a subscription received: each event id with its delivery count.
+struct Delivery {
+    counts: HashMap<String, usize>,
+    messages: usize,
+}
+
+impl Delivery {
+    fn of(messages: &[Message]) -> Self {
+        let mut counts = HashMap::new();
+        for m in messages {
+            *counts.entry(event_id(m)).or_insert(0) += 1;
+        }
+        Self {
+            counts,
+            messages: messages.len(),
+        }
+    }
+
+    fn ids(&self) -> HashSet<String> {
+        self.counts.keys().cloned().collect()
+    }
+
+    fn duplicates(&self) -> usize {
+        self.messages - self.counts.len()
+    }
+
+    /// Fails with the ids accepted but not delivered.
+    fn assert_covers(&self, accepted: &[String], what: &str) {
+        let ids = self.ids();
+        let missing: Vec<_> = accepted.iter().filter(|id| !ids.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{what}: {} of {} accepted events not delivered, e.g. {:?}",
+            missing.len(),
+            accepted.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
+/// Sends `per_client` single-event requests from each of `clients` tasks,
+/// `pace` apart. Returns the ids answered 204, and the number answered 503
+/// (with Retry-After); any other answer fails the test. A client stops when
+/// the API stops listening.
+async fn load(
+    addr: SocketAddr,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+    pace: Duration,
+) -> (Vec<String>, usize) {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (accepted, refused) = (Arc::clone(&accepted), Arc::clone(&refused));
+        let prefix = prefix.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                let id = format!("{prefix}-{c}-{i}");
+                let body =
+                    format!(r#"{{"type":"page_view","client_id":"v{c}","event_id":"{id}"}}"#);
+                match request(
+                    addr,
+                    "POST",
+                    "/v1/events",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                )
+                .await
+                {
+                    Ok(r) if r.status == 204 => accepted.lock().unwrap().push(id),
+                    Ok(r) => {
+                        assert_eq!(r.status, 503, "unexpected answer {r:?}");
+                        assert!(
+                            r.head.to_ascii_lowercase().contains("retry-after:"),
+                            "503 without Retry-After: {}",
+                            r.head
+                        );
+                        *refused.lock().unwrap() += 1;
+                    }
+                    Err(_) => return, // the API has stopped listening
+                }
+                tokio::time::sleep(pace).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let refused = *refused.lock().unwrap();
+    (accepted, refused)
+}
+
+/// One value of the API's `/metrics`.
+async fn metric(api: &ApiProcess, name: &str) -> f64 {
+    let r = request(api.addr, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+async fn wait_metric(api: &ApiProcess, name: &str, at_least: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(api, name).await;
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bootstrap(env: &[(String, String)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .arg("bootstrap")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bootstrap failed: {log}");
+    log
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_delivers_exactly_the_accepted_events() {
+    let rig = Rig::start();
+    let env = rig.env(&[("TRACKING_PUBSUB_DEADLETTER_TOPIC", "dead-letters")]);
+    let log = bootstrap(&env);
+    assert!(
+        log.contains("Created Pub/Sub topic projects/test-project/topics/events"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Created Pub/Sub topic projects/test-project/topics/dead-letters"),
+        "{log}"
+    );
+    assert!(bootstrap(&env).contains("already exists; left as it is"));
+    let sub = rig.subscription().await;
+    let dead_sub = topic_with_subscription(&rig.emu.host(), PROJECT, "dead-letters").await;
+    let api = start_api(&env);
+
+    // 100 batches of 10 events, and one invalid event in the last batch.
+    let mut accepted = Vec::new();
+    for b in 0..100 {
+        let mut events: Vec<String> = (0..10)
+            .map(|i| {
+                let id = format!("steady-{b}-{i}");
+                accepted.push(id.clone());
+                format!(r#"{{"type":"page_view","client_id":"v{b}","event_id":"{id}"}}"#)
+            })
+            .collect();
+        if b == 99 {
+            events.push(r#"{"type":"Not A Type","client_id":"v"}"#.into());
+        }
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        let r = request(
+            api.addr,
+            "POST",
+            "/v1/events",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, if b == 99 { 200 } else { 204 }, "{r:?}");
+    }
+
+    let started = Instant::now();
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(60)).await;
+    delivery.assert_covers(&accepted, "steady state");
+    assert_eq!(delivery.ids(), want, "nothing but the accepted events");
+    eprintln!(
+        "steady state: {} accepted, {} delivered, {} duplicates, pulled in {:?}",
+        accepted.len(),
+        delivery.counts.len(),
+        delivery.duplicates(),
+        started.elapsed()
+    );
+
+    // Attributes, and the dead letter on its own topic.
+    let one = pull_until(&rig.emu.host(), &sub, Duration::from_secs(1), |_| false).await;
+    assert!(one.is_empty(), "everything was acked already");
+    let dead = pull_until(&rig.emu.host(), &dead_sub, Duration::from_secs(30), |m| {
+        !m.is_empty()
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    let letter: serde_json::Value = serde_json::from_slice(&dead[0].data).unwrap();
+    assert_eq!(letter["reason"], "invalid_type", "{letter}");
+
+    assert_eq!(
+        metric(&api, "tracking_pubsub_published_total").await,
+        1000.0
+    );
+    assert_eq!(
+        metric(&api, "tracking_delivery_latency_seconds_count").await,
+        1000.0
+    );
+    assert_eq!(metric(&api, "tracking_pubsub_spooled_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_attributes_carry_type_and_schema_version() {
+    let rig = Rig::start();
+    let env = rig.env(&[]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    let api = start_api(&env);
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "application/json")],
+        br#"{"type":"purchase","client_id":"attr-1","event_id":"attr-1"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+    let got = pull_until(&rig.emu.host(), &sub, Duration::from_secs(30), |m| {
+        !m.is_empty()
+    })
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].attributes.get("type").map(String::as_str),
+        Some("purchase")
+    );
+    assert_eq!(
+        got[0].attributes.get("schema_version").map(String::as_str),
+        Some("1")
+    );
+    let event: serde_json::Value = serde_json::from_slice(&got[0].data).unwrap();
+    assert_eq!(event["client_id"], "attr-1");
+    assert_eq!(event["session"]["status"], "ok", "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulator_killed_and_restarted_under_load_loses_nothing() {
+    let mut rig = Rig::start();
+    let spool = rig.spool();
+    let env = rig.env(&[
+        ("TRACKING_SPOOL_DIR", &spool),
+        ("TRACKING_PUBSUB_STALL_TIMEOUT", "500ms"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "2s"),
+    ]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    let api = start_api(&env);
+    // About 8 s of load: 2 clients, one event every 10 ms each.
+    let traffic = tokio::spawn(load(api.addr, "outage", 2, 800, Duration::from_millis(10)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Take everything the first emulator acknowledged before killing it: an
+    // emulator restart loses its messages, which is not the API's doing.
+    rig.gate.close();
+    let acked_before = metric(&api, "tracking_pubsub_published_total").await;
+    let mut before = pull_until(&rig.emu.host(), &sub, Duration::from_secs(30), |m| {
+        m.len() as f64 >= acked_before
+    })
+    .await;
+    rig.emu.stop();
+    rig.gate.open(); // the API now meets a dead emulator: connection refused
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Restarted, it has no topics: the API gets NOT_FOUND for a while.
+    rig.emu.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.gate.close();
+    let sub = rig.subscription().await;
+    rig.gate.open();
+
+    let (accepted, refused) = traffic.await.unwrap();
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let mut after = pull_until(&rig.emu.host(), &sub, Duration::from_secs(90), |m| {
+        let ids: HashSet<String> = m.iter().map(event_id).collect();
+        let before_ids: HashSet<String> = before.iter().map(event_id).collect();
+        want.iter()
+            .all(|id| ids.contains(id) || before_ids.contains(id))
+    })
+    .await;
+    before.append(&mut after);
+    let delivery = Delivery::of(&before);
+    delivery.assert_covers(&accepted, "emulator outage");
+    let spooled = metric(&api, "tracking_pubsub_spooled_total").await;
+    let replayed = metric(&api, "tracking_pubsub_replayed_total").await;
+    let permanent = metric(&api, "tracking_pubsub_failed_total{class=\"permanent\"}").await;
+    eprintln!(
+        "outage: {} accepted, {refused} refused (503), {} delivered, {} duplicates; \
+         spooled {spooled}, replayed {replayed}, permanent failures {permanent}",
+        accepted.len(),
+        delivery.counts.len(),
+        delivery.duplicates()
+    );
+    assert!(accepted.len() > 500, "load too light: {}", accepted.len());
+    assert!(
+        spooled > 0.0 && replayed >= spooled,
+        "spooled {spooled}, replayed {replayed}"
+    );
+    assert!(
+        permanent > 0.0,
+        "the restarted emulator's missing topic was seen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_then_restart_delivers_every_accepted_event() {
+    let rig = Rig::start();
+    let spool = rig.spool();
+    let env = rig.env(&[
+        ("TRACKING_SPOOL_DIR", &spool),
+        ("TRACKING_PUBSUB_STALL_TIMEOUT", "500ms"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "30s"),
+        ("TRACKING_PUBSUB_FLUSH_TIMEOUT", "1s"),
+        ("TRACKING_SHUTDOWN_DELAY", "200ms"),
+    ]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    let mut api = start_api(&env);
+    let traffic = tokio::spawn(load(api.addr, "term", 4, 2_000, Duration::from_millis(2)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Pub/Sub unreachable, then SIGTERM: publishes outstanding at shutdown
+    // must end up in the spool.
+    rig.gate.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, api) = tokio::task::spawn_blocking(move || {
+        let status = api.terminate(Duration::from_secs(30));
+        (status, api)
+    })
+    .await
+    .unwrap();
+    let (accepted, refused) = traffic.await.unwrap();
+    let log = api.stderr.lock().unwrap().join("\n");
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(log.contains("Events left in the spool"), "{log}");
+
+    rig.gate.open();
+    let api = start_api(&env);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(90)).await;
+    delivery.assert_covers(&accepted, "SIGTERM and restart");
+    eprintln!(
+        "sigterm: {} accepted, {refused} refused, {} delivered, {} duplicates, replayed after restart {}",
+        accepted.len(),
+        delivery.counts.len(),
+        delivery.duplicates(),
+        metric(&api, "tracking_pubsub_replayed_total").await
+    );
+    assert!(accepted.len() > 200, "load too light: {}", accepted.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_and_memory_stays_bounded() {
+    let rig = Rig::start();
+    let spool = rig.spool();
+    let env = rig.env(&[
+        ("TRACKING_SPOOL_DIR", &spool),
+        ("TRACKING_SPOOL_MAX_BYTES", "256KiB"),
+        ("TRACKING_SINK_QUEUE", "2000"),
+        ("TRACKING_PUBSUB_STALL_TIMEOUT", "200ms"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "1s"),
+    ]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    rig.gate.close(); // Pub/Sub unreachable from the start
+    let api = start_api(&env);
+    let pid = api.child.id();
+    let rss_start = rss_kib(pid);
+
+    // Until the spool is full: bounded at 3,000 requests of 10 events.
+    let mut accepted = Vec::new();
+    let mut first_503 = None;
+    for b in 0..3_000 {
+        let ids: Vec<String> = (0..10).map(|i| format!("full-{b}-{i}")).collect();
+        let events: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r#"{{"type":"page_view","client_id":"v{b}","event_id":"{id}"}}"#))
+            .collect();
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        let r = request(
+            api.addr,
+            "POST",
+            "/v1/events",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        match r.status {
+            204 => accepted.extend(ids),
+            503 => {
+                assert!(
+                    r.head.to_ascii_lowercase().contains("retry-after:"),
+                    "{}",
+                    r.head
+                );
+                first_503.get_or_insert(b);
+                if b > first_503.unwrap_or(b) + 1_000 {
+                    break;
+                }
+            }
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+        if first_503.is_none() {
+            // Let the stall detection and the spool keep up.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let first_503 = first_503.expect("the spool bound was never reached");
+    // Once what memory held has landed in the spool, it is at its bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&api, "tracking_sink_queue_events").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the in-memory queue never drained to the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spool_bytes = metric(&api, "tracking_pubsub_spool_bytes").await;
+    let rss_full = rss_kib(pid);
+    assert!(
+        (200.0 * 1024.0..270.0 * 1024.0).contains(&spool_bytes),
+        "the spool fills up to its bound of 256 KiB and stays there: {spool_bytes} B"
+    );
+    eprintln!(
+        "spool full after {first_503} requests ({} events accepted); spool {spool_bytes} B; \
+         RSS {rss_start} KiB at start, {rss_full} KiB after 1,000 more refused requests",
+        accepted.len()
+    );
+    assert!(rss_full < 100 * 1024, "RSS {rss_full} KiB");
+    assert!(
+        rss_full < rss_start + 30 * 1024,
+        "RSS grew from {rss_start} to {rss_full} KiB"
+    );
+
+    // Back: everything accepted is delivered and the spool drains.
+    rig.gate.open();
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(90)).await;
+    delivery.assert_covers(&accepted, "after the spool was full");
+    assert_eq!(
+        wait_metric(&api, "tracking_pubsub_direct", 1.0, Duration::from_secs(10)).await,
+        1.0
+    );
+    assert_eq!(metric(&api, "tracking_pubsub_spool_bytes").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_spool_segment_is_reported_and_its_intact_records_replayed() {
+    let rig = Rig::start();
+    let spool = rig.spool();
+    let env = rig.env(&[
+        ("TRACKING_SPOOL_DIR", &spool),
+        ("TRACKING_PUBSUB_STALL_TIMEOUT", "200ms"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "500ms"),
+    ]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    rig.gate.close();
+    let mut api = start_api(&env);
+    let (accepted, refused) = load(api.addr, "torn", 1, 100, Duration::from_millis(5)).await;
+    assert_eq!((accepted.len(), refused), (100, 0));
+    let spooled = wait_metric(
+        &api,
+        "tracking_pubsub_backlog_events",
+        100.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(spooled, 100.0);
+    assert!(api.terminate(Duration::from_secs(20)).success());
+
+    // Tear the newest segment's last record, as a crash mid-write would.
+    let mut segments: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "spool"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+
+    rig.gate.open();
+    let api = start_api(&env);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(15)).await;
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| !delivery.counts.contains_key(*id))
+        .collect();
+    assert_eq!(
+        missing.len(),
+        1,
+        "exactly the torn record is lost: {missing:?}"
+    );
+    let damaged = metric(&api, "tracking_pubsub_spool_damaged_bytes_total").await;
+    assert!(damaged > 0.0);
+    let log = api.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("Spool damage found and skipped"), "{log}");
+}
