@@ -145,24 +145,39 @@ type Conn = SendRequest<Full<Bytes>>;
 /// last-in first-out, so traffic stays on warm connections and a new one is
 /// opened only when every open one is busy. A slot in use is owned by its
 /// request and given back with its connection when the request ends.
+///
+/// A connection idle for [`MAX_IDLE`] is not reused: the server may be closing
+/// it (idle timeout) just as a request goes out on it, which would show up as
+/// an I/O error that is not the server's fault. A fresh connection is opened
+/// instead.
 struct Pool {
-    free: Vec<(usize, Option<Conn>)>,
+    free: Vec<(usize, Option<Conn>, std::time::Instant)>,
 }
+
+/// Longest idle time after which a pooled connection is reopened; well below
+/// the idle timeouts servers use (seconds to minutes).
+const MAX_IDLE: Duration = Duration::from_secs(2);
 
 impl Pool {
     fn new(cap: usize) -> Self {
+        let now = std::time::Instant::now();
         // Reversed so that slot 0 is handed out first.
         Self {
-            free: (0..cap).rev().map(|i| (i, None)).collect(),
+            free: (0..cap).rev().map(|i| (i, None, now)).collect(),
         }
     }
 
     fn take(&mut self) -> Option<(usize, Option<Conn>)> {
-        self.free.pop()
+        let (slot, conn, since) = self.free.pop()?;
+        Some((slot, conn.filter(|_| since.elapsed() < MAX_IDLE)))
     }
 
     fn give_back(&mut self, slot: usize, conn: Option<Conn>) {
-        self.free.push((slot, conn.filter(|c| !c.is_closed())));
+        self.free.push((
+            slot,
+            conn.filter(|c| !c.is_closed()),
+            std::time::Instant::now(),
+        ));
     }
 }
 
