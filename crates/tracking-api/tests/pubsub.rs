@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{ApiProcess, request};
+use common::process::{ApiProcess, RawResponse, request};
 use test_support::pubsub::{Message, event_id, pull_until, topic_with_subscription};
 use test_support::{Gate, PubsubEmulator};
 
@@ -156,15 +156,7 @@ async fn load(
                 let id = format!("{prefix}-{c}-{i}");
                 let body =
                     format!(r#"{{"type":"page_view","client_id":"v{c}","event_id":"{id}"}}"#);
-                match request(
-                    addr,
-                    "POST",
-                    "/v1/events",
-                    &[("content-type", "application/json")],
-                    body.as_bytes(),
-                )
-                .await
-                {
+                match post_json(addr, &body).await {
                     Ok(r) if r.status == 204 => accepted.lock().unwrap().push(id),
                     Ok(r) => {
                         assert_eq!(r.status, 503, "unexpected answer {r:?}");
@@ -187,6 +179,37 @@ async fn load(
     let accepted = accepted.lock().unwrap().clone();
     let refused = *refused.lock().unwrap();
     (accepted, refused)
+}
+
+/// `POST /v1/events` with a JSON body.
+async fn post_json(addr: SocketAddr, body: &str) -> std::io::Result<RawResponse> {
+    request(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// Posts a batch of `n` page views with ids `{prefix}-{b}-{i}`, followed by
+/// the raw events in `extra`; returns the answer and the ids.
+async fn post_batch(
+    api: &ApiProcess,
+    prefix: &str,
+    b: usize,
+    n: usize,
+    extra: &[&str],
+) -> (RawResponse, Vec<String>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{b}-{i}")).collect();
+    let mut events: Vec<String> = ids
+        .iter()
+        .map(|id| format!(r#"{{"type":"page_view","client_id":"v{b}","event_id":"{id}"}}"#))
+        .collect();
+    events.extend(extra.iter().map(|e| (*e).to_owned()));
+    let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    (post_json(api.addr, &body).await.unwrap(), ids)
 }
 
 /// One value of the API's `/metrics`.
@@ -253,27 +276,14 @@ async fn steady_state_delivers_exactly_the_accepted_events() {
     // 100 batches of 10 events, and one invalid event in the last batch.
     let mut accepted = Vec::new();
     for b in 0..100 {
-        let mut events: Vec<String> = (0..10)
-            .map(|i| {
-                let id = format!("steady-{b}-{i}");
-                accepted.push(id.clone());
-                format!(r#"{{"type":"page_view","client_id":"v{b}","event_id":"{id}"}}"#)
-            })
-            .collect();
-        if b == 99 {
-            events.push(r#"{"type":"Not A Type","client_id":"v"}"#.into());
-        }
-        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-        let r = request(
-            api.addr,
-            "POST",
-            "/v1/events",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        )
-        .await
-        .unwrap();
+        let invalid: &[&str] = if b == 99 {
+            &[r#"{"type":"Not A Type","client_id":"v"}"#]
+        } else {
+            &[]
+        };
+        let (r, ids) = post_batch(&api, "steady", b, 10, invalid).await;
         assert_eq!(r.status, if b == 99 { 200 } else { 204 }, "{r:?}");
+        accepted.extend(ids);
     }
 
     let started = Instant::now();
@@ -318,12 +328,9 @@ async fn message_attributes_carry_type_and_schema_version() {
     bootstrap(&env);
     let sub = rig.subscription().await;
     let api = start_api(&env);
-    let r = request(
+    let r = post_json(
         api.addr,
-        "POST",
-        "/v1/events",
-        &[("content-type", "application/json")],
-        br#"{"type":"purchase","client_id":"attr-1","event_id":"attr-1"}"#,
+        r#"{"type":"purchase","client_id":"attr-1","event_id":"attr-1"}"#,
     )
     .await
     .unwrap();
@@ -482,21 +489,7 @@ async fn a_full_spool_answers_503_and_memory_stays_bounded() {
     let mut accepted = Vec::new();
     let mut first_503 = None;
     for b in 0..3_000 {
-        let ids: Vec<String> = (0..10).map(|i| format!("full-{b}-{i}")).collect();
-        let events: Vec<String> = ids
-            .iter()
-            .map(|id| format!(r#"{{"type":"page_view","client_id":"v{b}","event_id":"{id}"}}"#))
-            .collect();
-        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-        let r = request(
-            api.addr,
-            "POST",
-            "/v1/events",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        )
-        .await
-        .unwrap();
+        let (r, ids) = post_batch(&api, "full", b, 10, &[]).await;
         match r.status {
             204 => accepted.extend(ids),
             503 => {
