@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bigtable_rs::bigtable::BigTableConnection;
 use bigtable_rs::google::bigtable::v2::MutateRowRequest;
 use tracking_bigtable::schema::{encode, read_visitor, row_key};
-use tracking_core::{ClientId, SessionRecord, Timestamp, VisitorState};
+use tracking_core::{ClientId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
 
 #[tokio::main]
 async fn main() {
@@ -62,16 +62,22 @@ async fn main() {
                         id: uuid::Uuid::from_u128(u128::from(i)),
                         last_seen: now,
                     });
+                    // The cells a beacon of scripts/beacon.lua makes the
+                    // service write: both sessions and the via its
+                    // utm_source records.
                     let renewal = VisitorState {
                         short: session,
                         long: session,
-                        via: None,
+                        via: Via::new(Some("news"), None, None).map(|via| ViaRecord {
+                            via,
+                            expires_at: now.saturating_add(Duration::from_secs(30 * 86_400)),
+                        }),
                     };
                     client
                         .mutate_row(MutateRowRequest {
                             table_name: table_name.clone(),
                             row_key: key,
-                            mutations: encode(&renewal, false, now),
+                            mutations: encode(&renewal, true, now),
                             ..MutateRowRequest::default()
                         })
                         .await
