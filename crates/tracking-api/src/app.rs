@@ -85,6 +85,8 @@ pub struct Parts {
     pub sink_budget: Option<Arc<Budget>>,
     /// The Pub/Sub sink, for its metrics.
     pub publisher: Option<Arc<tracking_pubsub::PubsubSink>>,
+    /// Sustained-overload readiness (ticked once a second by the server).
+    pub overload: Arc<crate::overload::OverloadGuard>,
 }
 
 impl AppState {
@@ -103,8 +105,10 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Ready to take traffic: started, not draining, and not in sustained
+    /// overload (see [`crate::overload`]).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.parts.overload.unready()
     }
 
     /// Event-processing tasks, for the drain.
@@ -133,6 +137,8 @@ impl AppState {
             store_ops: self.parts.store.counters(),
             publisher: self.parts.publisher.as_ref().map(|p| p.stats()),
             ready: self.is_ready(),
+            overloaded: self.parts.overload.unready(),
+            overload_flips: self.parts.overload.flips(),
         }
     }
 
@@ -414,12 +420,18 @@ impl App {
 
     /// Takes an in-flight slot, or sheds the request.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.state.inflight)
-            .try_acquire_owned()
-            .map_err(|_| {
+        let overload = &self.state.parts.overload;
+        match Arc::clone(&self.state.inflight).try_acquire_owned() {
+            Ok(permit) => {
+                overload.record_admitted();
+                Ok(permit)
+            }
+            Err(_) => {
+                overload.record_shed();
                 self.state.parts.metrics.record_shed(ShedReason::Inflight);
-                ApiError::Overloaded
-            })
+                Err(ApiError::Overloaded)
+            }
+        }
     }
 
     /// Validates the events of a body and, when any is valid, processes them.

@@ -381,6 +381,21 @@ pub struct Config {
     #[arg(long, env = "TRACKING_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration, global = true)]
     pub drain_timeout: Duration,
 
+    /// Seconds in a row with at least 5% of event requests shed before
+    /// /readyz answers 503 (stretched by a random 0-50% per process, so that
+    /// pods do not all leave at once).
+    #[arg(long, env = "TRACKING_OVERLOAD_UNREADY_AFTER", default_value = "10s", value_parser = duration, global = true)]
+    pub overload_unready_after: Duration,
+
+    /// Calm seconds in a row before /readyz answers 200 again.
+    #[arg(long, env = "TRACKING_OVERLOAD_READY_AFTER", default_value = "5s", value_parser = duration, global = true)]
+    pub overload_ready_after: Duration,
+
+    /// Longest time overload keeps /readyz at 503; then it answers 200 until
+    /// a new sustained period.
+    #[arg(long, env = "TRACKING_OVERLOAD_MAX_UNREADY", default_value = "30s", value_parser = duration, global = true)]
+    pub overload_max_unready: Duration,
+
     /// Tokio worker threads (default: one per CPU).
     #[arg(long, env = "TRACKING_WORKER_THREADS", value_parser = positive, global = true)]
     pub worker_threads: Option<usize>,

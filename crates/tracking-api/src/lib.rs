@@ -15,6 +15,7 @@ pub mod cookie;
 pub mod cors;
 pub mod geo;
 pub mod metrics;
+pub mod overload;
 pub mod server;
 pub mod sink;
 pub mod store;
@@ -69,6 +70,14 @@ impl Config {
             // The Pub/Sub sink's own flush deadline, plus time to spool what
             // is left.
             flush_timeout: self.pubsub_flush_timeout + std::time::Duration::from_secs(5),
+        }
+    }
+
+    pub fn overload_policy(&self) -> overload::OverloadPolicy {
+        overload::OverloadPolicy {
+            unready_after: self.overload_unready_after,
+            ready_after: self.overload_ready_after,
+            max_unready: self.overload_max_unready,
         }
     }
 
@@ -234,5 +243,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         geo,
         metrics,
         memory_store: memory,
+        overload: Arc::new(overload::OverloadGuard::new(
+            config.overload_policy(),
+            rand::random::<f64>(),
+        )),
     }))
 }

@@ -25,6 +25,13 @@ pub const INFLIGHT: &str = "tracking_inflight_requests";
 pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
 pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
 pub const READY: &str = "tracking_ready";
+pub const OVERLOADED: &str = "tracking_overloaded";
+pub const OVERLOAD_FLIPS: &str = "tracking_overload_readiness_changes_total";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_THREADS: &str = "process_threads";
 pub const PUBSUB_DIRECT: &str = "tracking_pubsub_direct";
 pub const PUBSUB_IN_FLIGHT: &str = "tracking_pubsub_in_flight_messages";
 pub const PUBSUB_PUBLISHED: &str = "tracking_pubsub_published_total";
@@ -160,6 +167,9 @@ pub struct Gauges {
     /// The Pub/Sub sink's counters, when it is the sink.
     pub publisher: Option<tracking_pubsub::PublisherStats>,
     pub ready: bool,
+    /// Sustained overload has made /readyz answer 503.
+    pub overloaded: bool,
+    pub overload_flips: u64,
 }
 
 #[derive(Debug, Default)]
@@ -386,7 +396,70 @@ impl Metrics {
             "1 while /readyz answers 200.",
             if g.ready { 1.0 } else { 0.0 },
         );
+        gauge(
+            &mut out,
+            OVERLOADED,
+            "1 while sustained overload makes /readyz answer 503.",
+            if g.overloaded { 1.0 } else { 0.0 },
+        );
+        counter(
+            &mut out,
+            OVERLOAD_FLIPS,
+            "Readiness changes caused by sustained overload (both directions).",
+            g.overload_flips,
+        );
+        render_process(&mut out);
         out
+    }
+}
+
+/// The process's own figures, from /proc (Linux); absent elsewhere.
+fn render_process(out: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        gauge(out, PROCESS_RSS, "Resident memory in bytes.", rss * 1024.0);
+    }
+    if let Some(threads) = kib("Threads:") {
+        gauge(out, PROCESS_THREADS, "OS threads.", threads);
+    }
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised name) are
+    // user and system time in USER_HZ ticks, which Linux fixes at 100.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let ticks: Option<f64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+    });
+    if let Some(t) = ticks {
+        header(
+            out,
+            PROCESS_CPU,
+            "counter",
+            "User and system CPU time in seconds.",
+        );
+        let _ = writeln!(out, "{PROCESS_CPU} {}", t / 100.0);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            out,
+            PROCESS_OPEN_FDS,
+            "Open file descriptors.",
+            dir.count() as f64,
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        gauge(out, PROCESS_MAX_FDS, "Limit of open file descriptors.", max);
     }
 }
 

@@ -68,6 +68,17 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(opts.max_connections));
     let state = Arc::clone(app.state());
     state.set_ready(true);
+    // Readiness under sustained overload is judged once a second.
+    let overload = Arc::clone(&state.parts.overload);
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            overload.tick();
+        }
+    });
     tokio::pin!(shutdown);
 
     let mut stop_at: Option<Instant> = None;
@@ -113,6 +124,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    ticker.abort();
     tracing::info!("Listener closed; draining in-flight requests.");
 
     let deadline = Instant::now() + opts.drain_timeout;

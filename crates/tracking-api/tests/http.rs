@@ -653,3 +653,85 @@ async fn a_body_that_does_not_arrive_in_time_answers_408() {
     assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_shedding_turns_readiness_off_and_calm_turns_it_back_on() {
+    let t = Arc::new(TestApp::new(Options {
+        max_inflight: 2,
+        store: Some(slow_memory_store(Duration::from_millis(150))),
+        session_timeout: Duration::from_secs(5),
+        ..Options::default()
+    }));
+    let guard = Arc::clone(&t.app.state().parts.overload);
+    let ready = |t: &Arc<TestApp>| {
+        let t = Arc::clone(t);
+        async move {
+            t.send(Request::get("/readyz").body(body("")).unwrap())
+                .await
+                .0
+                .status()
+        }
+    };
+    // One "second" of overload: 10 requests at once against 2 slots.
+    let overloaded_second = |t: &Arc<TestApp>| {
+        let t = Arc::clone(t);
+        async move {
+            let sends: Vec<_> = (0..10)
+                .map(|i| {
+                    let t = Arc::clone(&t);
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let body = format!(r#"{{"type":"a","client_id":"v{i}"}}"#);
+                        let status = t.post(&body).await.0.status();
+                        (status, started.elapsed())
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for s in sends {
+                let (status, took) = s.await.unwrap();
+                match status {
+                    StatusCode::NO_CONTENT => ok += 1,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(took < Duration::from_millis(100), "shed slowly: {took:?}")
+                    }
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            assert_eq!(ok, 2, "the admitted requests succeed");
+        }
+    };
+    for second in 1..=9 {
+        overloaded_second(&t).await;
+        guard.tick();
+        assert_eq!(
+            ready(&t).await,
+            StatusCode::OK,
+            "still ready after {second} s"
+        );
+    }
+    overloaded_second(&t).await;
+    guard.tick();
+    assert_eq!(
+        ready(&t).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unready after 10 s"
+    );
+    let (_, metrics) = t
+        .send(Request::get("/metrics").body(body("")).unwrap())
+        .await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(metrics.contains("tracking_overloaded 1"), "{metrics}");
+    assert!(
+        metrics.contains("process_resident_memory_bytes "),
+        "{metrics}"
+    );
+    // Calm: back after 5 quiet seconds, not before.
+    for _ in 0..4 {
+        guard.tick();
+    }
+    assert_eq!(ready(&t).await, StatusCode::SERVICE_UNAVAILABLE);
+    guard.tick();
+    assert_eq!(ready(&t).await, StatusCode::OK);
+    assert_eq!(guard.flips(), 2);
+}

@@ -184,6 +184,14 @@ impl TestApp {
             memory_store: Some(memory.clone()),
             sink_budget: Some(sink.budget.clone()),
             publisher: None,
+            overload: Arc::new(tracking_api::overload::OverloadGuard::new(
+                tracking_api::overload::OverloadPolicy {
+                    unready_after: Duration::from_secs(10),
+                    ready_after: Duration::from_secs(5),
+                    max_unready: Duration::from_secs(30),
+                },
+                0.0,
+            )),
         });
         state.set_ready(true);
         Self {
