@@ -13,6 +13,7 @@ COPY crates/tracking-api/Cargo.toml crates/tracking-api/
 COPY crates/tracking-bigtable/Cargo.toml crates/tracking-bigtable/
 COPY crates/tracking-pubsub/Cargo.toml crates/tracking-pubsub/
 COPY crates/test-support/Cargo.toml crates/test-support/
+COPY crates/aerospike-standin/Cargo.toml crates/aerospike-standin/
 COPY migration-proxy/Cargo.toml migration-proxy/
 COPY loadtest/Cargo.toml loadtest/
 RUN for d in crates/* migration-proxy loadtest; do \
