@@ -372,7 +372,19 @@ async fn an_emulator_killed_and_restarted_under_load_loses_nothing() {
     // Take everything the first emulator acknowledged before killing it: an
     // emulator restart loses its messages, which is not the API's doing.
     rig.gate.close();
-    let acked_before = metric(&api, "tracking_pubsub_published_total").await;
+    // No acknowledgement can arrive once the gate is closed, but those that
+    // arrived just before are counted by checker tasks a moment later: let
+    // them settle, or the pull below could stop short of an acknowledged
+    // event that the emulator's restart then destroys.
+    let mut acked_before = metric(&api, "tracking_pubsub_published_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = metric(&api, "tracking_pubsub_published_total").await;
+        if now == acked_before {
+            break;
+        }
+        acked_before = now;
+    }
     let mut before = pull_until(&rig.emu.host(), &sub, Duration::from_secs(30), |m| {
         m.len() as f64 >= acked_before
     })
