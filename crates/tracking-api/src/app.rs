@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,8 +24,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
     Admission, BodyError, Budget, ClientId, Clock, DeadLetter, DeadLetterSink, Event, EventSink,
-    IdSource, RejectReason, RequestContext, SessionOutcome, SessionStore, SinkError, StoreError,
-    anonymize_ip, enrich, parse_body,
+    IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore, SinkError,
+    StoreError, anonymize_ip, enrich, parse_body,
 };
 
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
@@ -64,7 +64,7 @@ pub struct AppState {
     inflight: Arc<Semaphore>,
     tracker: TaskTracker,
     ready: AtomicBool,
-    store_warned_at: AtomicU64,
+    store_warned: OncePerSecond,
 }
 
 /// The adapters and settings an [`AppState`] is built from.
@@ -96,7 +96,7 @@ impl AppState {
             ua: UaParser::new(4096),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
-            store_warned_at: AtomicU64::new(0),
+            store_warned: OncePerSecond::default(),
             parts,
         })
     }
@@ -144,9 +144,7 @@ impl AppState {
 
     /// Logs a session-store failure at most once a second.
     fn warn_store(&self, error: &StoreError) {
-        let now_s = self.parts.clock.now().as_millis() / 1000;
-        let last = self.store_warned_at.swap(now_s, Ordering::Relaxed);
-        if last != now_s {
+        if self.store_warned.allow(self.parts.clock.now()) {
             tracing::warn!(%error, "Session store failed; events are accepted without sessions.");
         }
     }

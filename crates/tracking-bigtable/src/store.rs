@@ -20,7 +20,8 @@ use bigtable_rs::google::bigtable::v2::MutateRowRequest;
 use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
+    BoxFuture, ClientId, Clock, OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError,
+    SystemClock, Timestamp, Via,
 };
 
 use crate::schema::{decode, encode, key_hash, read_visitor, row_key_with};
@@ -47,7 +48,7 @@ struct Inner {
     stripes: Vec<Arc<Mutex<()>>>,
     writes: TaskTracker,
     counters: Counters,
-    warned_at: AtomicU64,
+    warned: OncePerSecond,
 }
 
 #[derive(Clone)]
@@ -119,7 +120,7 @@ impl BigtableSessionStore {
                 stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
                 writes: TaskTracker::new(),
                 counters: Counters::default(),
-                warned_at: AtomicU64::new(0),
+                warned: OncePerSecond::default(),
                 cfg,
             }),
         })
@@ -222,11 +223,7 @@ impl Inner {
 
     fn write_failed(&self, error: &str) {
         self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        if self.warned_at.swap(now_s, Ordering::Relaxed) != now_s {
+        if self.warned.allow(SystemClock.now()) {
             tracing::warn!(
                 error,
                 "Bigtable session renewal failed; the session may end early."

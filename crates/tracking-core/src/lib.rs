@@ -28,4 +28,4 @@ pub use ports::{
     BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError,
 };
 pub use session::{SessionPolicy, SessionRecord, Sessions, Ttls, ViaRecord, VisitorState};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp, parse_duration};
+pub use time::{Clock, ManualClock, OncePerSecond, SystemClock, Timestamp, parse_duration};

@@ -93,6 +93,18 @@ impl Clock for SystemClock {
     }
 }
 
+/// Lets a repeated warning through at most once per wall-clock second:
+/// [`OncePerSecond::allow`] is true for the first call in each second.
+#[derive(Debug, Default)]
+pub struct OncePerSecond(AtomicU64);
+
+impl OncePerSecond {
+    pub fn allow(&self, now: Timestamp) -> bool {
+        let second = now.as_millis() / 1000;
+        self.0.swap(second, Ordering::Relaxed) != second
+    }
+}
+
 /// A clock that moves only when told to; for tests.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
@@ -148,6 +160,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn once_per_second_lets_the_first_call_of_each_second_through() {
+        let gate = OncePerSecond::default();
+        assert!(gate.allow(Timestamp::from_millis(5_000)));
+        assert!(!gate.allow(Timestamp::from_millis(5_999)));
+        assert!(gate.allow(Timestamp::from_millis(6_000)));
+        assert!(!gate.allow(Timestamp::from_millis(6_001)));
+    }
 
     fn check_format(ms: u64, expected: &str) {
         assert_eq!(Timestamp::from_millis(ms).to_string(), expected, "{ms}");
