@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::error::PublishError;
@@ -39,7 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    Admission, BoxFuture, Budget, EnrichedEvent, EventSink, SCHEMA_VERSION, SinkError,
+    Admission, BoxFuture, Budget, Clock, EnrichedEvent, EventSink, SCHEMA_VERSION, SinkError,
+    SystemClock,
 };
 
 use crate::spool::{Pos, Record, Spool};
@@ -100,12 +101,6 @@ pub(crate) fn classify(e: &PublishError) -> FailureClass {
         },
         _ => FailureClass::Retryable,
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn message(kind: &str, data: bytes::Bytes) -> Message {
@@ -214,7 +209,7 @@ impl PubsubSink {
             // replayed before new events overtake it.
             direct: AtomicBool::new(backlog.is_empty()),
             closed: AtomicBool::new(false),
-            last_progress_ms: AtomicU64::new(now_ms()),
+            last_progress_ms: AtomicU64::new(SystemClock.now().as_millis()),
             tx,
             tracker: TaskTracker::new(),
             give_up: CancellationToken::new(),
@@ -286,7 +281,7 @@ async fn check(
         sub(&inner.stats.in_flight, 1);
         match result {
             Some(Ok(_)) => {
-                let now = now_ms();
+                let now = SystemClock.now().as_millis();
                 add(&inner.stats.published, 1);
                 inner
                     .stats
@@ -294,10 +289,7 @@ async fn check(
                 inner.last_progress_ms.store(now, Ordering::Relaxed);
             }
             Some(Err(e)) => {
-                match classify(&e) {
-                    FailureClass::Retryable => add(&inner.stats.failed_retryable, 1),
-                    FailureClass::Permanent => add(&inner.stats.failed_permanent, 1),
-                }
+                inner.stats.count_failure(classify(&e));
                 inner.enter_backlog_mode(&e.to_string());
                 failed.push(pending);
             }
@@ -375,7 +367,9 @@ impl EventSink for PubsubSink {
             .fetch_add(sent.len() as u64, Ordering::Relaxed)
             == 0
         {
-            inner.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+            inner
+                .last_progress_ms
+                .store(SystemClock.now().as_millis(), Ordering::Relaxed);
         }
         inner.tracker.spawn(check(Arc::clone(inner), sent));
     }
@@ -525,8 +519,10 @@ impl Pump {
     fn tick(&mut self) {
         let inner = Arc::clone(&self.inner);
         if inner.direct.load(Ordering::Relaxed) {
-            let stalled_ms =
-                now_ms().saturating_sub(inner.last_progress_ms.load(Ordering::Relaxed));
+            let stalled_ms = SystemClock
+                .now()
+                .as_millis()
+                .saturating_sub(inner.last_progress_ms.load(Ordering::Relaxed));
             if inner.stats.in_flight.load(Ordering::Relaxed) > 0
                 && Duration::from_millis(stalled_ms) > inner.opts.stall_timeout
             {
@@ -637,7 +633,7 @@ impl Pump {
         sub(&stats.in_flight, results.len() as u64);
         let ok = results.iter().take_while(|r| r.is_ok()).count();
         if ok > 0 {
-            let now = now_ms();
+            let now = SystemClock.now().as_millis();
             for &at in &replay.accepted_at_ms[..ok] {
                 stats.observe_delivery(at, now);
             }
@@ -655,11 +651,8 @@ impl Pump {
                 }
             }
         }
-        if let Some(Err(class)) = results.get(ok) {
-            match class {
-                FailureClass::Retryable => add(&stats.failed_retryable, 1),
-                FailureClass::Permanent => add(&stats.failed_permanent, 1),
-            }
+        if let Some(&Err(class)) = results.get(ok) {
+            stats.count_failure(class);
             self.probing = true;
             self.next_replay = Instant::now() + self.backoff;
             self.backoff = (self.backoff * 2).min(REPLAY_BACKOFF_MAX);

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::sink::FailureClass;
+
 /// Upper bounds (seconds) of the delivery-latency buckets: accepted →
 /// acknowledged by Pub/Sub, outages included.
 pub const DELIVERY_BUCKETS: [f64; 15] = [
@@ -39,6 +41,13 @@ pub(crate) fn sub(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
+    pub fn count_failure(&self, class: FailureClass) {
+        match class {
+            FailureClass::Retryable => add(&self.failed_retryable, 1),
+            FailureClass::Permanent => add(&self.failed_permanent, 1),
+        }
+    }
+
     pub fn count_sent(&self, events: u64, bytes: u64) {
         add(&self.sent_events, events);
         add(&self.sent_bytes, bytes);
