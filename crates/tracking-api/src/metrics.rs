@@ -140,17 +140,47 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        render_histogram(
+            out,
+            name,
+            labels,
+            &BUCKETS,
+            self.buckets.iter().map(|n| n.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
     }
+}
+
+/// One histogram's samples in the Prometheus text format: cumulative buckets
+/// from per-bucket `counts` (one per bound), `+Inf`, sum and count. `labels`
+/// is `name="value",…`, or empty.
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: impl IntoIterator<Item = u64>,
+    count: u64,
+    sum: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bound, n) in bounds.iter().zip(counts) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{labels} {sum}");
+    let _ = writeln!(out, "{name}_count{labels} {count}");
 }
 
 /// Gauges read at render time from the components that own them.
@@ -546,24 +576,15 @@ fn render_publisher(out: &mut String, p: &tracking_pubsub::PublisherStats) {
         "histogram",
         "Delivery SLI: time from acceptance to Pub/Sub acknowledgement.",
     );
-    let mut cumulative = 0;
-    for (bound, n) in tracking_pubsub::DELIVERY_BUCKETS
-        .iter()
-        .zip(&p.delivery_buckets)
-    {
-        cumulative += n;
-        let _ = writeln!(
-            out,
-            "{DELIVERY_LATENCY}_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    let _ = writeln!(
+    render_histogram(
         out,
-        "{DELIVERY_LATENCY}_bucket{{le=\"+Inf\"}} {}",
-        p.delivery_count
+        DELIVERY_LATENCY,
+        "",
+        &tracking_pubsub::DELIVERY_BUCKETS,
+        p.delivery_buckets,
+        p.delivery_count,
+        p.delivery_sum_seconds,
     );
-    let _ = writeln!(out, "{DELIVERY_LATENCY}_sum {}", p.delivery_sum_seconds);
-    let _ = writeln!(out, "{DELIVERY_LATENCY}_count {}", p.delivery_count);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -604,5 +625,32 @@ mod tests {
             "tracking_http_request_duration_seconds_bucket{route=\"events\",le=\"+Inf\"} 3"
         ));
         assert!(text.contains("tracking_events_rejected_total{reason=\"invalid_type\"} 1"));
+    }
+
+    #[test]
+    fn renders_the_delivery_histogram_without_labels() {
+        let mut buckets = [0; tracking_pubsub::DELIVERY_BUCKETS.len()];
+        buckets[0] = 2;
+        buckets[3] = 1;
+        let text = Metrics::default().render(&Gauges {
+            publisher: Some(tracking_pubsub::PublisherStats {
+                delivery_buckets: buckets,
+                delivery_count: 4,
+                delivery_sum_seconds: 1.5,
+                ..Default::default()
+            }),
+            ..Gauges::default()
+        });
+        for line in [
+            "tracking_delivery_latency_seconds_bucket{le=\"0.005\"} 2",
+            "tracking_delivery_latency_seconds_bucket{le=\"0.05\"} 3",
+            "tracking_delivery_latency_seconds_bucket{le=\"1800\"} 3",
+            "tracking_delivery_latency_seconds_bucket{le=\"+Inf\"} 4",
+            "tracking_delivery_latency_seconds_sum 1.5",
+            "tracking_delivery_latency_seconds_count 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+        assert!(text.contains("tracking_http_request_duration_seconds_sum{route=\"events\"} 0"));
     }
 }
