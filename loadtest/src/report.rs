@@ -286,12 +286,8 @@ pub fn merge(reports: &[Report], health: Health) -> anyhow::Result<Report> {
         out.completed += r.completed;
         out.errors += r.errors;
         out.dropped += r.dropped;
-        for (k, v) in &r.errors_by_class {
-            *out.errors_by_class.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &r.status_counts {
-            *out.status_counts.entry(k.clone()).or_default() += v;
-        }
+        add_counts(&mut out.errors_by_class, &r.errors_by_class);
+        add_counts(&mut out.status_counts, &r.status_counts);
         lat.add(decode(&r.histograms.latency_us)?)?;
         svc.add(decode(&r.histograms.service_us)?)?;
         lag.add(decode(&r.histograms.lag_us)?)?;
@@ -320,6 +316,13 @@ pub fn merge(reports: &[Report], health: Health) -> anyhow::Result<Report> {
         }
     }
     Ok(out)
+}
+
+/// Adds the counts of `from` into `into`, key by key.
+pub(crate) fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
 }
 
 #[cfg(test)]

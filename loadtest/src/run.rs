@@ -30,7 +30,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::report::{Cpu, Health, Report, Second, new_histogram};
+use crate::report::{Cpu, Health, Report, Second, add_counts, new_histogram};
 use crate::scenario::{Generator, ScenarioConfig};
 use crate::schedule::Schedule;
 
@@ -469,12 +469,8 @@ pub async fn run(cfg: RunConfig, progress: Arc<Progress>) -> anyhow::Result<Repo
         report.completed += o.completed;
         report.errors += o.errors;
         report.dropped += o.dropped;
-        for (k, v) in &o.classes {
-            *report.errors_by_class.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &o.statuses {
-            *report.status_counts.entry(k.clone()).or_default() += v;
-        }
+        add_counts(&mut report.errors_by_class, &o.classes);
+        add_counts(&mut report.status_counts, &o.statuses);
         for (i, s) in o.seconds.iter().enumerate() {
             second(&mut seconds, i).absorb(s);
         }
