@@ -144,10 +144,66 @@ def checks(c):
     def unknown_namespace():
         expect_error(ex.AerospikeError, c.put, ("nope", SET, "k"), {"a": 1})
 
+    send_key = {"key": aerospike.POLICY_KEY_SEND}
+    scan_set = "scanned"
+    n_scan = 300
+
+    def fill_scan_set():
+        for i in range(n_scan):
+            c.put((NS, scan_set, f"v-{i}"), {"sid": f"s-{i}"}, meta={"ttl": 600},
+                  policy=send_key)
+        # Another set, a record without a stored key, and an expiring one.
+        c.put((NS, "other", "v-0"), {"sid": "elsewhere"}, policy=send_key)
+        c.put((NS, scan_set, "no-key"), {"sid": "anonymous"})
+        c.put((NS, scan_set, "expiring"), {"sid": "gone"}, meta={"ttl": 1}, policy=send_key)
+        time.sleep(2.1)
+
+    def scan_whole_set():
+        q = c.query(NS, scan_set)
+        got = {}
+        for key, meta, bins in q.results():
+            got[key[2]] = (bins["sid"], meta["gen"], meta["ttl"])
+        assert len(got) == n_scan + 1, len(got)
+        assert got[None][0] == "anonymous", got[None]
+        assert all(got[f"v-{i}"][0] == f"s-{i}" for i in range(n_scan))
+        assert all(0 < got[f"v-{i}"][2] <= 600 for i in range(n_scan)), got["v-0"]
+
+    def scan_by_partition():
+        seen = {}
+        for begin in range(0, 4096, 512):
+            q = c.query(NS, scan_set)
+            pf = {"partition_filter": {"begin": begin, "count": 512}}
+            for key, _, bins in q.results(policy=pf):
+                pid = int.from_bytes(bytes(key[3])[:2], "little") & 4095
+                assert begin <= pid < begin + 512, (begin, pid)
+                assert key[2] not in seen, key
+                seen[key[2]] = bins["sid"]
+        assert len(seen) == n_scan + 1, len(seen)
+
+    def scan_selected_bins_and_no_bins():
+        q = c.query(NS, "other")
+        q.select("sid")
+        assert [b for _, _, b in q.results()] == [{"sid": "elsewhere"}]
+        q = c.query(NS, "other")
+        rows = q.results(options={"nobins": True})
+        assert len(rows) == 1 and not rows[0][2], rows
+
+    def scan_pages():
+        q = c.query(NS, scan_set)
+        q.paginate()
+        seen = set()
+        pages = 0
+        while not q.is_done() and pages < 100:
+            for key, _, _ in q.results(policy={"max_records": 50}):
+                seen.add(bytes(key[3]))
+            pages += 1
+        assert q.is_done() and len(seen) == n_scan + 1, (pages, len(seen))
+
     return [put_get, generation_increments, select_bins, exists, missing_record,
             get_by_the_clients_digest, integer_keys, ttl_and_expiry,
             touch_renews_ttl, never_expires, create_only, update_only, replace,
-            generation_check, delete, unknown_namespace]
+            generation_check, delete, unknown_namespace, fill_scan_set,
+            scan_whole_set, scan_by_partition, scan_selected_bins_and_no_bins, scan_pages]
 
 
 def main():

@@ -11,8 +11,17 @@
 //! server's result codes. String, integer and blob user keys; digests as the
 //! server computes them (RIPEMD-160 of set name, key type and key bytes).
 //!
-//! Not implemented (yet): scans and queries (including scan by partition),
-//! batch reads, operate with bin arithmetic, list/map operations, UDFs,
+//! Scans: a read message without a key (a "query" with no index filter, as
+//! the clients send for a scan) streams every live record of the namespace
+//! (and set, when given) in the requested partitions (`PID array`), resuming
+//! a partition after a digest (`digest array`), within a record limit
+//! (`max records`); records come in digest order per partition, each with its
+//! stored user key, and every finished partition is reported with the
+//! `partition done` flag. The user key is stored when a write sends it (the
+//! clients' `send_key` policy), as the server does.
+//!
+//! Not implemented: secondary-index queries, scan throttling (records per
+//! second is accepted and ignored), batch reads, operate with bin arithmetic, list/map operations, UDFs,
 //! secondary indexes, compression, TLS, authentication, clustering (it is
 //! always one node owning all 4096 partitions). A message it does not
 //! understand is answered with result code 4 (parameter error) or 16
@@ -53,6 +62,13 @@ const FIELD_NAMESPACE: u8 = 0;
 const FIELD_SET: u8 = 1;
 const FIELD_KEY: u8 = 2;
 const FIELD_DIGEST: u8 = 4;
+const FIELD_PID_ARRAY: u8 = 11;
+const FIELD_DIGEST_ARRAY: u8 = 12;
+const FIELD_MAX_RECORDS: u8 = 13;
+const FIELD_INDEX_RANGE: u8 = 22;
+const INFO3_PARTITION_DONE: u8 = 4;
+/// A scan's records are sent in frames of about this size.
+const SCAN_FRAME: usize = 64 * 1024;
 
 // Operations.
 const OP_READ: u8 = 1;
@@ -139,6 +155,9 @@ pub fn partition(digest: &[u8; 20]) -> usize {
 
 #[derive(Debug, Clone)]
 struct Record {
+    set: Vec<u8>,
+    /// The user key (particle type, bytes), when a write sent it.
+    key: Option<(u8, Vec<u8>)>,
     bins: BTreeMap<Vec<u8>, Value>,
     generation: u32,
     /// Seconds since the Aerospike epoch; 0 = never expires.
@@ -219,8 +238,8 @@ async fn connection(mut stream: TcpStream, store: &Store, port: u16) -> std::io:
         }
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
-        let reply = match kind {
-            1 => info(&body, store, port),
+        let frames = match kind {
+            1 => vec![info(&body, store, port)],
             3 => message(&body, store),
             other => {
                 return Err(std::io::Error::other(format!(
@@ -228,12 +247,14 @@ async fn connection(mut stream: TcpStream, store: &Store, port: u16) -> std::io:
                 )));
             }
         };
-        let mut out = Vec::with_capacity(8 + reply.len());
-        out.push(2);
-        out.push(kind);
-        out.extend_from_slice(&(reply.len() as u64).to_be_bytes()[2..]);
-        out.extend_from_slice(&reply);
-        stream.write_all(&out).await?;
+        for reply in frames {
+            let mut out = Vec::with_capacity(8 + reply.len());
+            out.push(2);
+            out.push(kind);
+            out.extend_from_slice(&(reply.len() as u64).to_be_bytes()[2..]);
+            out.extend_from_slice(&reply);
+            stream.write_all(&out).await?;
+        }
     }
 }
 
@@ -252,7 +273,9 @@ fn info(body: &[u8], store: &Store, port: u16) -> Vec<u8> {
                 format!("1,{port},[]")
             }
             "namespaces" => store.namespaces.join(";"),
-            "features" => "peers;replicas;pipelining;float;blob-bits;batch-index".to_owned(),
+            "features" => {
+                "peers;replicas;pipelining;float;blob-bits;pscans;pquery;query-show".to_owned()
+            }
             "replicas" | "replicas-all" | "replicas-master" => store
                 .namespaces
                 .iter()
@@ -281,6 +304,12 @@ struct Request<'a> {
     set: &'a [u8],
     key: Option<(u8, &'a [u8])>,
     digest: Option<[u8; 20]>,
+    /// Scan fields: partitions wanted, partitions to resume after a digest,
+    /// record limit, and whether an index filter was sent.
+    pids: Option<&'a [u8]>,
+    resume: Option<&'a [u8]>,
+    max_records: u64,
+    index_filter: bool,
     ops: Vec<(u8, u8, &'a [u8], &'a [u8])>,
 }
 
@@ -307,6 +336,10 @@ fn parse(body: &[u8]) -> Option<Request<'_>> {
         set: b"",
         key: None,
         digest: None,
+        pids: None,
+        resume: None,
+        max_records: 0,
+        index_filter: false,
         ops: Vec::new(),
     };
     let n_fields = be16(body, 18)?;
@@ -321,6 +354,12 @@ fn parse(body: &[u8]) -> Option<Request<'_>> {
             FIELD_SET => req.set = data,
             FIELD_KEY => req.key = Some((*data.first()?, data.get(1..)?)),
             FIELD_DIGEST => req.digest = Some(data.try_into().ok()?),
+            FIELD_PID_ARRAY => req.pids = Some(data),
+            FIELD_DIGEST_ARRAY => req.resume = Some(data),
+            FIELD_MAX_RECORDS => {
+                req.max_records = u64::from_be_bytes(data.try_into().ok()?);
+            }
+            FIELD_INDEX_RANGE => req.index_filter = true,
             _ => {}
         }
         at += 4 + size;
@@ -340,13 +379,41 @@ fn parse(body: &[u8]) -> Option<Request<'_>> {
 
 fn reply(code: u8, generation: u32, void_time: u32, bins: &[(&[u8], &Value)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(22 + bins.len() * 32);
+    message_into(&mut out, INFO3_LAST, code, generation, void_time, &[], bins);
+    out
+}
+
+/// Appends one message: header, fields `(type, data)`, then bins as read
+/// operations.
+fn message_into(
+    out: &mut Vec<u8>,
+    info3: u8,
+    code: u8,
+    generation: u32,
+    void_time: u32,
+    fields: &[(u8, &[u8])],
+    bins: &[(&[u8], &Value)],
+) {
     out.push(22);
-    out.extend_from_slice(&[0, 0, INFO3_LAST, 0, code]);
+    out.extend_from_slice(&[0, 0, info3, 0, code]);
     out.extend_from_slice(&generation.to_be_bytes());
     out.extend_from_slice(&void_time.to_be_bytes());
     out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(fields.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&u16::try_from(bins.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for (kind, data) in fields {
+        out.extend_from_slice(
+            &u32::try_from(data.len() + 1)
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.push(*kind);
+        out.extend_from_slice(data);
+    }
     for (name, value) in bins {
         let data = value.bytes();
         let size = 4 + name.len() + data.len();
@@ -358,13 +425,145 @@ fn reply(code: u8, generation: u32, void_time: u32, bins: &[(&[u8], &Value)]) ->
         out.extend_from_slice(name);
         out.extend_from_slice(&data);
     }
-    out
 }
 
-fn message(body: &[u8], store: &Store) -> Vec<u8> {
-    let Some(req) = parse(body) else {
-        return reply(result::PARAMETER_ERROR, 0, 0, &[]);
+/// The bins a read asks for: all of them, or the named ones.
+fn selected<'r>(req: &Request<'_>, r: &'r Record) -> Vec<(&'r [u8], &'r Value)> {
+    if req.info1 & INFO1_GET_ALL != 0 || req.ops.is_empty() {
+        r.bins.iter().map(|(k, v)| (k.as_slice(), v)).collect()
+    } else {
+        req.ops
+            .iter()
+            .filter(|(op, ..)| *op == OP_READ)
+            .filter_map(|(_, _, name, _)| r.bins.get_key_value(*name))
+            .map(|(k, v)| (k.as_slice(), v))
+            .collect()
+    }
+}
+
+/// Answers a scan: the frames to send, the last ending the stream.
+fn scan(req: &Request<'_>, ns: &str, store: &Store) -> Vec<Vec<u8>> {
+    if req.index_filter {
+        return vec![reply(result::UNSUPPORTED_FEATURE, 0, 0, &[])];
+    }
+    // Partition → resume after this digest (None: from the start).
+    let mut wanted: BTreeMap<usize, Option<[u8; 20]>> = BTreeMap::new();
+    for pid in req.pids.unwrap_or_default().chunks(2) {
+        let pid = match pid {
+            [a, b] => usize::from(u16::from_le_bytes([*a, *b])),
+            _ => PARTITIONS,
+        };
+        if pid >= PARTITIONS {
+            return vec![reply(result::PARAMETER_ERROR, 0, 0, &[])];
+        }
+        wanted.insert(pid, None);
+    }
+    for d in req.resume.unwrap_or_default().chunks(20) {
+        let Ok(d) = <[u8; 20]>::try_from(d) else {
+            return vec![reply(result::PARAMETER_ERROR, 0, 0, &[])];
+        };
+        wanted.insert(partition(&d), Some(d));
+    }
+    if req.pids.is_none() && req.resume.is_none() {
+        wanted.extend((0..PARTITIONS).map(|p| (p, None)));
+    }
+    let Ok(records) = store.records.lock() else {
+        return vec![reply(result::SERVER_ERROR, 0, 0, &[])];
     };
+    let now = now_cl();
+    let mut by_partition: BTreeMap<usize, Vec<(&[u8; 20], &Record)>> = BTreeMap::new();
+    for ((rns, d), r) in records.iter() {
+        let pid = partition(d);
+        let Some(after) = wanted.get(&pid) else {
+            continue;
+        };
+        if rns == ns
+            && alive(r, now)
+            && (req.set.is_empty() || req.set == r.set.as_slice())
+            && after.is_none_or(|a| *d > a)
+        {
+            by_partition.entry(pid).or_default().push((d, r));
+        }
+    }
+    let with_bins = req.info1 & INFO1_NOBINDATA == 0;
+    let mut frames = Vec::new();
+    let mut frame = Vec::with_capacity(SCAN_FRAME + 1024);
+    let mut sent = 0u64;
+    'partitions: for &pid in wanted.keys() {
+        let mut list = by_partition.remove(&pid).unwrap_or_default();
+        list.sort_unstable_by_key(|(d, _)| **d);
+        for (d, r) in list {
+            if req.max_records > 0 && sent >= req.max_records {
+                break 'partitions;
+            }
+            let key_field = r.key.as_ref().map(|(particle, bytes)| {
+                let mut f = Vec::with_capacity(1 + bytes.len());
+                f.push(*particle);
+                f.extend_from_slice(bytes);
+                f
+            });
+            let mut fields: Vec<(u8, &[u8])> = vec![
+                (FIELD_NAMESPACE, ns.as_bytes()),
+                (FIELD_SET, &r.set),
+                (FIELD_DIGEST, d),
+            ];
+            if let Some(k) = &key_field {
+                fields.push((FIELD_KEY, k));
+            }
+            let bins = if with_bins {
+                selected(req, r)
+            } else {
+                Vec::new()
+            };
+            message_into(
+                &mut frame,
+                0,
+                result::OK,
+                r.generation,
+                r.void_time,
+                &fields,
+                &bins,
+            );
+            sent += 1;
+            if frame.len() >= SCAN_FRAME {
+                frames.push(std::mem::replace(
+                    &mut frame,
+                    Vec::with_capacity(SCAN_FRAME + 1024),
+                ));
+            }
+        }
+        let generation = u32::try_from(pid).unwrap_or(0);
+        message_into(
+            &mut frame,
+            INFO3_PARTITION_DONE,
+            result::OK,
+            generation,
+            0,
+            &[],
+            &[],
+        );
+    }
+    message_into(&mut frame, INFO3_LAST, result::OK, 0, 0, &[], &[]);
+    frames.push(frame);
+    frames
+}
+
+fn message(body: &[u8], store: &Store) -> Vec<Vec<u8>> {
+    let Some(req) = parse(body) else {
+        return vec![reply(result::PARAMETER_ERROR, 0, 0, &[])];
+    };
+    if req.digest.is_none() && req.key.is_none() && req.info1 & INFO1_READ != 0 {
+        let ns = String::from_utf8_lossy(req.namespace.unwrap_or_default());
+        if !store.namespaces.iter().any(|n| *n == ns) {
+            return vec![reply(result::NAMESPACE_NOT_FOUND, 0, 0, &[])];
+        }
+        return scan(&req, &ns, store);
+    }
+    vec![single(&req, store)]
+}
+
+/// Answers a message about one record.
+fn single(req: &Request<'_>, store: &Store) -> Vec<u8> {
     let Some(ns) = req
         .namespace
         .map(|n| String::from_utf8_lossy(n).into_owned())
@@ -388,7 +587,7 @@ fn message(body: &[u8], store: &Store) -> Vec<u8> {
         records.remove(&id);
     }
     if req.info2 & INFO2_WRITE != 0 {
-        write(&mut records, id, &req, now)
+        write(&mut records, id, req, now)
     } else if req.info1 & INFO1_READ != 0 {
         let Some(r) = records.get(&id) else {
             return reply(result::KEY_NOT_FOUND, 0, 0, &[]);
@@ -396,16 +595,7 @@ fn message(body: &[u8], store: &Store) -> Vec<u8> {
         if req.info1 & INFO1_NOBINDATA != 0 {
             return reply(result::OK, r.generation, r.void_time, &[]);
         }
-        let bins: Vec<(&[u8], &Value)> = if req.info1 & INFO1_GET_ALL != 0 || req.ops.is_empty() {
-            r.bins.iter().map(|(k, v)| (k.as_slice(), v)).collect()
-        } else {
-            req.ops
-                .iter()
-                .filter(|(op, ..)| *op == OP_READ)
-                .filter_map(|(_, _, name, _)| r.bins.get_key_value(*name))
-                .map(|(k, v)| (k.as_slice(), v))
-                .collect()
-        };
+        let bins = selected(req, r);
         reply(result::OK, r.generation, r.void_time, &bins)
     } else {
         reply(result::PARAMETER_ERROR, 0, 0, &[])
@@ -446,11 +636,18 @@ fn write(
     let mut record = match existing {
         Some(r) if !replace => r.clone(),
         _ => Record {
+            set: req.set.to_vec(),
+            key: None,
             bins: BTreeMap::new(),
             generation: 0,
             void_time: 0,
         },
     };
+    if let Some((particle, bytes)) = req.key {
+        record.key = Some((particle, bytes.to_vec()));
+    } else if replace && let Some(r) = existing {
+        record.key.clone_from(&r.key);
+    }
     for (op, particle, name, value) in &req.ops {
         match *op {
             OP_WRITE => match Value::decode(*particle, value) {

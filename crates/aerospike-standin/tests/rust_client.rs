@@ -97,3 +97,60 @@ async fn expired_records_are_gone() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert!(!client.exists(&ReadPolicy::default(), &key).await.unwrap());
 }
+
+/// The bulk copy's access path: a partition-range scan of one set returns
+/// every live record of those partitions once, with its stored user key.
+#[tokio::test]
+async fn scan_by_partition_returns_each_record_once_with_its_key() {
+    use aerospike::{PartitionFilter, QueryPolicy, Statement};
+    use futures_util::StreamExt;
+
+    let client = standin().await;
+    let write = WritePolicy {
+        send_key: true,
+        expiration: Expiration::Seconds(600),
+        ..WritePolicy::default()
+    };
+    for i in 0..500 {
+        let key = as_key!("tracking", "long_sessions", format!("visitor-{i}"));
+        client
+            .put(&write, &key, &[as_bin!("sid", format!("l-{i}"))])
+            .await
+            .unwrap();
+    }
+    // Another set is not part of the scan.
+    let other = as_key!("tracking", "via", "visitor-0");
+    client
+        .put(&write, &other, &[as_bin!("source", "ad")])
+        .await
+        .unwrap();
+
+    let mut seen = std::collections::HashMap::new();
+    for begin in (0..4096).step_by(1024) {
+        let stmt = Statement::new("tracking", "long_sessions", Bins::All);
+        let set = client
+            .query(
+                &QueryPolicy::default(),
+                PartitionFilter::by_range(begin, 1024),
+                stmt,
+            )
+            .await
+            .unwrap();
+        let mut stream = set.into_stream();
+        while let Some(rec) = stream.next().await {
+            let rec = rec.unwrap();
+            let key = rec.key.clone().unwrap();
+            assert!((begin..begin + 1024).contains(&key.partition_id()));
+            let Some(Value::String(id)) = key.user_key().cloned() else {
+                panic!("no user key in {key:?}");
+            };
+            let sid = rec.bins.get("sid").cloned();
+            assert!(seen.insert(id, sid).is_none(), "a record came twice");
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    assert_eq!(
+        seen.get("visitor-7"),
+        Some(&Some(Value::String("l-7".into())))
+    );
+}
