@@ -1,0 +1,146 @@
+//! The Prometheus text format, as both services write it: counter, gauge and
+//! histogram samples, a lock-free latency histogram, and the process's own
+//! figures. Each service names its metrics in its own `metrics` module.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const BUCKETS: [f64; 14] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        render_histogram(
+            out,
+            name,
+            labels,
+            &BUCKETS,
+            self.buckets.iter().map(|n| n.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+    }
+}
+
+/// One histogram's samples in the Prometheus text format: cumulative buckets
+/// from per-bucket `counts` (one per bound), `+Inf`, sum and count. `labels`
+/// is `name="value",…`, or empty.
+pub fn render_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: impl IntoIterator<Item = u64>,
+    count: u64,
+    sum: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bound, n) in bounds.iter().zip(counts) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{labels} {sum}");
+    let _ = writeln!(out, "{name}_count{labels} {count}");
+}
+
+/// The process's own figures, from /proc (Linux); absent elsewhere.
+pub fn render_process(out: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        gauge(out, PROCESS_RSS, "Resident memory in bytes.", rss * 1024.0);
+    }
+    if let Some(threads) = kib("Threads:") {
+        gauge(out, PROCESS_THREADS, "OS threads.", threads);
+    }
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised name) are
+    // user and system time in USER_HZ ticks, which Linux fixes at 100.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let ticks: Option<f64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+    });
+    if let Some(t) = ticks {
+        header(
+            out,
+            PROCESS_CPU,
+            "counter",
+            "User and system CPU time in seconds.",
+        );
+        let _ = writeln!(out, "{PROCESS_CPU} {}", t / 100.0);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            out,
+            PROCESS_OPEN_FDS,
+            "Open file descriptors.",
+            dir.count() as f64,
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        gauge(out, PROCESS_MAX_FDS, "Limit of open file descriptors.", max);
+    }
+}
+
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
