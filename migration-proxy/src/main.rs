@@ -1,36 +1,91 @@
-//! `migration-proxy`: the HTTP service in front of the on-prem Aerospike
-//! cluster used during the parallel run.
-//!
-//! Not built yet. This binary only describes its interface and refuses to
-//! run, so nothing mistakes it for a working service.
+//! `migration-proxy` binary: serves the HTTP API (default) or runs `copy`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-
-/// HTTP front of the legacy Aerospike session store (parallel-run period).
-///
-/// NOT IMPLEMENTED YET: every command exits with status 2.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve GET/PUT /v1/sessions/{client_id} over Aerospike (not implemented yet).
-    Serve,
-    /// Bulk-copy the legacy sets into Bigtable (not implemented yet).
-    Copy,
-}
+use anyhow::Context;
+use clap::Parser;
+use migration_proxy::config::{Cli, Command};
+use migration_proxy::metrics::Metrics;
+use migration_proxy::{Legacy, Proxy, ServeOptions, copy, serve};
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    #[allow(clippy::print_stderr)]
+    let cli = Cli::parse();
+    service_kit::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        eprintln!("migration-proxy: not implemented yet; see `migration-proxy --help`");
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "migration-proxy failed.");
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::from(2)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::default());
+    let legacy = Legacy::new(
+        cli.aerospike.aerospike_namespace.clone(),
+        cli.aerospike.aerospike_timeout,
+        Arc::clone(&metrics),
+    );
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(cli.serve.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cli.serve.listen))?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                aerospike = %cli.aerospike.aerospike_hosts,
+                namespace = %cli.aerospike.aerospike_namespace,
+                auth = cli.serve.auth_token.is_some(),
+                "Listening."
+            );
+            if cli.serve.auth_token.is_none() {
+                tracing::warn!(
+                    "MIGRATION_AUTH_TOKEN is not set: /v1 requests are not authenticated."
+                );
+            }
+            tokio::spawn(
+                Arc::clone(&legacy).connect_forever(cli.aerospike.aerospike_hosts.clone()),
+            );
+            let proxy = Proxy::new(
+                legacy,
+                metrics,
+                ServeOptions {
+                    auth_token: cli.serve.auth_token.clone(),
+                    max_inflight: cli.serve.max_inflight,
+                    header_timeout: std::time::Duration::from_secs(10),
+                    drain_timeout: cli.serve.drain_timeout,
+                },
+            );
+            let clean = serve(listener, proxy, service_kit::shutdown_signal()).await;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Copy(args) => {
+            let report = copy::run(&cli.aerospike, &args, &legacy).await?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{report}");
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 /// What a body's headers say about how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,15 +77,12 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    #[allow(clippy::disallowed_methods)] // bounded by `Limited`
-    let collected = Limited::new(body, limit).collect().await;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(BodyReadError::TooLarge(limit))
-        }
-        Err(e) => Err(BodyReadError::Io(e.to_string())),
-    }
+    service_kit::read_limited(body, limit)
+        .await
+        .map_err(|e| match e {
+            service_kit::ReadError::TooLarge(n) => BodyReadError::TooLarge(n),
+            service_kit::ReadError::Io(m) => BodyReadError::Io(m),
+        })
 }
 
 /// Inflates gzip (one or more members) into at most `limit` bytes; a larger

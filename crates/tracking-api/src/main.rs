@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    init_logging();
+    service_kit::init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.config.worker_threads {
         runtime.worker_threads(n);
@@ -39,16 +39,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
@@ -84,7 +74,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let report = serve(
                 listener,
                 app(state),
-                shutdown_signal(),
+                service_kit::shutdown_signal(),
                 config.serve_options(),
             )
             .await;
@@ -94,29 +84,5 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops the server.");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prom_text::{Histogram, counter, gauge, header, render_histogram};
+use service_kit::prom::{Histogram, counter, gauge, header, render_histogram};
 use tracking_core::RejectReason;
 
 pub const HTTP_REQUESTS: &str = "tracking_http_requests_total";
@@ -365,7 +365,7 @@ impl Metrics {
             "Readiness changes caused by sustained overload (both directions).",
             g.overload_flips,
         );
-        prom_text::render_process(&mut out);
+        service_kit::prom::render_process(&mut out);
         out
     }
 }

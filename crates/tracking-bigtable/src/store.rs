@@ -24,7 +24,7 @@ use tracking_core::{
     SystemClock, Timestamp, Via,
 };
 
-use crate::schema::{decode, encode, key_hash, read_visitor, row_key_with};
+use crate::schema::{decode, encode, key_hash, read_visitor, row_key, row_key_with};
 use crate::{BigtableConfig, SetupError};
 
 const STRIPES: usize = 4096;
@@ -130,6 +130,39 @@ impl BigtableSessionStore {
         &self.inner.counters
     }
 
+    /// The visitor's stored state (latest cells), for tools such as the bulk
+    /// copy; reads are retried as on the hot path.
+    pub async fn read_state(
+        &self,
+        client_id: &ClientId,
+    ) -> Result<tracking_core::VisitorState, StoreError> {
+        self.inner.read(&row_key(client_id)).await
+    }
+
+    /// Writes the parts of `state` that are present as cells at their own
+    /// timestamps (sessions at `last_seen`, the via record at `via_recorded`),
+    /// under the visitor's lock. A cell older than the row's latest never
+    /// hides it: reads take the newest. `false` when the write failed.
+    pub async fn write_state(
+        &self,
+        client_id: &ClientId,
+        state: &tracking_core::VisitorState,
+        via_recorded: Option<Timestamp>,
+    ) -> bool {
+        let inner = &self.inner;
+        let hash = key_hash(client_id);
+        let _turn = inner.stripe(hash).lock_owned().await;
+        let mutations = encode(
+            state,
+            via_recorded.is_some(),
+            via_recorded.unwrap_or_default(),
+        );
+        if mutations.is_empty() {
+            return true;
+        }
+        inner.write(row_key_with(hash, client_id), mutations).await
+    }
+
     /// Waits for the renewal writes in flight.
     pub async fn flush(&self) {
         self.inner.writes.close();
@@ -187,7 +220,7 @@ impl Inner {
         &self,
         key: Vec<u8>,
         mutations: Vec<bigtable_rs::google::bigtable::v2::Mutation>,
-    ) {
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + self.cfg.write_timeout;
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -200,20 +233,20 @@ impl Inner {
             let mut client = self.client.clone();
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             let error = match tokio::time::timeout_at(deadline, client.mutate_row(request)).await {
-                Ok(Ok(_)) => return,
+                Ok(Ok(_)) => return true,
                 Ok(Err(e)) if transient(&e) => e.to_string(),
                 Ok(Err(e)) => {
                     self.write_failed(&e.to_string());
-                    return;
+                    return false;
                 }
                 Err(_) => {
                     self.write_failed("write deadline passed");
-                    return;
+                    return false;
                 }
             };
             if tokio::time::Instant::now() + backoff >= deadline {
                 self.write_failed(&error);
-                return;
+                return false;
             }
             self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;

@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod legacy;
 pub mod ports;
 pub mod session;
 pub mod time;
@@ -24,6 +25,7 @@ pub use enrich::{
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
 pub use ids::{IdSource, RandomIds, SequentialIds};
+pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
     BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError,
 };

@@ -1,0 +1,70 @@
+//! What both services (tracking-api, migration-proxy) share: the Prometheus
+//! text format and process metrics, logging setup and the shutdown signal.
+
+pub mod prom;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on
+/// a terminal.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGTERM; only SIGINT stops the server.");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Larger than the limit (bytes).
+    TooLarge(usize),
+    /// The connection failed while reading.
+    Io(String),
+}
+
+/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<bytes::Bytes, ReadError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    #[allow(clippy::disallowed_methods)] // bounded by `Limited`
+    let collected = http_body_util::Limited::new(body, limit).collect().await;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ReadError::TooLarge(limit))
+        }
+        Err(e) => Err(ReadError::Io(e.to_string())),
+    }
+}

@@ -1,0 +1,343 @@
+//! The legacy Aerospike layout: sets `short_sessions` and `long_sessions`
+//! (bin `sid`) and `via` (bins `source`, `medium`, `campaign`), user key =
+//! `client_id` (string), record TTL = remaining lifetime.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aerospike::{
+    Bin, Bins, Client, ClientPolicy, Expiration, Key, ReadPolicy, Record, ResultCode, Value,
+    WritePolicy,
+};
+use tracking_core::{ClientId, LegacySession, LegacyVia, LegacyVisitor};
+
+use crate::metrics::Metrics;
+
+pub const SHORT_SET: &str = "short_sessions";
+pub const LONG_SET: &str = "long_sessions";
+pub const VIA_SET: &str = "via";
+pub const SID: &str = "sid";
+pub const VIA_BINS: [&str; 3] = ["source", "medium", "campaign"];
+
+/// Seconds from the Unix epoch to Aerospike's.
+const AEROSPIKE_EPOCH: u64 = 1_262_304_000;
+
+/// Why Aerospike could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    #[error("not connected to Aerospike yet")]
+    NotConnected,
+    #[error("Aerospike did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Aerospike failed: {0}")]
+    Failed(String),
+}
+
+/// A record's end in ms since the Unix epoch; `None` when it never expires.
+pub fn expires_at(record: &Record) -> Option<u64> {
+    match record.expiration() {
+        0 | u32::MAX => None,
+        void => Some((AEROSPIKE_EPOCH + u64::from(void)) * 1000),
+    }
+}
+
+fn string_bin(record: &Record, name: &str) -> Option<String> {
+    match record.bins.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The session in a `short_sessions`/`long_sessions` record.
+pub fn session_of(record: &Record) -> Option<LegacySession> {
+    Some(LegacySession {
+        id: string_bin(record, SID)?,
+        expires_at: expires_at(record),
+    })
+}
+
+/// The via in a `via` record (`None` when it has no field).
+pub fn via_of(record: &Record) -> Option<LegacyVia> {
+    let [source, medium, campaign] = VIA_BINS.map(|b| string_bin(record, b));
+    if source.is_none() && medium.is_none() && campaign.is_none() {
+        return None;
+    }
+    Some(LegacyVia {
+        source,
+        medium,
+        campaign,
+        expires_at: expires_at(record),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The Aerospike client, connected in the background (a proxy that starts
+/// before Aerospike is reachable serves 503s until it is).
+pub struct Legacy {
+    client: OnceLock<Arc<Client>>,
+    namespace: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    invalid: AtomicU64,
+}
+
+impl std::fmt::Debug for Legacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Legacy")
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("connected", &self.connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Legacy {
+    pub fn new(namespace: String, timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            client: OnceLock::new(),
+            namespace,
+            timeout,
+            metrics,
+            invalid: AtomicU64::new(0),
+        })
+    }
+
+    /// Connects to `hosts` (comma-separated `host:port`), retrying every
+    /// second until it succeeds.
+    pub async fn connect_forever(self: Arc<Self>, hosts: String) {
+        let policy = ClientPolicy {
+            timeout: 1000,
+            ..ClientPolicy::default()
+        };
+        let mut warned = false;
+        loop {
+            match Client::new(&policy, &hosts).await {
+                Ok(client) => {
+                    tracing::info!(%hosts, "Connected to Aerospike.");
+                    let _ = self.client.set(Arc::new(client));
+                    return;
+                }
+                Err(error) => {
+                    if !warned {
+                        tracing::warn!(%hosts, %error, "Cannot reach Aerospike yet; retrying every second.");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Connects once (for `copy`, which has nothing to do without Aerospike).
+    pub async fn connect_once(&self, hosts: &str) -> Result<(), LegacyError> {
+        let client = Client::new(&ClientPolicy::default(), &hosts)
+            .await
+            .map_err(|e| LegacyError::Failed(e.to_string()))?;
+        let _ = self.client.set(Arc::new(client));
+        Ok(())
+    }
+
+    pub fn client(&self) -> Result<&Arc<Client>, LegacyError> {
+        self.client.get().ok_or(LegacyError::NotConnected)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn connected(&self) -> bool {
+        self.client.get().is_some_and(|c| c.is_connected())
+    }
+
+    /// Records with unreadable bins, seen since start.
+    pub fn invalid_records(&self) -> u64 {
+        self.invalid.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, set: &str, client_id: &ClientId) -> Result<Key, LegacyError> {
+        Key::new(
+            self.namespace.as_str(),
+            set,
+            Value::from(client_id.as_str()),
+        )
+        .map_err(|e| LegacyError::Failed(e.to_string()))
+    }
+
+    fn read_policy(&self) -> ReadPolicy {
+        let mut p = ReadPolicy::default();
+        let ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
+        p.base_policy.total_timeout = ms;
+        p.base_policy.socket_timeout = ms;
+        p
+    }
+
+    fn write_policy(&self, ttl_secs: u32) -> WritePolicy {
+        let mut p = WritePolicy {
+            send_key: true,
+            expiration: Expiration::Seconds(ttl_secs),
+            ..WritePolicy::default()
+        };
+        let ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
+        p.base_policy.total_timeout = ms;
+        p.base_policy.socket_timeout = ms;
+        // A write that timed out is in doubt; the next renewal repeats it.
+        p.base_policy.max_retries = 0;
+        p
+    }
+
+    async fn get_one(
+        &self,
+        set: &'static str,
+        client_id: &ClientId,
+    ) -> Result<Option<Record>, LegacyError> {
+        let client = self.client()?;
+        let key = self.key(set, client_id)?;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            self.timeout,
+            client.get(&self.read_policy(), &key, Bins::All),
+        )
+        .await;
+        let (outcome, value) = match result {
+            Ok(Ok(record)) => ("ok", Ok(Some(record))),
+            Ok(Err(e)) if e.matches(&[ResultCode::KeyNotFoundError]) => ("not_found", Ok(None)),
+            Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
+                ("timeout", Err(LegacyError::Timeout(self.timeout)))
+            }
+            Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
+            Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
+        };
+        self.metrics
+            .record_aerospike("get", set, outcome, started.elapsed());
+        value
+    }
+
+    /// The visitor's three records, read concurrently; `None` when Aerospike
+    /// has none of them.
+    pub async fn get(&self, client_id: &ClientId) -> Result<Option<LegacyVisitor>, LegacyError> {
+        let (short, long, via) = tokio::join!(
+            self.get_one(SHORT_SET, client_id),
+            self.get_one(LONG_SET, client_id),
+            self.get_one(VIA_SET, client_id),
+        );
+        let (short, long, via) = (short?, long?, via?);
+        if short.is_none() && long.is_none() && via.is_none() {
+            return Ok(None);
+        }
+        let mut invalid = 0;
+        let mut read = |r: Option<Record>, f: fn(&Record) -> Option<LegacySession>| {
+            let r = r?;
+            let s = f(&r);
+            invalid += u64::from(s.is_none());
+            s
+        };
+        let visitor = LegacyVisitor {
+            short: read(short, session_of),
+            long: read(long, session_of),
+            via: via.and_then(|r| {
+                let v = via_of(&r);
+                invalid += u64::from(v.is_none());
+                v
+            }),
+        };
+        if invalid > 0 {
+            self.invalid.fetch_add(invalid, Ordering::Relaxed);
+        }
+        Ok(Some(visitor))
+    }
+
+    async fn put_one(
+        &self,
+        set: &'static str,
+        client_id: &ClientId,
+        expires_at: Option<u64>,
+        bins: Vec<Bin>,
+    ) -> Result<(), LegacyError> {
+        let ttl_secs = match expires_at {
+            // Rounded up: the legacy record must not end before ours.
+            Some(end) => match end.checked_sub(now_ms()) {
+                Some(left) if left > 0 => {
+                    u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX - 2)
+                }
+                _ => return Ok(()), // already over: nothing to renew
+            },
+            None => u32::MAX,
+        };
+        let client = self.client()?;
+        let key = self.key(set, client_id)?;
+        let mut policy = self.write_policy(ttl_secs);
+        if expires_at.is_none() {
+            policy.expiration = Expiration::Never;
+        }
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, client.put(&policy, &key, &bins)).await;
+        let (outcome, value) = match result {
+            Ok(Ok(())) => ("ok", Ok(())),
+            Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
+                ("timeout", Err(LegacyError::Timeout(self.timeout)))
+            }
+            Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
+            Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
+        };
+        self.metrics
+            .record_aerospike("put", set, outcome, started.elapsed());
+        value
+    }
+
+    /// Writes (renews) the parts of `visitor` that are present, concurrently.
+    /// A part whose end has passed is left alone.
+    pub async fn put(
+        &self,
+        client_id: &ClientId,
+        visitor: &LegacyVisitor,
+    ) -> Result<(), LegacyError> {
+        let session = |s: &Option<LegacySession>, set: &'static str| {
+            let s = s.clone();
+            async move {
+                match s {
+                    Some(s) => {
+                        self.put_one(
+                            set,
+                            client_id,
+                            s.expires_at,
+                            vec![Bin::new(SID.to_owned(), Value::from(s.id))],
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        let via = async {
+            match &visitor.via {
+                Some(v) => {
+                    // Absent fields are written as nil: the bin is removed.
+                    let bins = [&v.source, &v.medium, &v.campaign]
+                        .into_iter()
+                        .zip(VIA_BINS)
+                        .map(|(value, name)| {
+                            Bin::new(
+                                name.to_owned(),
+                                value.as_deref().map_or(Value::Nil, Value::from),
+                            )
+                        })
+                        .collect();
+                    self.put_one(VIA_SET, client_id, v.expires_at, bins).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (a, b, c) = tokio::join!(
+            session(&visitor.short, SHORT_SET),
+            session(&visitor.long, LONG_SET),
+            via
+        );
+        a.and(b).and(c)
+    }
+}

@@ -1,0 +1,221 @@
+//! Every metric migration-proxy exports, named in one place, with bounded
+//! label sets. Rendered in the Prometheus text format on `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use service_kit::prom::{Histogram, counter, gauge, header};
+
+pub const HTTP_REQUESTS: &str = "migration_http_requests_total";
+pub const HTTP_DURATION: &str = "migration_http_request_duration_seconds";
+pub const AEROSPIKE_OPS: &str = "migration_aerospike_ops_total";
+pub const AEROSPIKE_DURATION: &str = "migration_aerospike_op_duration_seconds";
+pub const SHED: &str = "migration_requests_shed_total";
+pub const UNAUTHORIZED: &str = "migration_requests_unauthorized_total";
+pub const INFLIGHT: &str = "migration_inflight_requests";
+pub const CONNECTED: &str = "migration_aerospike_connected";
+pub const INVALID_RECORDS: &str = "migration_invalid_records_total";
+
+/// Routes, as the bounded `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    GetSession,
+    PutSession,
+    Health,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 5] = [
+        Route::GetSession,
+        Route::PutSession,
+        Route::Health,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GetSession => "get_session",
+            Self::PutSession => "put_session",
+            Self::Health => "health",
+            Self::Metrics => "metrics",
+            Self::Other => "other",
+        }
+    }
+}
+
+const STATUSES: [u16; 11] = [200, 204, 400, 401, 404, 405, 413, 502, 503, 504, 0];
+
+fn status_slot(code: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == code)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+const OPS: [&str; 2] = ["get", "put"];
+const SETS: [&str; 3] = ["short_sessions", "long_sessions", "via"];
+const OUTCOMES: [&str; 4] = ["ok", "not_found", "timeout", "error"];
+
+fn slot(list: &[&str], v: &str) -> usize {
+    list.iter().position(|&s| s == v).unwrap_or(list.len() - 1)
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
+    durations: [Histogram; Route::ALL.len()],
+    ops: [[[AtomicU64; OUTCOMES.len()]; SETS.len()]; OPS.len()],
+    op_durations: [Histogram; OPS.len()],
+    pub shed: AtomicU64,
+    pub unauthorized: AtomicU64,
+}
+
+/// Read at render time from the components that own them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub inflight: usize,
+    pub connected: bool,
+    pub invalid_records: u64,
+}
+
+impl Metrics {
+    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route as usize;
+        self.requests[r][status_slot(status)].fetch_add(1, Ordering::Relaxed);
+        self.durations[r].observe(elapsed);
+    }
+
+    pub fn record_aerospike(&self, op: &str, set: &str, outcome: &str, elapsed: Duration) {
+        let o = slot(&OPS, op);
+        self.ops[o][slot(&SETS, set)][slot(&OUTCOMES, outcome)].fetch_add(1, Ordering::Relaxed);
+        self.op_durations[o].observe(elapsed);
+    }
+
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route as usize][status_slot(status)].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        header(
+            &mut out,
+            HTTP_REQUESTS,
+            "counter",
+            "HTTP requests by route and status.",
+        );
+        for route in Route::ALL {
+            for (i, status) in STATUSES.iter().enumerate() {
+                let n = self.requests[route as usize][i].load(Ordering::Relaxed);
+                let status = if *status == 0 {
+                    "other".to_owned()
+                } else {
+                    status.to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}",
+                    route.as_str()
+                );
+            }
+        }
+        header(
+            &mut out,
+            HTTP_DURATION,
+            "histogram",
+            "HTTP request latency by route.",
+        );
+        for route in Route::ALL {
+            self.durations[route as usize].render(
+                &mut out,
+                HTTP_DURATION,
+                &format!("route=\"{}\"", route.as_str()),
+            );
+        }
+        header(
+            &mut out,
+            AEROSPIKE_OPS,
+            "counter",
+            "Aerospike calls by operation, set and outcome.",
+        );
+        for (o, op) in OPS.iter().enumerate() {
+            for (s, set) in SETS.iter().enumerate() {
+                for (k, outcome) in OUTCOMES.iter().enumerate() {
+                    let n = self.ops[o][s][k].load(Ordering::Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "{AEROSPIKE_OPS}{{op=\"{op}\",set=\"{set}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            AEROSPIKE_DURATION,
+            "histogram",
+            "Aerospike call latency by operation.",
+        );
+        for (o, op) in OPS.iter().enumerate() {
+            self.op_durations[o].render(&mut out, AEROSPIKE_DURATION, &format!("op=\"{op}\""));
+        }
+        counter(
+            &mut out,
+            SHED,
+            "Requests refused with 503 at the concurrency limit.",
+            self.shed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            UNAUTHORIZED,
+            "Requests refused for a missing or wrong bearer token.",
+            self.unauthorized.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            INVALID_RECORDS,
+            "Legacy records with unreadable bins (left out of answers).",
+            g.invalid_records,
+        );
+        gauge(
+            &mut out,
+            INFLIGHT,
+            "Session requests being served.",
+            g.inflight as f64,
+        );
+        gauge(
+            &mut out,
+            CONNECTED,
+            "1 while the Aerospike client is connected.",
+            f64::from(u8::from(g.connected)),
+        );
+        service_kit::prom::render_process(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bounded_labels() {
+        let m = Metrics::default();
+        m.record_request(Route::GetSession, 200, Duration::from_millis(1));
+        m.record_request(Route::GetSession, 299, Duration::from_millis(1));
+        m.record_aerospike("get", "via", "not_found", Duration::from_micros(300));
+        m.record_aerospike("get", "unknown-set", "weird", Duration::from_micros(300));
+        let text = m.render(Gauges::default());
+        for line in [
+            "migration_http_requests_total{route=\"get_session\",status=\"200\"} 1",
+            "migration_http_requests_total{route=\"get_session\",status=\"other\"} 1",
+            "migration_aerospike_ops_total{op=\"get\",set=\"via\",outcome=\"not_found\"} 1",
+            "migration_aerospike_ops_total{op=\"get\",set=\"via\",outcome=\"error\"} 1",
+            "migration_aerospike_op_duration_seconds_count{op=\"get\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The HTTP API: `GET`/`PUT /v1/sessions/{client_id}`, `/healthz`,
+//! `/readyz`, `/metrics`; a bearer token when configured, bounded
+//! concurrency, and a graceful shutdown that finishes started writes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use service_kit::ReadError;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracking_core::{ClientId, LegacyVisitor};
+
+use crate::legacy::{Legacy, LegacyError};
+use crate::metrics::{Gauges, Metrics, Route};
+
+/// Largest `PUT` body accepted.
+const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Bearer token every `/v1` request must carry (`None`: no check).
+    pub auth_token: Option<String>,
+    /// Session requests served at once; more get a fast 503.
+    pub max_inflight: usize,
+    pub header_timeout: Duration,
+    /// Time allowed, after shutdown is requested, for open requests and
+    /// started writes.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Proxy {
+    legacy: Arc<Legacy>,
+    metrics: Arc<Metrics>,
+    opts: ServeOptions,
+    inflight: Arc<Semaphore>,
+    writes: TaskTracker,
+    draining: AtomicBool,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    let body = serde_json::json!({ "error": message }).to_string();
+    respond(status, "application/json", body)
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Proxy {
+    pub fn new(legacy: Arc<Legacy>, metrics: Arc<Metrics>, opts: ServeOptions) -> Arc<Self> {
+        Arc::new(Self {
+            inflight: Arc::new(Semaphore::new(opts.max_inflight)),
+            legacy,
+            metrics,
+            opts,
+            writes: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.legacy.connected()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(Gauges {
+            inflight: self.opts.max_inflight - self.inflight.available_permits(),
+            connected: self.legacy.connected(),
+            invalid_records: self.legacy.invalid_records(),
+        })
+    }
+
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let path = req.uri().path().to_owned();
+        let (route, resp) = match path.as_str() {
+            "/healthz" => (Route::Health, respond(StatusCode::OK, "text/plain", "ok\n")),
+            "/readyz" => (
+                Route::Health,
+                if self.ready() {
+                    respond(StatusCode::OK, "text/plain", "ready\n")
+                } else {
+                    respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+                },
+            ),
+            "/metrics" => (
+                Route::Metrics,
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics_text(),
+                ),
+            ),
+            p if p.starts_with("/v1/sessions/") => {
+                let id = p.trim_start_matches("/v1/sessions/").to_owned();
+                match *req.method() {
+                    Method::GET => (Route::GetSession, self.sessions(req, &id).await),
+                    Method::PUT => (Route::PutSession, self.sessions(req, &id).await),
+                    _ => {
+                        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT");
+                        r.headers_mut()
+                            .insert(ALLOW, http::HeaderValue::from_static("GET, PUT"));
+                        (Route::Other, r)
+                    }
+                }
+            }
+            _ => (Route::Other, error(StatusCode::NOT_FOUND, "no such route")),
+        };
+        self.metrics
+            .record_request(route, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    async fn sessions<B>(self: &Arc<Self>, req: Request<B>, id: &str) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(token) = &self.opts.auth_token {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+                self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                r.headers_mut()
+                    .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        let Some(client_id) = ClientId::parse(id) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "client_id must be 1-128 characters of [A-Za-z0-9._:-]",
+            );
+        };
+        let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
+            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return r;
+        };
+        if req.method() == Method::GET {
+            let result = self.legacy.get(&client_id).await;
+            drop(permit);
+            return match result {
+                Ok(Some(visitor)) => match serde_json::to_vec(&visitor) {
+                    Ok(body) => respond(StatusCode::OK, "application/json", body),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                Ok(None) => error(StatusCode::NOT_FOUND, "no legacy session for this visitor"),
+                Err(e) => legacy_error(&e),
+            };
+        }
+        let body = match service_kit::read_limited(req.into_body(), MAX_BODY).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge(_)) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB");
+            }
+            Err(ReadError::Io(e)) => {
+                return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
+            }
+        };
+        let visitor: LegacyVisitor = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad session JSON: {e}")),
+        };
+        // The write runs as its own task: a caller that hangs up (its
+        // deadline passed) does not cut it off half-way.
+        let proxy = Arc::clone(self);
+        let write = self.writes.spawn(async move {
+            let result = proxy.legacy.put(&client_id, &visitor).await;
+            drop(permit);
+            result
+        });
+        match write.await {
+            Ok(Ok(())) => respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+            Ok(Err(e)) => legacy_error(&e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
+fn legacy_error(e: &LegacyError) -> Resp {
+    match e {
+        LegacyError::NotConnected => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        LegacyError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
+        LegacyError::Failed(_) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, drains open
+/// requests and started writes within the drain timeout. Returns whether
+/// the drain finished in time.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let graceful = GracefulShutdown::new();
+    let header_timeout = proxy.opts.header_timeout;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::warn!(%error, "Accept failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = Arc::clone(&proxy);
+                let service = service_fn(move |req| {
+                    let proxy = Arc::clone(&proxy);
+                    async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, %peer, "Connection ended with an error.");
+                    }
+                });
+            }
+        }
+    }
+    proxy.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + proxy.opts.drain_timeout;
+    let connections = tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_ok();
+    proxy.writes.close();
+    let writes = tokio::time::timeout_at(deadline, proxy.writes.wait())
+        .await
+        .is_ok();
+    if !(connections && writes) {
+        tracing::warn!(
+            connections,
+            writes,
+            "Drain deadline passed with work still open."
+        );
+    }
+    connections && writes
+}
