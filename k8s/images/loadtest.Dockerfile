@@ -14,6 +14,7 @@ COPY crates/tracking-bigtable/Cargo.toml crates/tracking-bigtable/
 COPY crates/tracking-pubsub/Cargo.toml crates/tracking-pubsub/
 COPY crates/test-support/Cargo.toml crates/test-support/
 COPY crates/aerospike-standin/Cargo.toml crates/aerospike-standin/
+COPY crates/service-kit/Cargo.toml crates/service-kit/
 COPY migration-proxy/Cargo.toml migration-proxy/
 COPY loadtest/Cargo.toml loadtest/
 RUN for d in crates/* migration-proxy loadtest; do \

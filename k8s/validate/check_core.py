@@ -34,7 +34,8 @@ def duration_s(text):
 
 
 def env_names_from_help(path):
-    return set(re.findall(r"\[env: ([A-Z0-9_]+)=", open(path).read()))
+    # `[env: NAME=value]`, or `[env: NAME]` when the value is hidden (secrets).
+    return set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", open(path).read()))
 
 
 def env_names_from_api_md(path, heading):

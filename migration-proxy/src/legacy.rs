@@ -260,10 +260,13 @@ impl Legacy {
         bins: Vec<Bin>,
     ) -> Result<(), LegacyError> {
         let ttl_secs = match expires_at {
-            // Rounded up: the legacy record must not end before ours.
+            // Aerospike counts whole seconds from its own clock's current
+            // second: one more second than the rounded-up rest keeps the
+            // legacy record from ending before ours (it ends at most 2 s
+            // later).
             Some(end) => match end.checked_sub(now_ms()) {
                 Some(left) if left > 0 => {
-                    u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX - 2)
+                    u32::try_from(left.div_ceil(1000) + 1).unwrap_or(u32::MAX - 2)
                 }
                 _ => return Ok(()), // already over: nothing to renew
             },

@@ -301,13 +301,14 @@ pub mod pubsub {
 /// restarted emulator before the service sees it again).
 ///
 /// Closed: new connections are accepted and dropped at once, and open ones
-/// are cut. Runs on its own thread; stopped when dropped.
+/// are cut. With a delay, every chunk is held that long: a slow backend. Runs on its own thread; stopped when dropped.
 #[derive(Debug)]
 pub struct Gate {
     pub addr: SocketAddr,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gate {
@@ -321,10 +322,12 @@ impl Gate {
         let open = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (o, g, s) = (
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (o, g, s, d) = (
             Arc::clone(&open),
             Arc::clone(&generation),
             Arc::clone(&stop),
+            Arc::clone(&delay_ms),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -348,7 +351,7 @@ impl Gate {
                     let (Ok(mut from), Ok(mut to)) = (from, to) else {
                         continue;
                     };
-                    let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+                    let (g, s, d) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&d));
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -360,6 +363,10 @@ impl Gate {
                             match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => {
+                                    let delay = d.load(Ordering::Relaxed);
+                                    if delay > 0 {
+                                        std::thread::sleep(Duration::from_millis(delay));
+                                    }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
                                     }
@@ -384,6 +391,7 @@ impl Gate {
             open,
             generation,
             stop,
+            delay_ms,
         }
     }
 
@@ -401,6 +409,13 @@ impl Gate {
 
     pub fn open(&self) {
         self.open.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Holds every chunk it forwards for `d` (zero: none): a slow backend.
+    pub fn set_delay(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

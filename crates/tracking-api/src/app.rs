@@ -23,9 +23,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    Admission, BodyError, Budget, ClientId, Clock, DeadLetter, DeadLetterSink, Event, EventSink,
-    IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore, SinkError,
-    StoreError, anonymize_ip, enrich, parse_body,
+    Admission, BodyError, Budget, CallContext, ClientId, Clock, DeadLetter, DeadLetterSink, Event,
+    EventSink, IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore,
+    SinkError, StoreError, anonymize_ip, enrich, parse_body,
 };
 
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
@@ -87,6 +87,10 @@ pub struct Parts {
     pub publisher: Option<Arc<tracking_pubsub::PubsubSink>>,
     /// Sustained-overload readiness (ticked once a second by the server).
     pub overload: Arc<crate::overload::OverloadGuard>,
+    /// The migration-proxy client (`parallel` and `legacy` modes), for metrics.
+    pub migration: Option<Arc<crate::migration::MigrationClient>>,
+    /// Request headers passed on to migration-proxy (empty in `cloud` mode).
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 impl AppState {
@@ -139,6 +143,7 @@ impl AppState {
             ready: self.is_ready(),
             overloaded: self.parts.overload.unready(),
             overload_flips: self.parts.overload.flips(),
+            migration: self.parts.migration.clone(),
         }
     }
 
@@ -522,11 +527,22 @@ impl App {
                 .map(|ua| st.ua.parse(ua)),
             geo: st.parts.geo.as_ref().and_then(|g| g.lookup(ip)),
         };
+        let call = CallContext {
+            headers: st
+                .parts
+                .forward_headers
+                .iter()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    Some((name.as_str().into(), value.into()))
+                })
+                .collect(),
+        };
         let n = accepted.len();
         Metrics::add(&st.parts.metrics.events_accepted, n as u64);
         let task = st
             .tracker
-            .spawn(process(Arc::clone(st), accepted, ctx, admission));
+            .spawn(process(Arc::clone(st), accepted, ctx, call, admission));
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Ingested {
             accepted: n,
@@ -634,13 +650,19 @@ fn pixel_event_json(query: &str, referer: Option<&str>) -> String {
 
 /// Resolves sessions for each event in order, enriches them and hands them
 /// to the sink. Runs as its own task: nothing here is cancelled by the client.
-async fn process(st: Arc<AppState>, events: Vec<Event>, ctx: RequestContext, admission: Admission) {
+async fn process(
+    st: Arc<AppState>,
+    events: Vec<Event>,
+    ctx: RequestContext,
+    call: CallContext,
+    admission: Admission,
+) {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         let touch = st
             .parts
             .store
-            .touch(event.client_id(), ctx.received_at, event.via());
+            .touch_in(event.client_id(), ctx.received_at, event.via(), &call);
         let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
             Ok(Ok(s)) => {
                 let m = &st.parts.metrics;

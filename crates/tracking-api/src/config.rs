@@ -118,6 +118,13 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigrationMode {
+    Cloud,
+    Parallel,
+    Legacy,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// HTTP listen address.
@@ -138,6 +145,67 @@ pub struct Config {
         global = true
     )]
     pub session_store: StoreKind,
+
+    /// Migration mode of the parallel run: `cloud` (the session store only),
+    /// `parallel` (Bigtable first; on a miss ask migration-proxy, use and
+    /// back-fill what it has; renewals also go to migration-proxy through a
+    /// bounded queue) or `legacy` (sessions read and renewed through
+    /// migration-proxy only; TRACKING_SESSION_STORE is not used).
+    #[arg(
+        long,
+        env = "TRACKING_MIGRATION_MODE",
+        value_enum,
+        default_value = "cloud",
+        global = true
+    )]
+    pub migration_mode: MigrationMode,
+
+    /// Base URL of migration-proxy, http://host:port (required by `parallel`
+    /// and `legacy`).
+    #[arg(long, env = "TRACKING_MIGRATION_URL", global = true)]
+    pub migration_url: Option<String>,
+
+    /// Deadline of a lookup in migration-proxy; the event waits no longer
+    /// and carries on without the legacy session.
+    #[arg(long, env = "TRACKING_MIGRATION_TIMEOUT", default_value = "30ms", value_parser = duration, global = true)]
+    pub migration_timeout: Duration,
+
+    /// Deadline of a renewal sent to migration-proxy (off the request path).
+    #[arg(long, env = "TRACKING_MIGRATION_WRITE_TIMEOUT", default_value = "1s", value_parser = duration, global = true)]
+    pub migration_write_timeout: Duration,
+
+    /// Bearer token sent to migration-proxy (its MIGRATION_AUTH_TOKEN).
+    #[arg(
+        long,
+        env = "TRACKING_MIGRATION_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub migration_token: Option<String>,
+
+    /// Request headers forwarded on calls to migration-proxy, comma-separated:
+    /// the blue/green routing header and the trace context.
+    #[arg(
+        long,
+        env = "TRACKING_MIGRATION_FORWARD_HEADERS",
+        default_value = "x-env,traceparent,tracestate,x-datadog-trace-id,x-datadog-parent-id,x-datadog-sampling-priority,x-datadog-origin,x-datadog-tags",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub migration_forward_headers: Vec<String>,
+
+    /// Renewals waiting to be sent to migration-proxy (`parallel`); beyond it
+    /// they are dropped and counted, never blocking a request.
+    #[arg(long, env = "TRACKING_MIGRATION_QUEUE", default_value = "10000", value_parser = positive, global = true)]
+    pub migration_queue: usize,
+
+    /// Consecutive failed calls that open the circuit to migration-proxy.
+    #[arg(long, env = "TRACKING_MIGRATION_BREAKER_FAILURES", default_value = "5", value_parser = positive_u32, global = true)]
+    pub migration_breaker_failures: u32,
+
+    /// How long the open circuit skips migration-proxy before one probe.
+    #[arg(long, env = "TRACKING_MIGRATION_BREAKER_COOLDOWN", default_value = "5s", value_parser = duration, global = true)]
+    pub migration_breaker_cooldown: Duration,
 
     /// Most visitors the memory store keeps (about 0.5 KB each); beyond it the
     /// least recently seen of a random sample is evicted (counted in metrics).
@@ -465,6 +533,52 @@ impl Config {
                 ));
             }
         }
+        if self.migration_mode != MigrationMode::Cloud {
+            match self.migration_url.as_deref() {
+                None => {
+                    return fail(
+                        "TRACKING_MIGRATION_MODE=parallel or legacy needs TRACKING_MIGRATION_URL"
+                            .into(),
+                    );
+                }
+                Some(u)
+                    if !u.starts_with("http://")
+                        || u.parse::<http::Uri>()
+                            .ok()
+                            .and_then(|u| u.host().map(str::len))
+                            .unwrap_or(0)
+                            == 0 =>
+                {
+                    return fail(format!(
+                        "TRACKING_MIGRATION_URL `{u}` must be http://host[:port] (the mesh provides TLS)"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.migration_mode == MigrationMode::Parallel
+            && self.session_store != StoreKind::Bigtable
+        {
+            return fail(
+                "TRACKING_MIGRATION_MODE=parallel needs TRACKING_SESSION_STORE=bigtable".into(),
+            );
+        }
+        if self.migration_mode != MigrationMode::Cloud
+            && self.migration_timeout >= self.session_timeout
+        {
+            return fail(
+                "TRACKING_MIGRATION_TIMEOUT must be shorter than TRACKING_SESSION_TIMEOUT".into(),
+            );
+        }
+        if let Some(h) = self
+            .migration_forward_headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).is_err())
+        {
+            return fail(format!(
+                "TRACKING_MIGRATION_FORWARD_HEADERS entry `{h}` is not a header name"
+            ));
+        }
         if self.session_timeout.is_zero()
             || self.body_timeout.is_zero()
             || self.header_timeout.is_zero()
@@ -557,6 +671,52 @@ mod tests {
         check(&["--trusted-proxies", "10.0.0.0"], Err("invalid"));
         check(&["--max-inflight", "0"], Err("at least 1"));
         check(&["--session-store", "cassandra"], Err("invalid value"));
+        check(
+            &["--migration-mode", "legacy"],
+            Err("needs TRACKING_MIGRATION_URL"),
+        );
+        check(
+            &[
+                "--migration-mode",
+                "legacy",
+                "--migration-url",
+                "https://proxy:8081",
+            ],
+            Err("must be http://"),
+        );
+        check(
+            &[
+                "--migration-mode",
+                "legacy",
+                "--migration-url",
+                "http://proxy:8081",
+            ],
+            Ok(()),
+        );
+        check(
+            &[
+                "--migration-mode",
+                "parallel",
+                "--migration-url",
+                "http://proxy:8081",
+            ],
+            Err("needs TRACKING_SESSION_STORE=bigtable"),
+        );
+        check(
+            &[
+                "--migration-mode",
+                "legacy",
+                "--migration-url",
+                "http://p:1",
+                "--migration-timeout",
+                "1s",
+            ],
+            Err("shorter than TRACKING_SESSION_TIMEOUT"),
+        );
+        check(
+            &["--migration-forward-headers", "x-env,bad header"],
+            Err("not a header name"),
+        );
         check(
             &["--session-store", "bigtable"],
             Err("needs TRACKING_BIGTABLE_PROJECT"),

@@ -15,6 +15,7 @@ pub mod cookie;
 pub mod cors;
 pub mod geo;
 pub mod metrics;
+pub mod migration;
 pub mod overload;
 pub mod server;
 pub mod sink;
@@ -30,11 +31,12 @@ use tracking_core::{
 };
 
 use crate::client_ip::ClientIp;
-use crate::config::{Config, DeadLetterKind, SinkKind, StoreKind};
+use crate::config::{Config, DeadLetterKind, MigrationMode, SinkKind, StoreKind};
 use crate::cookie::VisitorCookie;
 use crate::cors::Cors;
 use crate::geo::GeoLookup;
 use crate::metrics::Metrics;
+use crate::migration::{LegacySessionStore, MigrationClient, MigrationConfig};
 use crate::sink::ndjson::{DiscardDeadLetters, NdjsonSink, Target};
 use crate::store::memory::MemorySessionStore;
 
@@ -105,6 +107,19 @@ impl Config {
         }
     }
 
+    pub fn migration(&self) -> MigrationConfig {
+        MigrationConfig {
+            base_url: self.migration_url.clone().unwrap_or_default(),
+            timeout: self.migration_timeout,
+            write_timeout: self.migration_write_timeout,
+            token: self.migration_token.clone(),
+            queue: self.migration_queue,
+            breaker_failures: self.migration_breaker_failures,
+            breaker_cooldown: self.migration_breaker_cooldown,
+            ttls: self.ttls(),
+        }
+    }
+
     pub fn bigtable(&self) -> tracking_bigtable::BigtableConfig {
         tracking_bigtable::BigtableConfig {
             project: self.bigtable_project.clone().unwrap_or_default(),
@@ -158,17 +173,40 @@ pub async fn bootstrap(config: &Config) -> anyhow::Result<Vec<String>> {
 pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::default());
     let policy = SessionPolicy::new(config.ttls(), Arc::new(RandomIds));
-    let (store, memory): (Arc<dyn SessionStore>, _) = match config.session_store {
-        StoreKind::Memory => {
-            let m = Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors));
-            (m.clone(), Some(m))
-        }
-        StoreKind::Bigtable => (
-            Arc::new(
-                tracking_bigtable::BigtableSessionStore::connect(config.bigtable(), policy).await?,
+    let migration = (config.migration_mode != MigrationMode::Cloud)
+        .then(|| MigrationClient::start(config.migration()));
+    let (store, memory): (Arc<dyn SessionStore>, _) =
+        match (config.migration_mode, config.session_store, &migration) {
+            (MigrationMode::Legacy, _, Some(client)) => (
+                Arc::new(LegacySessionStore::new(Arc::clone(client), policy)),
+                None,
             ),
-            None,
-        ),
+            (_, StoreKind::Memory, _) => {
+                let m = Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors));
+                (m.clone(), Some(m))
+            }
+            (_, StoreKind::Bigtable, _) => {
+                let mut bt =
+                    tracking_bigtable::BigtableSessionStore::connect(config.bigtable(), policy)
+                        .await?;
+                if let (MigrationMode::Parallel, Some(client)) = (config.migration_mode, &migration)
+                {
+                    bt = bt
+                        .with_legacy(Arc::clone(client) as Arc<dyn tracking_core::LegacySessions>);
+                }
+                (Arc::new(bt), None)
+            }
+        };
+    let forward_headers = if migration.is_some() {
+        config
+            .migration_forward_headers
+            .iter()
+            .filter_map(|h| {
+                http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()).ok()
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     let local_deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
         DeadLetterKind::Stderr => Arc::new(NdjsonSink::start(
@@ -247,5 +285,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             config.overload_policy(),
             rand::random::<f64>(),
         )),
+        migration,
+        forward_headers,
     }))
 }

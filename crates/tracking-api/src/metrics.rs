@@ -39,6 +39,12 @@ pub const PUBSUB_LOST: &str = "tracking_pubsub_lost_total";
 pub const PUBSUB_SPOOL_BYTES: &str = "tracking_pubsub_spool_bytes";
 pub const PUBSUB_BACKLOG: &str = "tracking_pubsub_backlog_events";
 pub const PUBSUB_SPOOL_DAMAGED: &str = "tracking_pubsub_spool_damaged_bytes_total";
+pub const MIGRATION_CALLS: &str = "tracking_migration_calls_total";
+pub const MIGRATION_LATENCY: &str = "tracking_migration_lookup_duration_seconds";
+pub const MIGRATION_BREAKER_OPEN: &str = "tracking_migration_breaker_open";
+pub const MIGRATION_BREAKER_OPENED: &str = "tracking_migration_breaker_opened_total";
+pub const MIGRATION_QUEUE: &str = "tracking_migration_queue_renewals";
+pub const MIGRATION_INVALID: &str = "tracking_migration_invalid_parts_total";
 /// The delivery SLI: accepted → acknowledged by Pub/Sub, outages included.
 pub const DELIVERY_LATENCY: &str = "tracking_delivery_latency_seconds";
 
@@ -127,6 +133,8 @@ pub struct Gauges {
     /// Sustained overload has made /readyz answer 503.
     pub overloaded: bool,
     pub overload_flips: u64,
+    /// The migration-proxy client, in `parallel` and `legacy` modes.
+    pub migration: Option<std::sync::Arc<crate::migration::MigrationClient>>,
 }
 
 #[derive(Debug, Default)]
@@ -347,6 +355,9 @@ impl Metrics {
         if let Some(p) = &g.publisher {
             render_publisher(&mut out, p);
         }
+        if let Some(m) = &g.migration {
+            render_migration(&mut out, m);
+        }
         gauge(
             &mut out,
             READY,
@@ -368,6 +379,66 @@ impl Metrics {
         service_kit::prom::render_process(&mut out);
         out
     }
+}
+
+fn render_migration(out: &mut String, m: &crate::migration::MigrationClient) {
+    let s = &m.stats;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    header(
+        out,
+        MIGRATION_CALLS,
+        "counter",
+        "Calls to migration-proxy by operation and outcome (breaker_open: skipped by the open circuit; dropped: renewal queue full).",
+    );
+    for (op, outcome, c) in [
+        ("get", "found", &s.get_found),
+        ("get", "missing", &s.get_missing),
+        ("get", "error", &s.get_error),
+        ("get", "timeout", &s.get_timeout),
+        ("get", "breaker_open", &s.get_breaker_open),
+        ("put", "ok", &s.put_ok),
+        ("put", "error", &s.put_error),
+        ("put", "timeout", &s.put_timeout),
+        ("put", "breaker_open", &s.put_breaker_open),
+        ("put", "dropped", &s.put_dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "{MIGRATION_CALLS}{{op=\"{op}\",outcome=\"{outcome}\"}} {}",
+            load(c)
+        );
+    }
+    header(
+        out,
+        MIGRATION_LATENCY,
+        "histogram",
+        "Latency of lookups in migration-proxy (what a Bigtable miss adds to an event).",
+    );
+    s.get_latency.render(out, MIGRATION_LATENCY, "");
+    gauge(
+        out,
+        MIGRATION_BREAKER_OPEN,
+        "1 while the circuit to migration-proxy is open.",
+        f64::from(u8::from(m.breaker().is_open())),
+    );
+    counter(
+        out,
+        MIGRATION_BREAKER_OPENED,
+        "Times the circuit to migration-proxy opened.",
+        load(&s.breaker_opened),
+    );
+    gauge(
+        out,
+        MIGRATION_QUEUE,
+        "Renewals waiting to be sent to migration-proxy.",
+        m.queue_depth() as f64,
+    );
+    counter(
+        out,
+        MIGRATION_INVALID,
+        "Legacy session parts that could not be read (left out).",
+        load(&s.invalid_parts),
+    );
 }
 
 fn render_publisher(out: &mut String, p: &tracking_pubsub::PublisherStats) {

@@ -20,8 +20,8 @@ use bigtable_rs::google::bigtable::v2::MutateRowRequest;
 use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    BoxFuture, ClientId, Clock, OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError,
-    SystemClock, Timestamp, Via,
+    BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
+    OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Via,
 };
 
 use crate::schema::{decode, encode, key_hash, read_visitor, row_key, row_key_with};
@@ -38,6 +38,9 @@ pub struct Counters {
     pub write_retries: AtomicU64,
     pub write_failures: AtomicU64,
     pub corrupt_cells: AtomicU64,
+    /// Events whose sessions came from the legacy store (and were written
+    /// back here).
+    pub backfills: AtomicU64,
 }
 
 struct Inner {
@@ -49,6 +52,8 @@ struct Inner {
     writes: TaskTracker,
     counters: Counters,
     warned: OncePerSecond,
+    /// The parallel run: asked on a miss, told every renewal.
+    legacy: Option<Arc<dyn LegacySessions>>,
 }
 
 #[derive(Clone)]
@@ -121,9 +126,22 @@ impl BigtableSessionStore {
                 writes: TaskTracker::new(),
                 counters: Counters::default(),
                 warned: OncePerSecond::default(),
+                legacy: None,
                 cfg,
             }),
         })
+    }
+
+    /// Runs the parallel-run mode: a visitor with no live session here is
+    /// looked up in `legacy`; what it has is used as is (same ids) and
+    /// written here in the same renewal write (the backfill). Every renewal
+    /// is also handed to `legacy`. Call before the store is shared.
+    #[must_use]
+    pub fn with_legacy(mut self, legacy: Arc<dyn LegacySessions>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.legacy = Some(legacy);
+        }
+        self
     }
 
     pub fn stats(&self) -> &Counters {
@@ -272,14 +290,45 @@ impl SessionStore for BigtableSessionStore {
         now: Timestamp,
         via: Option<&'a Via>,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        self.touch_in(client_id, now, via, CallContext::empty())
+    }
+
+    fn touch_in<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
             let hash = key_hash(client_id);
             let key = row_key_with(hash, client_id);
             let turn = inner.stripe(hash).lock_owned().await;
-            let prev = inner.read(&key).await?;
+            let mut prev = inner.read(&key).await?;
+            // The via cell's timestamp: the event's time when it records a
+            // route, the legacy record's recording time when backfilled.
+            let mut via_at = via.map(|_| now);
+            if let Some(legacy) = &inner.legacy
+                && !inner.policy.has_live_session(&prev, now)
+                && let LegacyLookup::Found(found) = legacy.fetch(client_id, now, ctx).await
+            {
+                inner.counters.backfills.fetch_add(1, Ordering::Relaxed);
+                if via.is_none()
+                    && let Some(v) = &found.via
+                {
+                    via_at = Some(LegacyVisitor::via_recorded_at(
+                        v.expires_at,
+                        inner.policy.ttls(),
+                    ));
+                }
+                prev = found;
+            }
             let (sessions, next) = inner.policy.resolve(Some(&prev), now, via);
-            let mutations = encode(&next, via.is_some(), now);
+            let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
+            if let Some(legacy) = &inner.legacy {
+                legacy.renew(client_id, &next, ctx);
+            }
             let writer = Arc::clone(inner);
             inner.writes.spawn(async move {
                 writer.write(key, mutations).await;
@@ -293,6 +342,9 @@ impl SessionStore for BigtableSessionStore {
         Box::pin(async move {
             self.inner.writes.close();
             self.inner.writes.wait().await;
+            if let Some(legacy) = &self.inner.legacy {
+                legacy.close().await;
+            }
         })
     }
 
@@ -306,6 +358,7 @@ impl SessionStore for BigtableSessionStore {
             ("write_retry", load(&c.write_retries)),
             ("write_failure", load(&c.write_failures)),
             ("corrupt_cell", load(&c.corrupt_cells)),
+            ("backfill", load(&c.backfills)),
         ]
     }
 }

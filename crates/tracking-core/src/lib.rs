@@ -27,7 +27,8 @@ pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
 pub use ids::{IdSource, RandomIds, SequentialIds};
 pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
-    BoxFuture, DeadLetter, DeadLetterSink, EventSink, SessionStore, SinkError, StoreError,
+    BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup, LegacySessions,
+    SessionStore, SinkError, StoreError,
 };
 pub use session::{SessionPolicy, SessionRecord, Sessions, Ttls, ViaRecord, VisitorState};
 pub use time::{Clock, ManualClock, OncePerSecond, SystemClock, Timestamp, parse_duration};

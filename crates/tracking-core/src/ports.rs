@@ -9,7 +9,7 @@ use std::pin::Pin;
 use crate::budget::Admission;
 use crate::enrich::EnrichedEvent;
 use crate::event::{ClientId, Via};
-use crate::session::Sessions;
+use crate::session::{Sessions, VisitorState};
 use crate::time::Timestamp;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,6 +29,55 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a request passes on to the calls made for it: the headers forwarded
+/// to migration-proxy (the blue/green routing header, trace context), as
+/// `(lowercase name, value)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallContext {
+    pub headers: Vec<(Box<str>, Box<str>)>,
+}
+
+static EMPTY_CONTEXT: CallContext = CallContext {
+    headers: Vec::new(),
+};
+
+impl CallContext {
+    /// No headers to pass on.
+    pub fn empty() -> &'static CallContext {
+        &EMPTY_CONTEXT
+    }
+}
+
+/// What the legacy store (through migration-proxy) knows about a visitor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegacyLookup {
+    /// Its state there, converted to the cloud's view.
+    Found(VisitorState),
+    /// Nothing there.
+    Missing,
+    /// No answer in time, an error, or the circuit is open: carry on without.
+    Unavailable,
+}
+
+/// The legacy session store during the parallel run: asked on a miss of the
+/// primary store, and told every renewal so the old system stays right.
+pub trait LegacySessions: Send + Sync + fmt::Debug {
+    /// Looks the visitor up, within the configured deadline.
+    fn fetch<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, LegacyLookup>;
+
+    /// Queues the renewed state for the legacy store. Never blocks: when the
+    /// queue is full the renewal is dropped and counted.
+    fn renew(&self, client_id: &ClientId, state: &VisitorState, ctx: &CallContext);
+
+    /// Sends what is queued, within the caller's deadline.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
 /// Reads, resolves and renews a visitor's sessions.
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Resolves the visitor's sessions for an event at `now` (recording `via`
@@ -39,6 +88,19 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         now: Timestamp,
         via: Option<&'a Via>,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
+
+    /// [`touch`](Self::touch) on behalf of a request whose context calls to
+    /// other services carry. Stores that call none ignore it.
+    fn touch_in<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        let _ = ctx;
+        self.touch(client_id, now, via)
+    }
 
     /// Waits for work the store still owes (e.g. renewal writes in flight).
     fn close(&self) -> BoxFuture<'_, ()> {

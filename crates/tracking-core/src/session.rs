@@ -129,6 +129,17 @@ impl SessionPolicy {
         }
     }
 
+    /// Whether `state` holds a session still alive at `now` (otherwise the
+    /// visitor is a miss, and the parallel run asks the legacy store).
+    pub fn has_live_session(&self, state: &VisitorState, now: Timestamp) -> bool {
+        state
+            .short
+            .is_some_and(|r| r.last_seen.alive_at(self.ttls.short, now))
+            || state
+                .long
+                .is_some_and(|r| r.last_seen.alive_at(self.ttls.long, now))
+    }
+
     /// When nothing in `state` is alive any more: the state may be dropped
     /// from then on without changing any answer.
     pub fn expires_at(&self, state: &VisitorState) -> Timestamp {

@@ -192,6 +192,8 @@ impl TestApp {
                 },
                 0.0,
             )),
+            migration: None,
+            forward_headers: Vec::new(),
         });
         state.set_ready(true);
         Self {

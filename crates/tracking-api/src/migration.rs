@@ -1,0 +1,564 @@
+//! The parallel run's link to the legacy store, through migration-proxy:
+//! lookups with a tight deadline behind a circuit breaker, renewals sent off
+//! the request path through a bounded queue (`parallel` mode), and the store
+//! of `legacy` mode, which reads and renews through migration-proxy only.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+use tracking_core::{
+    BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
+    OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Ttls,
+    Via, VisitorState,
+};
+
+/// Largest answer read from migration-proxy.
+const MAX_ANSWER: usize = 64 * 1024;
+/// Renewals sent at once by the queue's worker.
+const WRITE_CONCURRENCY: usize = 32;
+const STRIPES: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// Base URL, `http://host:port` (the mesh provides mTLS).
+    pub base_url: String,
+    /// Deadline of a lookup (the request waits this long at most).
+    pub timeout: Duration,
+    /// Deadline of a renewal (off the request path).
+    pub write_timeout: Duration,
+    pub token: Option<String>,
+    /// Renewals waiting to be sent; beyond it they are dropped and counted.
+    pub queue: usize,
+    /// Consecutive failures that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe is let through.
+    pub breaker_cooldown: Duration,
+    pub ttls: Ttls,
+}
+
+/// Outcomes of calls to migration-proxy, for metrics.
+#[derive(Debug, Default)]
+pub struct MigrationStats {
+    pub get_found: AtomicU64,
+    pub get_missing: AtomicU64,
+    pub get_error: AtomicU64,
+    pub get_timeout: AtomicU64,
+    pub get_breaker_open: AtomicU64,
+    pub put_ok: AtomicU64,
+    pub put_error: AtomicU64,
+    pub put_timeout: AtomicU64,
+    pub put_breaker_open: AtomicU64,
+    /// Renewals dropped because the queue was full.
+    pub put_dropped: AtomicU64,
+    /// Legacy parts that could not be read (e.g. an id that is not a UUID).
+    pub invalid_parts: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    pub get_latency: service_kit::prom::Histogram,
+    pub queued: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+/// Stops calls while migration-proxy is failing: opens after N consecutive
+/// failures, lets one probe through after the cooldown, closes on its success.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    /// Whether a call may go out now.
+    pub fn allow(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return true;
+        };
+        match s.open_until {
+            None => true,
+            Some(t) if Instant::now() < t => false,
+            Some(_) if s.probing => false,
+            Some(_) => {
+                s.probing = true;
+                true
+            }
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.open_until.is_some())
+    }
+
+    fn success(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.open_until.is_some() {
+                tracing::info!("migration-proxy answers again; circuit closed.");
+            }
+            *s = BreakerState::default();
+        }
+    }
+
+    /// Returns true when this failure opened the circuit.
+    fn failure(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        s.failures = s.failures.saturating_add(1);
+        let reopen = s.probing || (s.open_until.is_none() && s.failures >= self.threshold);
+        s.probing = false;
+        if reopen {
+            s.open_until = Some(Instant::now() + self.cooldown);
+        }
+        reopen
+    }
+}
+
+struct Renewal {
+    client_id: ClientId,
+    body: LegacyVisitor,
+    headers: Vec<(Box<str>, Box<str>)>,
+}
+
+/// The HTTP client of migration-proxy, shared by both migration modes.
+pub struct MigrationClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    cfg: MigrationConfig,
+    breaker: Breaker,
+    pub stats: MigrationStats,
+    queue: mpsc::Sender<Renewal>,
+    receiver: Mutex<Option<mpsc::Receiver<Renewal>>>,
+    closing: Notify,
+    worker: TaskTracker,
+    warned: OncePerSecond,
+}
+
+impl std::fmt::Debug for MigrationClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationClient")
+            .field("base_url", &self.cfg.base_url)
+            .field("timeout", &self.cfg.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+enum CallError {
+    Timeout,
+    Failed(String),
+}
+
+impl MigrationClient {
+    /// Builds the client and starts the renewal queue's worker (on the
+    /// current runtime).
+    pub fn start(cfg: MigrationConfig) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.timeout.max(Duration::from_millis(100))));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let client = Arc::new(Self {
+            http,
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+            stats: MigrationStats::default(),
+            queue: tx,
+            receiver: Mutex::new(Some(rx)),
+            closing: Notify::new(),
+            worker: TaskTracker::new(),
+            warned: OncePerSecond::default(),
+            cfg,
+        });
+        let worker = Arc::clone(&client);
+        client
+            .worker
+            .spawn(async move { worker.drain_queue().await });
+        client.worker.close();
+        client
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        client_id: &ClientId,
+        headers: &[(Box<str>, Box<str>)],
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let url = format!(
+            "{}/v1/sessions/{}",
+            self.cfg.base_url.trim_end_matches('/'),
+            client_id.as_str()
+        );
+        let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                req = req.header(n, v);
+            }
+        }
+        if let Some(token) = &self.cfg.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if !body.is_empty() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        req.body(Full::new(body)).map_err(|e| e.to_string())
+    }
+
+    /// One call: status and body, within `deadline`.
+    async fn call(
+        &self,
+        req: Request<Full<Bytes>>,
+        deadline: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| CallError::Failed(format!("{e:?}")))?;
+            let status = resp.status();
+            let body = service_kit::read_limited(resp.into_body(), MAX_ANSWER)
+                .await
+                .map_err(|e| CallError::Failed(format!("{e:?}")))?;
+            Ok((status, body))
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+
+    fn warn(&self, what: &str, error: &str) {
+        if self.warned.allow(SystemClock.now()) {
+            tracing::warn!(
+                error,
+                "migration-proxy {what} failed (rate-limited warning)."
+            );
+        }
+    }
+
+    fn failed(&self) {
+        if self.breaker.failure() {
+            self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                cooldown = ?self.cfg.breaker_cooldown,
+                "migration-proxy keeps failing; circuit open, lookups skipped."
+            );
+        }
+    }
+
+    /// Looks a visitor up (`GET`), within the lookup deadline.
+    pub async fn get(
+        &self,
+        client_id: &ClientId,
+        now: Timestamp,
+        ctx: &CallContext,
+    ) -> LegacyLookup {
+        let s = &self.stats;
+        if !self.breaker.allow() {
+            s.get_breaker_open.fetch_add(1, Ordering::Relaxed);
+            return LegacyLookup::Unavailable;
+        }
+        let started = Instant::now();
+        let req = match self.request(Method::GET, client_id, &ctx.headers, Bytes::new()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn("lookup", &e);
+                s.get_error.fetch_add(1, Ordering::Relaxed);
+                return LegacyLookup::Unavailable;
+            }
+        };
+        let result = self.call(req, self.cfg.timeout).await;
+        s.get_latency.observe(started.elapsed());
+        let answer = match result {
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<LegacyVisitor>(&body)
+                .map_err(|e| format!("unreadable answer: {e}")),
+            Ok((StatusCode::NOT_FOUND, _)) => Ok(LegacyVisitor::default()),
+            Ok((status, body)) => Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+            Err(CallError::Timeout) => {
+                s.get_timeout.fetch_add(1, Ordering::Relaxed);
+                self.failed();
+                return LegacyLookup::Unavailable;
+            }
+            Err(CallError::Failed(e)) => Err(e),
+        };
+        match answer {
+            Ok(visitor) => {
+                self.breaker.success();
+                let (state, invalid) = visitor.to_state(self.cfg.ttls, now);
+                if invalid > 0 {
+                    s.invalid_parts.fetch_add(invalid as u64, Ordering::Relaxed);
+                }
+                if state == VisitorState::default() {
+                    s.get_missing.fetch_add(1, Ordering::Relaxed);
+                    LegacyLookup::Missing
+                } else {
+                    s.get_found.fetch_add(1, Ordering::Relaxed);
+                    LegacyLookup::Found(state)
+                }
+            }
+            Err(e) => {
+                s.get_error.fetch_add(1, Ordering::Relaxed);
+                self.warn("lookup", &e);
+                self.failed();
+                LegacyLookup::Unavailable
+            }
+        }
+    }
+
+    /// Writes a renewal (`PUT`) now, within the write deadline.
+    pub async fn put(
+        &self,
+        client_id: &ClientId,
+        body: &LegacyVisitor,
+        headers: &[(Box<str>, Box<str>)],
+    ) -> bool {
+        let s = &self.stats;
+        if !self.breaker.allow() {
+            s.put_breaker_open.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let json = match serde_json::to_vec(body) {
+            Ok(j) => Bytes::from(j),
+            Err(e) => {
+                self.warn("renewal", &e.to_string());
+                return false;
+            }
+        };
+        let result = match self.request(Method::PUT, client_id, headers, json) {
+            Ok(req) => self.call(req, self.cfg.write_timeout).await,
+            Err(e) => Err(CallError::Failed(e)),
+        };
+        match result {
+            Ok((StatusCode::NO_CONTENT | StatusCode::OK, _)) => {
+                self.breaker.success();
+                s.put_ok.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok((status, _)) => {
+                s.put_error.fetch_add(1, Ordering::Relaxed);
+                self.warn("renewal", &format!("status {status}"));
+                self.failed();
+                false
+            }
+            Err(CallError::Timeout) => {
+                s.put_timeout.fetch_add(1, Ordering::Relaxed);
+                self.failed();
+                false
+            }
+            Err(CallError::Failed(e)) => {
+                s.put_error.fetch_add(1, Ordering::Relaxed);
+                self.warn("renewal", &e);
+                self.failed();
+                false
+            }
+        }
+    }
+
+    /// The queue's worker: sends renewals, a bounded number at once, until
+    /// closed; then sends what is left.
+    async fn drain_queue(self: Arc<Self>) {
+        let Some(mut rx) = self.receiver.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let slots = Arc::new(Semaphore::new(WRITE_CONCURRENCY));
+        let sends = TaskTracker::new();
+        loop {
+            let renewal = tokio::select! {
+                r = rx.recv() => r,
+                () = self.closing.notified() => {
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(renewal) = renewal else { break };
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
+            let client = Arc::clone(&self);
+            sends.spawn(async move {
+                client
+                    .put(&renewal.client_id, &renewal.body, &renewal.headers)
+                    .await;
+                drop(slot);
+            });
+        }
+        sends.close();
+        sends.wait().await;
+    }
+}
+
+impl LegacySessions for MigrationClient {
+    fn fetch<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, LegacyLookup> {
+        Box::pin(self.get(client_id, now, ctx))
+    }
+
+    fn renew(&self, client_id: &ClientId, state: &VisitorState, ctx: &CallContext) {
+        let renewal = Renewal {
+            client_id: client_id.clone(),
+            body: LegacyVisitor::from_state(state, self.cfg.ttls),
+            headers: ctx.headers.clone(),
+        };
+        match self.queue.try_send(renewal) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.put_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.closing.notify_one();
+            self.worker.wait().await;
+        })
+    }
+}
+
+/// `legacy` mode's store: sessions read and renewed through migration-proxy
+/// only. Like the Bigtable store, a visitor's next event in this process
+/// waits for its previous renewal, so one process never mints two sessions
+/// for a visitor.
+#[derive(Debug)]
+pub struct LegacySessionStore {
+    client: Arc<MigrationClient>,
+    policy: SessionPolicy,
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    writes: TaskTracker,
+}
+
+impl LegacySessionStore {
+    pub fn new(client: Arc<MigrationClient>, policy: SessionPolicy) -> Self {
+        Self {
+            client,
+            policy,
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            writes: TaskTracker::new(),
+        }
+    }
+
+    fn stripe(&self, client_id: &ClientId) -> Arc<tokio::sync::Mutex<()>> {
+        let h = tracking_bigtable::schema::key_hash(client_id);
+        Arc::clone(&self.stripes[(h % STRIPES as u64) as usize])
+    }
+}
+
+impl SessionStore for LegacySessionStore {
+    fn touch<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        self.touch_in(client_id, now, via, CallContext::empty())
+    }
+
+    fn touch_in<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        Box::pin(async move {
+            let turn = self.stripe(client_id).lock_owned().await;
+            let prev = match self.client.get(client_id, now, ctx).await {
+                LegacyLookup::Found(state) => state,
+                LegacyLookup::Missing => VisitorState::default(),
+                LegacyLookup::Unavailable => {
+                    return Err(StoreError::Unavailable(
+                        "migration-proxy did not answer".into(),
+                    ));
+                }
+            };
+            let (sessions, next) = self.policy.resolve(Some(&prev), now, via);
+            let client = Arc::clone(&self.client);
+            let (id, body, headers) = (
+                client_id.clone(),
+                LegacyVisitor::from_state(&next, self.policy.ttls()),
+                ctx.headers.clone(),
+            );
+            self.writes.spawn(async move {
+                client.put(&id, &body, &headers).await;
+                drop(turn);
+            });
+            Ok(sessions)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.writes.close();
+            self.writes.wait().await;
+            LegacySessions::close(&*self.client).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_the_threshold_probes_once_and_closes() {
+        let b = Breaker::new(3, Duration::from_millis(50));
+        assert!(b.allow());
+        assert!(!b.failure());
+        assert!(!b.failure());
+        assert!(b.failure(), "the third failure opens it");
+        assert!(!b.allow() && b.is_open());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.allow(), "one probe after the cooldown");
+        assert!(!b.allow(), "only one");
+        assert!(b.failure(), "a failed probe reopens it");
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.allow());
+        b.success();
+        assert!(!b.is_open() && b.allow() && b.allow());
+    }
+}

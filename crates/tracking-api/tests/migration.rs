@@ -1,0 +1,488 @@
+//! The parallel run end to end: the real tracking-api binary, the Bigtable
+//! emulator, migration-proxy (in this process) and the Aerospike stand-in
+//! (in this process). A `Gate` between tracking-api and migration-proxy
+//! makes the proxy slow or unreachable.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aerospike::{Bins, Client, ClientPolicy, Expiration, ReadPolicy, WritePolicy, as_bin, as_key};
+use common::process::{ApiProcess, read_ndjson, request, wait_for_lines};
+use test_support::{BigtableEmulator, Gate};
+use tokio::io::AsyncWriteExt;
+use tracking_core::{ClientId, RandomIds, SessionPolicy, Ttls};
+
+const TOKEN: &str = "parallel-run-token";
+
+struct Legacy {
+    aerospike: Client,
+    proxy: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The stand-in and a migration-proxy over it, both on free ports.
+async fn legacy() -> Legacy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let aerospike_addr = listener.local_addr().unwrap();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    let metrics = Arc::new(migration_proxy::metrics::Metrics::default());
+    let store = migration_proxy::Legacy::new(
+        "tracking".into(),
+        Duration::from_millis(200),
+        Arc::clone(&metrics),
+    );
+    store
+        .connect_once(&aerospike_addr.to_string())
+        .await
+        .unwrap();
+    let proxy = migration_proxy::Proxy::new(
+        store,
+        metrics,
+        migration_proxy::ServeOptions {
+            auth_token: Some(TOKEN.into()),
+            max_inflight: 256,
+            header_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(migration_proxy::serve(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+    let aerospike = Client::new(&ClientPolicy::default(), &aerospike_addr.to_string())
+        .await
+        .unwrap();
+    Legacy {
+        aerospike,
+        proxy: addr,
+        _stop: stop,
+    }
+}
+
+fn uuid(n: u128) -> String {
+    uuid::Uuid::from_u128(n).to_string()
+}
+
+/// A legacy visitor as the old system left it.
+async fn seed(
+    l: &Legacy,
+    client_id: &str,
+    short: (&str, u32),
+    long: (&str, u32),
+    via: Option<(&str, u32)>,
+) {
+    let put = |ttl| WritePolicy {
+        send_key: true,
+        expiration: Expiration::Seconds(ttl),
+        ..WritePolicy::default()
+    };
+    l.aerospike
+        .put(
+            &put(short.1),
+            &as_key!("tracking", "short_sessions", client_id),
+            &[as_bin!("sid", short.0)],
+        )
+        .await
+        .unwrap();
+    l.aerospike
+        .put(
+            &put(long.1),
+            &as_key!("tracking", "long_sessions", client_id),
+            &[as_bin!("sid", long.0)],
+        )
+        .await
+        .unwrap();
+    if let Some((source, ttl)) = via {
+        l.aerospike
+            .put(
+                &put(ttl),
+                &as_key!("tracking", "via", client_id),
+                &[as_bin!("source", source), as_bin!("medium", "email")],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Seconds the legacy record has left, or None.
+async fn legacy_ttl(l: &Legacy, set: &str, client_id: &str) -> Option<u64> {
+    l.aerospike
+        .get(
+            &ReadPolicy::default(),
+            &as_key!("tracking", set, client_id),
+            Bins::All,
+        )
+        .await
+        .ok()
+        .and_then(|r| r.time_to_live())
+        .map(|d| d.as_secs())
+}
+
+fn env(emu: &str, sink: &Path, proxy: &str, mode: &str) -> Vec<(String, String)> {
+    [
+        ("TRACKING_SESSION_STORE", "bigtable"),
+        ("TRACKING_BIGTABLE_PROJECT", "p"),
+        ("TRACKING_BIGTABLE_INSTANCE", "i"),
+        ("BIGTABLE_EMULATOR_HOST", emu),
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("TRACKING_MIGRATION_MODE", mode),
+        ("TRACKING_MIGRATION_URL", &format!("http://{proxy}")),
+        ("TRACKING_MIGRATION_TOKEN", TOKEN),
+        ("TRACKING_MIGRATION_BREAKER_FAILURES", "3"),
+        ("TRACKING_MIGRATION_BREAKER_COOLDOWN", "1s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn start(env: &[(String, String)], extra: &[(&str, &str)]) -> ApiProcess {
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .arg("bootstrap")
+        .env_clear()
+        .envs(all.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bootstrap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ApiProcess::start(&all)
+}
+
+async fn send(api: &ApiProcess, client_id: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let body = format!(r#"{{"type":"page_view","client_id":"{client_id}"}}"#);
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "text/plain"), ("x-env", "preview")],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    (r.status, started.elapsed())
+}
+
+async fn metric(api: &ApiProcess, line_prefix: &str) -> f64 {
+    let r = request(api.addr, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {line_prefix} in metrics"))
+}
+
+fn bigtable_store(
+    emu: &str,
+) -> impl std::future::Future<Output = tracking_bigtable::BigtableSessionStore> {
+    let cfg = tracking_bigtable::BigtableConfig {
+        project: "p".into(),
+        instance: "i".into(),
+        table: "sessions".into(),
+        emulator_host: Some(emu.to_owned()),
+        channels: 1,
+        attempt_timeout: Duration::from_secs(2),
+        write_timeout: Duration::from_secs(2),
+    };
+    let ttls = Ttls {
+        short: Duration::from_secs(1800),
+        long: Duration::from_secs(90 * 86_400),
+        via: Duration::from_secs(30 * 86_400),
+    };
+    async move {
+        tracking_bigtable::BigtableSessionStore::connect(
+            cfg,
+            SessionPolicy::new(ttls, Arc::new(RandomIds)),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_visitor_keeps_its_ids_and_is_backfilled_and_renewed_on_prem() {
+    let emu = BigtableEmulator::bigtable();
+    let l = legacy().await;
+    let gate = Gate::start(l.proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
+    let api = start(&env, &[]);
+
+    // A visitor only the old system knows; its short session ends in 60 s.
+    seed(
+        &l,
+        "legacy-1",
+        (&uuid(1), 60),
+        (&uuid(2), 80 * 86_400),
+        Some(("newsletter", 10 * 86_400)),
+    )
+    .await;
+    assert_eq!(send(&api, "legacy-1").await.0, 204);
+    let events = wait_for_lines(&sink, 1, Duration::from_secs(10));
+    let e = &events[0]["session"];
+    assert_eq!(
+        (e["short_id"].as_str(), e["long_id"].as_str()),
+        (Some(uuid(1).as_str()), Some(uuid(2).as_str()))
+    );
+    assert_eq!(
+        (e["short_new"].as_bool(), e["long_new"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(events[0]["via"]["source"], "newsletter");
+    assert_eq!(events[0]["via"]["medium"], "email");
+
+    // Backfilled: Bigtable has the legacy ids and via now.
+    let bt = bigtable_store(&emu.host()).await;
+    let id = ClientId::parse("legacy-1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stored = loop {
+        let s = bt.read_state(&id).await.unwrap();
+        if s.short.is_some() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stored.short.map(|s| s.id.to_string()), Some(uuid(1)));
+    assert_eq!(stored.long.map(|s| s.id.to_string()), Some(uuid(2)));
+    assert_eq!(
+        stored
+            .via
+            .map(|v| v.via.source.unwrap_or_default().to_string()),
+        Some("newsletter".into())
+    );
+
+    // Dual write: the on-prem short session now runs a whole short TTL (30 min).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ttl = legacy_ttl(&l, "short_sessions", "legacy-1")
+            .await
+            .unwrap_or(0);
+        if ttl > 1700 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "on-prem short TTL still {ttl} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A visitor first seen in the cloud is written on-prem too (the old
+    // system, still serving, must know it).
+    assert_eq!(send(&api, "cloud-1").await.0, 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while legacy_ttl(&l, "long_sessions", "cloud-1").await.is_none() {
+        assert!(Instant::now() < deadline, "cloud-1 never reached Aerospike");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // migration-proxy gone: the legacy visitor keeps its ids (Bigtable has
+    // them), a new visitor is accepted with fresh ids.
+    gate.close();
+    assert_eq!(send(&api, "legacy-1").await.0, 204);
+    let (status, took) = send(&api, "fresh-1").await;
+    assert_eq!(status, 204);
+    assert!(
+        took < Duration::from_secs(1),
+        "new visitor took {took:?} with the proxy down"
+    );
+    let events = wait_for_lines(&sink, 4, Duration::from_secs(10));
+    let again = &events[2]["session"];
+    assert_eq!(again["short_id"].as_str(), Some(uuid(1).as_str()));
+    assert_eq!(again["long_id"].as_str(), Some(uuid(2).as_str()));
+    let fresh = &events[3]["session"];
+    assert_eq!(
+        (fresh["status"].as_str(), fresh["short_new"].as_bool()),
+        (Some("ok"), Some(true))
+    );
+    assert_eq!(
+        metric(
+            &api,
+            "tracking_migration_calls_total{op=\"get\",outcome=\"found\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&api, "tracking_session_store_ops_total{op=\"backfill\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dead_proxy_costs_at_most_the_deadline_and_the_circuit_opens_and_closes() {
+    let emu = BigtableEmulator::bigtable();
+    let l = legacy().await;
+    let gate = Gate::start(l.proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
+    let api = start(&env, &[]);
+    assert_eq!(send(&api, "warm-up").await.0, 204);
+
+    // Slow: every chunk through the gate waits 2 s; the lookup deadline is
+    // 30 ms. Each event must come back well before the proxy would answer.
+    gate.set_delay(Duration::from_secs(2));
+    for i in 0..6 {
+        let (status, took) = send(&api, &format!("slow-{i}")).await;
+        assert_eq!(status, 204);
+        assert!(
+            took < Duration::from_secs(1),
+            "event {i} took {took:?} behind a 2 s proxy"
+        );
+    }
+    let events = wait_for_lines(&sink, 7, Duration::from_secs(10));
+    assert!(events.iter().all(|e| e["session"]["status"] == "ok"));
+    // 3 timeouts opened the circuit; the rest skipped the proxy.
+    assert_eq!(metric(&api, "tracking_migration_breaker_open").await, 1.0);
+    assert!(
+        metric(
+            &api,
+            "tracking_migration_calls_total{op=\"get\",outcome=\"timeout\"}"
+        )
+        .await
+            >= 3.0
+    );
+    assert!(
+        metric(
+            &api,
+            "tracking_migration_calls_total{op=\"get\",outcome=\"breaker_open\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // Dead: refused at once; the circuit stays open.
+    gate.set_delay(Duration::ZERO);
+    gate.close();
+    assert_eq!(send(&api, "dead-1").await.0, 204);
+
+    // Back: after the cooldown one probe goes through and closes it.
+    gate.open();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    while metric(&api, "tracking_migration_breaker_open").await != 0.0 {
+        assert!(Instant::now() < deadline, "the circuit never closed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        i += 1;
+        assert_eq!(send(&api, &format!("back-{i}")).await.0, 204);
+    }
+    assert!(metric(&api, "tracking_migration_breaker_opened_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_during_the_migration_call_still_has_its_event() {
+    let emu = BigtableEmulator::bigtable();
+    let l = legacy().await;
+    let gate = Gate::start(l.proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
+    let api = start(
+        &env,
+        &[
+            ("TRACKING_MIGRATION_TIMEOUT", "800ms"),
+            ("TRACKING_SESSION_TIMEOUT", "2s"),
+        ],
+    );
+    seed(&l, "hangup-1", (&uuid(11), 600), (&uuid(12), 86_400), None).await;
+    // The proxy answers after ~300 ms; the client leaves after 50 ms.
+    gate.set_delay(Duration::from_millis(300));
+    let body = r#"{"type":"page_view","client_id":"hangup-1"}"#;
+    let mut stream = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: t\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+
+    let events = wait_for_lines(&sink, 1, Duration::from_secs(10));
+    assert_eq!(
+        events[0]["session"]["short_id"].as_str(),
+        Some(uuid(11).as_str())
+    );
+    // And the backfill happened.
+    let bt = bigtable_store(&emu.host()).await;
+    let id = ClientId::parse("hangup-1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bt
+        .read_state(&id)
+        .await
+        .unwrap()
+        .short
+        .map(|s| s.id.to_string())
+        != Some(uuid(11))
+    {
+        assert!(Instant::now() < deadline, "no backfill after the hang-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read_ndjson(&sink).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_mode_reads_and_renews_through_the_proxy_only() {
+    let emu = BigtableEmulator::bigtable();
+    let l = legacy().await;
+    let gate = Gate::start(l.proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let env = env(&emu.host(), &sink, &gate.host(), "legacy");
+    let api = start(&env, &[]);
+    seed(&l, "old-1", (&uuid(21), 600), (&uuid(22), 86_400), None).await;
+
+    assert_eq!(send(&api, "old-1").await.0, 204);
+    assert_eq!(send(&api, "new-1").await.0, 204);
+    assert_eq!(send(&api, "new-1").await.0, 204);
+    let events = wait_for_lines(&sink, 3, Duration::from_secs(10));
+    assert_eq!(
+        events[0]["session"]["short_id"].as_str(),
+        Some(uuid(21).as_str())
+    );
+    // The new visitor's session was created on-prem and found there again.
+    assert_eq!(events[1]["session"]["short_new"], true);
+    assert_eq!(
+        events[2]["session"]["short_id"],
+        events[1]["session"]["short_id"]
+    );
+    assert_eq!(events[2]["session"]["short_new"], false);
+    // Nothing went to Bigtable.
+    let bt = bigtable_store(&emu.host()).await;
+    let state = bt
+        .read_state(&ClientId::parse("old-1").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        state.short.is_none(),
+        "legacy mode wrote to Bigtable: {state:?}"
+    );
+
+    // The proxy gone: events are still accepted, marked unavailable.
+    gate.close();
+    let (status, took) = send(&api, "old-1").await;
+    assert_eq!(status, 204);
+    assert!(took < Duration::from_secs(1));
+    let events = wait_for_lines(&sink, 4, Duration::from_secs(10));
+    assert_eq!(events[3]["session"]["status"], "unavailable");
+}

@@ -1,0 +1,273 @@
+//! `migration-proxy copy` (the real binary) from the Aerospike stand-in
+//! into the real Bigtable emulator: killed half-way and resumed, it ends
+//! with the same contents as a clean run; it leaves newer Bigtable sessions
+//! alone; a second run changes nothing.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aerospike::{Client, ClientPolicy, Expiration, WritePolicy, as_bin, as_key};
+use test_support::BigtableEmulator;
+use tracking_bigtable::{BigtableConfig, BigtableSessionStore};
+use tracking_core::{
+    ClientId, Clock, RandomIds, SessionPolicy, SessionRecord, SystemClock, Ttls, VisitorState,
+};
+
+const VISITORS: usize = 2000;
+
+fn ttls() -> Ttls {
+    Ttls {
+        short: Duration::from_secs(1800),
+        long: Duration::from_secs(90 * 86_400),
+        via: Duration::from_secs(30 * 86_400),
+    }
+}
+
+fn config(emu: &str, table: &str) -> BigtableConfig {
+    BigtableConfig {
+        project: "p".into(),
+        instance: "i".into(),
+        table: table.into(),
+        emulator_host: Some(emu.into()),
+        channels: 2,
+        attempt_timeout: Duration::from_secs(2),
+        write_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn store(emu: &str, table: &str) -> BigtableSessionStore {
+    let cfg = config(emu, table);
+    tracking_bigtable::bootstrap(&cfg, ttls()).await.unwrap();
+    BigtableSessionStore::connect(cfg, SessionPolicy::new(ttls(), Arc::new(RandomIds)))
+        .await
+        .unwrap()
+}
+
+fn copy(aerospike: &str, emu: &str, table: &str, checkpoint: &Path, rate: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration-proxy"));
+    cmd.args(["copy", "--checkpoint"])
+        .arg(checkpoint)
+        .args(["--rate", rate, "--progress-interval", "1s"])
+        .env_clear()
+        .env("MIGRATION_AEROSPIKE_HOSTS", aerospike)
+        .env("TRACKING_BIGTABLE_PROJECT", "p")
+        .env("TRACKING_BIGTABLE_INSTANCE", "i")
+        .env("TRACKING_BIGTABLE_TABLE", table)
+        .env("BIGTABLE_EMULATOR_HOST", emu)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a copy to the end; returns its report as `(name, count)` pairs.
+fn run_copy(cmd: &mut Command) -> Vec<(String, u64)> {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "copy failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn count(report: &[(String, u64)], name: &str) -> u64 {
+    report
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| *c)
+        .unwrap_or_else(|| panic!("no {name} in {report:?}"))
+}
+
+fn uuid(n: usize) -> String {
+    uuid::Uuid::from_u128(n as u128).to_string()
+}
+
+async fn seed(client: &Client) {
+    let put = |ttl| WritePolicy {
+        send_key: true,
+        expiration: Expiration::Seconds(ttl),
+        ..WritePolicy::default()
+    };
+    for i in 0..VISITORS {
+        let id = format!("v-{i}");
+        client
+            .put(
+                &put(600),
+                &as_key!("tracking", "short_sessions", id.as_str()),
+                &[as_bin!("sid", uuid(i))],
+            )
+            .await
+            .unwrap();
+        client
+            .put(
+                &put(60 * 86_400),
+                &as_key!("tracking", "long_sessions", id.as_str()),
+                &[as_bin!("sid", uuid(100_000 + i))],
+            )
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            client
+                .put(
+                    &put(7 * 86_400),
+                    &as_key!("tracking", "via", id.as_str()),
+                    &[as_bin!("source", format!("s{i}"))],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Not copyable: written without its key (the legacy writer must send it).
+    client
+        .put(
+            &WritePolicy::default(),
+            &as_key!("tracking", "short_sessions", "keyless"),
+            &[as_bin!("sid", uuid(7))],
+        )
+        .await
+        .unwrap();
+}
+
+async fn snapshot(store: &BigtableSessionStore) -> Vec<VisitorState> {
+    let mut out = Vec::with_capacity(VISITORS);
+    for i in 0..VISITORS {
+        let id = ClientId::parse(&format!("v-{i}")).unwrap();
+        out.push(store.read_state(&id).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_nothing() {
+    let emu = BigtableEmulator::bigtable();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let aerospike = listener.local_addr().unwrap().to_string();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    let client = Client::new(&ClientPolicy::default(), &aerospike)
+        .await
+        .unwrap();
+    seed(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A visitor Bigtable already saw later than the legacy system did.
+    let resumed = store(&emu.host(), "sessions").await;
+    let newer = VisitorState {
+        short: Some(SessionRecord {
+            id: uuid::Uuid::from_u128(999_999),
+            last_seen: SystemClock.now(),
+        }),
+        ..VisitorState::default()
+    };
+    let v5 = ClientId::parse("v-5").unwrap();
+    assert!(resumed.write_state(&v5, &newer, None).await);
+
+    // Interrupted: killed once a part of the units is checkpointed.
+    let checkpoint = dir.path().join("copy.checkpoint");
+    let mut child = copy(&aerospike, &emu.host(), "sessions", &checkpoint, "800")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = std::fs::read_to_string(&checkpoint).map_or(0, |t| t.lines().count());
+        if lines >= 3000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copy made no progress ({lines} units)"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "copy ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = std::fs::read_to_string(&checkpoint)
+        .unwrap()
+        .lines()
+        .count();
+    assert!(done_before < 3 * 4096, "the copy finished before the kill");
+
+    // Resumed: the checkpointed units are skipped.
+    let report = run_copy(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "sessions",
+        &checkpoint,
+        "0",
+    ));
+    assert!(
+        count(&report, "units") as usize >= 3 * 4096 - done_before - 1,
+        "{report:?}"
+    );
+    assert_eq!(count(&report, "failed"), 0);
+
+    // A clean run into another table.
+    let clean = store(&emu.host(), "sessions_clean").await;
+    assert!(clean.write_state(&v5, &newer, None).await);
+    let clean_report = run_copy(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "sessions_clean",
+        &dir.path().join("clean.checkpoint"),
+        "0",
+    ));
+    let visitors = VISITORS as u64;
+    let parts = 2 * visitors + visitors.div_ceil(3);
+    assert_eq!(
+        count(&clean_report, "copied"),
+        parts - 1,
+        "{clean_report:?}"
+    );
+    assert_eq!(count(&clean_report, "skipped-newer"), 1, "{clean_report:?}");
+    assert_eq!(
+        count(&clean_report, "invalid"),
+        1,
+        "the keyless record: {clean_report:?}"
+    );
+
+    let (a, b) = (snapshot(&resumed).await, snapshot(&clean).await);
+    assert_eq!(a.len(), VISITORS);
+    assert!(a == b, "resumed and clean copies differ");
+    // Legacy data arrived, the newer session was left alone.
+    assert_eq!(a[1].short.map(|s| s.id.to_string()), Some(uuid(1)));
+    assert_eq!(
+        a[3].via.as_ref().and_then(|v| v.via.source.as_deref()),
+        Some("s3")
+    );
+    assert_eq!(a[5].short, newer.short);
+    assert_eq!(a[5].long.map(|s| s.id.to_string()), Some(uuid(100_005)));
+
+    // Idempotent: a full rerun (no checkpoint) writes nothing.
+    let again = run_copy(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "sessions",
+        &dir.path().join("again.checkpoint"),
+        "0",
+    ));
+    assert_eq!(count(&again, "copied"), 0, "{again:?}");
+    assert_eq!(
+        count(&again, "unchanged") + count(&again, "skipped-newer"),
+        parts,
+        "{again:?}"
+    );
+    assert!(snapshot(&resumed).await == a);
+}

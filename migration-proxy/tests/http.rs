@@ -1,0 +1,192 @@
+//! migration-proxy's HTTP API over the Aerospike stand-in (both in this
+//! process, on free ports): the legacy layout read and written, the bearer
+//! token, bad input, readiness before Aerospike is reachable, metrics.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, Value, as_key};
+use migration_proxy::metrics::Metrics;
+use migration_proxy::{Legacy, Proxy, ServeOptions, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn standin() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    addr
+}
+
+async fn proxy(aerospike: SocketAddr, token: Option<&str>, connect: bool) -> SocketAddr {
+    let metrics = Arc::new(Metrics::default());
+    let legacy = Legacy::new(
+        "tracking".into(),
+        Duration::from_millis(500),
+        Arc::clone(&metrics),
+    );
+    if connect {
+        tokio::spawn(Arc::clone(&legacy).connect_forever(aerospike.to_string()));
+    }
+    let p = Proxy::new(
+        legacy,
+        metrics,
+        ServeOptions {
+            auth_token: token.map(str::to_owned),
+            max_inflight: 64,
+            header_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, p, std::future::pending()));
+    addr
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_round_trip_over_the_legacy_layout() {
+    let aerospike = standin().await;
+    let addr = proxy(aerospike, Some("secret"), true).await;
+    // Ready once the client has connected.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = http(addr, "GET", "/readyz", None, "").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 200);
+
+    let t = Some("secret");
+    assert_eq!(http(addr, "GET", "/v1/sessions/v-1", t, "").await.0, 404);
+    let end = now_ms() + 1_800_000;
+    let body = format!(
+        r#"{{"short":{{"id":"s-1","expires_at":{end}}},"long":{{"id":"l-1","expires_at":{}}},"via":{{"source":"ad","campaign":"c","expires_at":{end}}}}}"#,
+        end + 1_000_000
+    );
+    assert_eq!(http(addr, "PUT", "/v1/sessions/v-1", t, &body).await.0, 204);
+
+    // The legacy layout, as the old system reads it.
+    let client = Client::new(&ClientPolicy::default(), &aerospike.to_string())
+        .await
+        .unwrap();
+    let rec = client
+        .get(
+            &ReadPolicy::default(),
+            &as_key!("tracking", "short_sessions", "v-1"),
+            Bins::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.bins.get("sid"), Some(&Value::from("s-1")));
+    let ttl = rec.time_to_live().unwrap().as_secs();
+    assert!((1795..=1802).contains(&ttl), "ttl {ttl}");
+    let via = client
+        .get(
+            &ReadPolicy::default(),
+            &as_key!("tracking", "via", "v-1"),
+            Bins::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!(via.bins.get("source"), Some(&Value::from("ad")));
+    assert_eq!(via.bins.get("medium"), None);
+
+    let (status, answer) = http(addr, "GET", "/v1/sessions/v-1", t, "").await;
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["short"]["id"], "s-1");
+    assert_eq!(v["long"]["id"], "l-1");
+    assert_eq!(v["via"]["campaign"], "c");
+    // Whole seconds on-prem: the end is kept to within 2 s, never earlier.
+    let got = v["short"]["expires_at"].as_u64().unwrap();
+    assert!(got >= end && got <= end + 2000, "{got} vs {end}");
+
+    // The token, bad input, routes.
+    assert_eq!(http(addr, "GET", "/v1/sessions/v-1", None, "").await.0, 401);
+    assert_eq!(
+        http(addr, "GET", "/v1/sessions/v-1", Some("wrong"), "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(http(addr, "GET", "/v1/sessions/a%20b", t, "").await.0, 400);
+    assert_eq!(
+        http(addr, "PUT", "/v1/sessions/v-2", t, "{not json")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        http(addr, "PUT", "/v1/sessions/v-2", t, &"x".repeat(20_000))
+            .await
+            .0,
+        413
+    );
+    assert_eq!(http(addr, "DELETE", "/v1/sessions/v-1", t, "").await.0, 405);
+    assert_eq!(http(addr, "GET", "/nope", t, "").await.0, 404);
+    assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
+
+    let (_, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    for line in [
+        "migration_http_requests_total{route=\"get_session\",status=\"401\"} 2",
+        "migration_http_requests_total{route=\"put_session\",status=\"204\"} 1",
+        "migration_requests_unauthorized_total 2",
+        "migration_aerospike_connected 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_aerospike_it_is_alive_but_not_ready_and_answers_503() {
+    // Nothing listens on this port.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let addr = proxy(dead, None, true).await;
+    assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 503);
+    assert_eq!(http(addr, "GET", "/v1/sessions/v-1", None, "").await.0, 503);
+}
