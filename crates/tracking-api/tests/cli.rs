@@ -88,9 +88,10 @@ fn the_readme_documents_every_environment_variable() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let undocumented: Vec<&str> = help
-        .split("[env: ")
+        .split("[env:")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        // `[env: NAME=value]`, or `[env: NAME]` when the value is hidden.
+        .filter_map(|rest| rest.trim_start().split(['=', ']']).next())
         .filter(|name| !readme.contains(&format!("`{name}`")))
         .collect();
     assert!(
