@@ -32,10 +32,18 @@ async fn main() -> anyhow::Result<()> {
                 let sid = uuid::Uuid::from_u128(i as u128).to_string();
                 let lid = uuid::Uuid::from_u128((1 << 64) + i as u128).to_string();
                 client
-                    .put(&policy(1200), &as_key!("tracking", "short_sessions", id.as_str()), &[as_bin!("sid", sid)])
+                    .put(
+                        &policy(1200),
+                        &as_key!("tracking", "short_sessions", id.as_str()),
+                        &[as_bin!("sid", sid)],
+                    )
                     .await?;
                 client
-                    .put(&policy(60 * 86_400), &as_key!("tracking", "long_sessions", id.as_str()), &[as_bin!("sid", lid)])
+                    .put(
+                        &policy(60 * 86_400),
+                        &as_key!("tracking", "long_sessions", id.as_str()),
+                        &[as_bin!("sid", lid)],
+                    )
                     .await?;
                 let mut written = 2;
                 if i % 3 == 0 {
@@ -43,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
                         .put(
                             &policy(10 * 86_400),
                             &as_key!("tracking", "via", id.as_str()),
-                            &[as_bin!("source", "newsletter"), as_bin!("campaign", format!("c{}", i % 50))],
+                            &[
+                                as_bin!("source", "newsletter"),
+                                as_bin!("campaign", format!("c{}", i % 50)),
+                            ],
                         )
                         .await?;
                     written += 1;
@@ -52,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .buffer_unordered(32)
-        .fold(Ok::<usize, aerospike::Error>(0), |acc, r| async move { Ok(acc? + r?) })
+        .fold(Ok::<usize, aerospike::Error>(0), |acc, r| async move {
+            Ok(acc? + r?)
+        })
         .await?;
     println!(
         "{{\"visitors\":{n},\"records\":{records},\"seconds\":{:.2}}}",

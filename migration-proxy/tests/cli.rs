@@ -31,7 +31,10 @@ fn the_readme_documents_every_environment_variable() {
             .filter_map(|rest| rest.trim_start().split(['=', ']']).next())
             .filter(|name| !readme.contains(&format!("`{name}`")))
             .collect();
-        assert!(undocumented.is_empty(), "README.md lacks {undocumented:?} ({args:?})");
+        assert!(
+            undocumented.is_empty(),
+            "README.md lacks {undocumented:?} ({args:?})"
+        );
     }
 }
 

@@ -309,7 +309,12 @@ pub struct Gate {
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The first bytes clients sent through the gate (up to 1 MiB).
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
+
+/// How much of what clients send a gate keeps for [`Gate::seen`].
+const GATE_SEEN_LIMIT: usize = 1 << 20;
 
 impl Gate {
     /// Forwards a free loopback port to `upstream`; starts open.
@@ -323,11 +328,13 @@ impl Gate {
         let generation = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (o, g, s, d) = (
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, g, s, d, seen_all) = (
             Arc::clone(&open),
             Arc::clone(&generation),
             Arc::clone(&stop),
             Arc::clone(&delay_ms),
+            Arc::clone(&seen),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -344,14 +351,15 @@ impl Gate {
                     continue;
                 };
                 let born = g.load(Ordering::Relaxed);
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
+                for (from, to, upstream) in [
+                    (client.try_clone(), server.try_clone(), true),
+                    (server.try_clone(), client.try_clone(), false),
                 ] {
                     let (Ok(mut from), Ok(mut to)) = (from, to) else {
                         continue;
                     };
                     let (g, s, d) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&d));
+                    let seen = upstream.then(|| Arc::clone(&seen_all));
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -363,6 +371,10 @@ impl Gate {
                             match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => {
+                                    if let Some(Ok(mut seen)) = seen.as_ref().map(|s| s.lock()) {
+                                        let room = GATE_SEEN_LIMIT.saturating_sub(seen.len());
+                                        seen.extend_from_slice(&buf[..n.min(room)]);
+                                    }
                                     let delay = d.load(Ordering::Relaxed);
                                     if delay > 0 {
                                         std::thread::sleep(Duration::from_millis(delay));
@@ -392,6 +404,7 @@ impl Gate {
             generation,
             stop,
             delay_ms,
+            seen,
         }
     }
 
@@ -409,6 +422,12 @@ impl Gate {
 
     pub fn open(&self) {
         self.open.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What clients have sent through the gate so far (the first 1 MiB), e.g.
+    /// to check the headers a service passes on.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Holds every chunk it forwards for `d` (zero: none): a slow backend.

@@ -177,7 +177,9 @@ impl MigrationClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.timeout.max(Duration::from_millis(100))));
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below migration-proxy's keep-alive limit (10 s): a pooled
+            // connection is dropped here before the server closes it.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build(connector);
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let client = Arc::new(Self {
@@ -292,15 +294,26 @@ impl MigrationClient {
             return LegacyLookup::Unavailable;
         }
         let started = Instant::now();
-        let req = match self.request(Method::GET, client_id, &ctx.headers, Bytes::new()) {
-            Ok(r) => r,
-            Err(e) => {
-                self.warn("lookup", &e);
-                s.get_error.fetch_add(1, Ordering::Relaxed);
-                return LegacyLookup::Unavailable;
+        let mut result = Err(CallError::Timeout);
+        // A lookup is idempotent: one more attempt, when the first failed
+        // fast (a connection the server had just closed) and time is left.
+        for attempt in 0..2 {
+            let left = self.cfg.timeout.saturating_sub(started.elapsed());
+            if attempt > 0
+                && (left < self.cfg.timeout / 2 || !matches!(result, Err(CallError::Failed(_))))
+            {
+                break;
             }
-        };
-        let result = self.call(req, self.cfg.timeout).await;
+            let req = match self.request(Method::GET, client_id, &ctx.headers, Bytes::new()) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.warn("lookup", &e);
+                    s.get_error.fetch_add(1, Ordering::Relaxed);
+                    return LegacyLookup::Unavailable;
+                }
+            };
+            result = self.call(req, left).await;
+        }
         s.get_latency.observe(started.elapsed());
         let answer = match result {
             Ok((StatusCode::OK, body)) => serde_json::from_slice::<LegacyVisitor>(&body)

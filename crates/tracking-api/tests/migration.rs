@@ -254,6 +254,18 @@ async fn a_legacy_visitor_keeps_its_ids_and_is_backfilled_and_renewed_on_prem() 
     assert_eq!(events[0]["via"]["source"], "newsletter");
     assert_eq!(events[0]["via"]["medium"], "email");
 
+    // The routing header and the token went along to migration-proxy.
+    let sent = String::from_utf8_lossy(&gate.seen()).to_lowercase();
+    assert!(
+        sent.contains("get /v1/sessions/legacy-1 http/1.1"),
+        "{sent}"
+    );
+    assert!(sent.contains("x-env: preview"), "{sent}");
+    assert!(
+        sent.contains(&format!("authorization: bearer {TOKEN}")),
+        "{sent}"
+    );
+
     // Backfilled: Bigtable has the legacy ids and via now.
     let bt = bigtable_store(&emu.host()).await;
     let id = ClientId::parse("legacy-1").unwrap();
