@@ -107,8 +107,10 @@ async fn a_stalling_server_does_not_bend_the_schedule() {
         "p50 {} ms",
         report.latency_ms.p50
     );
+    // Not bent: sends stay far closer to schedule than the 500 ms stalls
+    // (a few ms on a quiet machine; the bound leaves room for a shared one).
     assert!(
-        report.schedule_lag_ms.p99 < 5.0,
+        report.schedule_lag_ms.p99 < 50.0,
         "lag p99 {} ms",
         report.schedule_lag_ms.p99
     );

@@ -25,6 +25,8 @@ pub struct Cli {
     pub aerospike: AerospikeArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub telemetry: service_kit::telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]

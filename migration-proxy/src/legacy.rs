@@ -10,6 +10,7 @@ use aerospike::{
     Bin, Bins, Client, ClientPolicy, Expiration, Key, ReadPolicy, Record, ResultCode, Value,
     WritePolicy,
 };
+use tracing::Instrument;
 use tracking_core::{ClientId, LegacySession, LegacyVia, LegacyVisitor};
 
 use crate::metrics::Metrics;
@@ -199,10 +200,17 @@ impl Legacy {
         let client = self.client()?;
         let key = self.key(set, client_id)?;
         let started = std::time::Instant::now();
+        let span = tracing::info_span!(
+            "aerospike.get",
+            otel.kind = "client",
+            set,
+            outcome = tracing::field::Empty
+        );
         let result = tokio::time::timeout(
             self.timeout,
             client.get(&self.read_policy(), &key, Bins::All),
         )
+        .instrument(span.clone())
         .await;
         let (outcome, value) = match result {
             Ok(Ok(record)) => ("ok", Ok(Some(record))),
@@ -213,6 +221,10 @@ impl Legacy {
             Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
             Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
         };
+        span.record("outcome", outcome);
+        if outcome == "timeout" || outcome == "error" {
+            service_kit::telemetry::set_error(&span, outcome);
+        }
         self.metrics
             .record_aerospike("get", set, outcome, started.elapsed());
         value
@@ -279,7 +291,15 @@ impl Legacy {
             policy.expiration = Expiration::Never;
         }
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, client.put(&policy, &key, &bins)).await;
+        let span = tracing::info_span!(
+            "aerospike.put",
+            otel.kind = "client",
+            set,
+            outcome = tracing::field::Empty
+        );
+        let result = tokio::time::timeout(self.timeout, client.put(&policy, &key, &bins))
+            .instrument(span.clone())
+            .await;
         let (outcome, value) = match result {
             Ok(Ok(())) => ("ok", Ok(())),
             Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
@@ -288,6 +308,10 @@ impl Legacy {
             Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
             Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
         };
+        span.record("outcome", outcome);
+        if outcome != "ok" {
+            service_kit::telemetry::set_error(&span, outcome);
+        }
         self.metrics
             .record_aerospike("put", set, outcome, started.elapsed());
         value

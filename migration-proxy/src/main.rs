@@ -11,7 +11,17 @@ use migration_proxy::{Legacy, Proxy, ServeOptions, copy, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_kit::init_logging();
+    // Before the runtime: the exporters must not be built inside it.
+    let telemetry = match service_kit::telemetry::init(&cli.telemetry, "migration-proxy") {
+        Ok(t) => t,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("migration-proxy: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,13 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "migration-proxy failed.");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -20,6 +20,7 @@ use service_kit::ReadError;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracking_core::{ClientId, LegacyVisitor};
 
 use crate::legacy::{Legacy, LegacyError};
@@ -122,10 +123,35 @@ impl Proxy {
             ),
             p if p.starts_with("/v1/sessions/") => {
                 let id = p.trim_start_matches("/v1/sessions/").to_owned();
-                match *req.method() {
-                    Method::GET => (Route::GetSession, self.sessions(req, &id).await),
-                    Method::PUT => (Route::PutSession, self.sessions(req, &id).await),
-                    _ => {
+                let span = tracing::info_span!(
+                    "request",
+                    otel.name = if req.method() == Method::PUT { "PUT /v1/sessions" } else { "GET /v1/sessions" },
+                    otel.kind = "server",
+                    http.request.method = %req.method(),
+                    http.response.status_code = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                service_kit::telemetry::continue_trace(&span, req.headers());
+                let route = match *req.method() {
+                    Method::GET => Some(Route::GetSession),
+                    Method::PUT => Some(Route::PutSession),
+                    _ => None,
+                };
+                let answer = match route {
+                    Some(r) => Some((r, self.sessions(req, &id).instrument(span.clone()).await)),
+                    None => None,
+                };
+                if let Some((_, resp)) = &answer {
+                    let status = resp.status().as_u16();
+                    span.record("http.response.status_code", status);
+                    if status >= 500 {
+                        service_kit::telemetry::set_error(&span, format!("status {status}"));
+                    }
+                }
+                match answer {
+                    Some(a) => a,
+                    None => {
                         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT");
                         r.headers_mut()
                             .insert(ALLOW, http::HeaderValue::from_static("GET, PUT"));

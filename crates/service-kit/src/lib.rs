@@ -1,19 +1,9 @@
 //! What both services (tracking-api, migration-proxy) share: the Prometheus
-//! text format and process metrics, logging setup and the shutdown signal.
+//! text format and process metrics, telemetry (logs and traces) and the
+//! shutdown signal.
 
 pub mod prom;
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on
-/// a terminal.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
+pub mod telemetry;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

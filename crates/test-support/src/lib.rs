@@ -191,6 +191,9 @@ impl Drop for Emulator {
 }
 
 /// Pub/Sub emulator clients for tests: topics, subscriptions, pulling.
+pub mod trace_agents;
+pub use trace_agents::{ReceivedSpan, TraceReceiver};
+
 pub mod pubsub {
     use std::time::{Duration, Instant};
 

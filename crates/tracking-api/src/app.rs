@@ -28,6 +28,8 @@ use tracking_core::{
     SinkError, StoreError, anonymize_ip, enrich, parse_body,
 };
 
+use tracing::Instrument;
+
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
 use crate::client_ip::ClientIp;
 use crate::cookie::VisitorCookie;
@@ -305,7 +307,49 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let start = Instant::now();
-        let (route, resp) = match (req.uri().path(), req.method()) {
+        // Event routes are traced (continuing the caller's trace, if any);
+        // probes and metrics are not.
+        let name = match req.uri().path() {
+            "/v1/events" => Some("POST /v1/events"),
+            "/v1/pixel.gif" => Some("GET /v1/pixel.gif"),
+            _ => None,
+        };
+        let span = match name {
+            Some(name) => {
+                let span = tracing::info_span!(
+                    "request",
+                    otel.name = name,
+                    otel.kind = "server",
+                    http.request.method = %req.method(),
+                    http.response.status_code = tracing::field::Empty,
+                    events = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                service_kit::telemetry::continue_trace(&span, req.headers());
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        let (route, resp) = self.route(req, peer).instrument(span.clone()).await;
+        let status = resp.status().as_u16();
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            service_kit::telemetry::set_error(&span, format!("status {status}"));
+        }
+        self.state
+            .parts
+            .metrics
+            .record_request(route, status, start.elapsed());
+        resp
+    }
+
+    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> (Route, Response<Full<Bytes>>)
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match (req.uri().path(), req.method()) {
             ("/v1/events", &Method::POST) => (Route::Events, self.events(req, peer.ip()).await),
             ("/v1/events", &Method::OPTIONS) => (Route::Preflight, self.preflight(req.headers())),
             ("/v1/events", _) => (
@@ -330,12 +374,7 @@ impl App {
             ),
             ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
             _ => (Route::Other, ApiError::NotFound.into_response()),
-        };
-        self.state
-            .parts
-            .metrics
-            .record_request(route, resp.status().as_u16(), start.elapsed());
-        resp
+        }
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
@@ -540,9 +579,11 @@ impl App {
         };
         let n = accepted.len();
         Metrics::add(&st.parts.metrics.events_accepted, n as u64);
+        let span = tracing::Span::current();
+        span.record("events", n);
         let task = st
             .tracker
-            .spawn(process(Arc::clone(st), accepted, ctx, call, admission));
+            .spawn(process(Arc::clone(st), accepted, ctx, call, admission).instrument(span));
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Ingested {
             accepted: n,
@@ -659,10 +700,12 @@ async fn process(
 ) {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
+        let span = tracing::info_span!("session", outcome = tracing::field::Empty);
         let touch = st
             .parts
             .store
-            .touch_in(event.client_id(), ctx.received_at, event.via(), &call);
+            .touch_in(event.client_id(), ctx.received_at, event.via(), &call)
+            .instrument(span.clone());
         let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
             Ok(Ok(s)) => {
                 let m = &st.parts.metrics;
@@ -690,8 +733,10 @@ async fn process(
                 SessionOutcome::Unavailable
             }
         };
+        span.record("outcome", outcome.status());
         out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
     }
+    let _sink = tracing::info_span!("sink.send", events = out.len()).entered();
     st.parts.sink.send(out, admission);
 }
 

@@ -23,6 +23,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
+    #[command(flatten)]
+    pub telemetry: service_kit::telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]

@@ -19,7 +19,17 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    service_kit::init_logging();
+    // Before the runtime: the exporters must not be built inside it.
+    let telemetry = match service_kit::telemetry::init(&cli.telemetry, "tracking-api") {
+        Ok(t) => t,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("tracking-api: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.config.worker_threads {
         runtime.worker_threads(n);
@@ -32,13 +42,16 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    match runtime.block_on(run(command, cli.config)) {
+    let code = match runtime.block_on(run(command, cli.config)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "tracking-api failed.");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
     OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Ttls,
@@ -236,7 +237,10 @@ impl MigrationClient {
         if !body.is_empty() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
-        req.body(Full::new(body)).map_err(|e| e.to_string())
+        let mut req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        // This call's own span continues the trace (when traces are on).
+        service_kit::telemetry::inject(&tracing::Span::current(), req.headers_mut());
+        Ok(req)
     }
 
     /// One call: status and body, within `deadline`.
@@ -283,6 +287,30 @@ impl MigrationClient {
 
     /// Looks a visitor up (`GET`), within the lookup deadline.
     pub async fn get(
+        &self,
+        client_id: &ClientId,
+        now: Timestamp,
+        ctx: &CallContext,
+    ) -> LegacyLookup {
+        let span = tracing::info_span!(
+            "migration.lookup",
+            otel.kind = "client",
+            outcome = tracing::field::Empty
+        );
+        let lookup = self
+            .lookup(client_id, now, ctx)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &lookup {
+            LegacyLookup::Found(_) => "found",
+            LegacyLookup::Missing => "missing",
+            LegacyLookup::Unavailable => "unavailable",
+        };
+        span.record("outcome", outcome);
+        lookup
+    }
+
+    async fn lookup(
         &self,
         client_id: &ClientId,
         now: Timestamp,

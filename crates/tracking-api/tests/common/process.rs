@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A running `tracking-api`, killed when dropped.
+/// A running `tracking-api` (or migration-proxy), killed when dropped.
 pub struct ApiProcess {
     pub child: Child,
     pub addr: SocketAddr,
@@ -23,10 +23,17 @@ impl ApiProcess {
     /// Starts the binary on a free loopback port with `env` (plus
     /// `TRACKING_LISTEN=127.0.0.1:0`) and waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracking-api"));
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_tracking-api")), env)
+    }
+
+    /// Starts another of the workspace's servers (migration-proxy) the same
+    /// way: it logs `Listening.` with its address.
+    pub fn start_program(program: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TRACKING_LISTEN", "127.0.0.1:0")
+            .env("MIGRATION_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -41,13 +48,18 @@ impl ApiProcess {
         let keep = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    let addr = addr
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
+                // The "Listening." line: `addr=…` (text) or `"addr":"…"` (JSON).
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .or_else(|| {
+                        line.split("\"addr\":\"")
+                            .nth(1)
+                            .and_then(|a| a.split('"').next())
+                    });
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr.to_owned());
                 }
                 keep.lock().unwrap().push(line);
             }
@@ -56,7 +68,11 @@ impl ApiProcess {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("tracking-api did not start: {:?}", stderr.lock().unwrap());
+                panic!(
+                    "{} did not start: {:?}",
+                    program.display(),
+                    stderr.lock().unwrap()
+                );
             }
         };
         Self {
@@ -166,4 +182,21 @@ pub fn wait_for_lines(path: &Path, n: usize, within: Duration) -> Vec<serde_json
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A binary of another workspace package, built beside this test's own
+/// (`cargo test --workspace` builds every binary first).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build -p {name}` (or `cargo test --workspace`, which builds it)",
+        path.display()
+    );
+    path
 }

@@ -1,0 +1,370 @@
+//! Traces and logs for both services.
+//!
+//! [`TelemetryArgs`] (flags with environment twins): `OTEL_TRACES_EXPORTER` picks the exporter: `none` (default), `datadog`
+//! (the agent at `DD_TRACE_AGENT_URL`, `/v0.5/traces`; `DD_SERVICE`,
+//! `DD_ENV`, `DD_VERSION`) or `otlp` (OTLP/HTTP protobuf to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`). `OTEL_TRACES_SAMPLER_ARG` is the share of
+//! traces kept (0..=1, default 1); a span with an error status is kept
+//! whatever the share. The decision hangs on the trace id alone, so every
+//! service keeps or drops the same traces.
+//!
+//! Spans are exported in batches from a thread of their own (the SDK's batch
+//! processor, bounded queue: when full, spans are dropped, never waited for);
+//! the exporter's HTTP calls are plain blocking HTTP/1.1 on that thread with a
+//! short timeout. A dead agent costs dropped spans, never a request. Both
+//! `traceparent` and `x-datadog-*` headers are read and written.
+//!
+//! Logs are JSON lines on stderr (text on a terminal), filtered by `RUST_LOG`;
+//! spans carry `trace_id`/`span_id` fields so each line names its trace.
+
+#![allow(deprecated)] // opentelemetry-datadog is deprecated, see DEPENDENCIES.md
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::{Status, TraceContextExt, TracerProvider as _};
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Time one export call may take (connect, send, answer).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which exporter (`OTEL_TRACES_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExporterKind {
+    None,
+    Datadog,
+    Otlp,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}`: expected a share between 0 and 1")),
+    }
+}
+
+/// Trace export settings, shared by both binaries' command lines.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Trace exporter: none, datadog (the agent's /v0.5/traces) or otlp
+    /// (OTLP/HTTP protobuf).
+    #[arg(
+        long,
+        env = "OTEL_TRACES_EXPORTER",
+        value_enum,
+        default_value = "none",
+        global = true
+    )]
+    pub traces_exporter: ExporterKind,
+    /// Datadog agent for `datadog`.
+    #[arg(
+        long,
+        env = "DD_TRACE_AGENT_URL",
+        default_value = "http://localhost:8126",
+        global = true
+    )]
+    pub dd_trace_agent_url: String,
+    /// Service name on the traces (default: the binary's name).
+    #[arg(long, env = "DD_SERVICE", global = true)]
+    pub dd_service: Option<String>,
+    /// Environment tag on the traces.
+    #[arg(long, env = "DD_ENV", global = true)]
+    pub dd_env: Option<String>,
+    /// Version tag on the traces.
+    #[arg(long, env = "DD_VERSION", global = true)]
+    pub dd_version: Option<String>,
+    /// OTLP/HTTP endpoint for `otlp` (spans go to its /v1/traces).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default_value = "http://localhost:4318",
+        global = true
+    )]
+    pub otlp_endpoint: String,
+    /// Share of traces exported, 0 to 1, decided by trace id (so all services
+    /// agree); spans with an error are exported whatever the share.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value = "1", value_parser = ratio, global = true)]
+    pub traces_sample_ratio: f64,
+}
+
+/// Keeps what the telemetry needs alive; [`Telemetry::shutdown`] flushes.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued (bounded by the export timeout).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(error) = p.shutdown()
+        {
+            tracing::warn!(%error, "Spans could not all be exported at shutdown.");
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client for the exporters: they call it from
+/// the batch processor's own thread, outside any async runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockingHttp;
+
+impl BlockingHttp {
+    fn post(request: &http::Request<Bytes>) -> Result<http::Response<Bytes>, HttpError> {
+        let uri = request.uri();
+        if uri.scheme_str() != Some("http") {
+            return Err("only http:// exporter endpoints are supported".into());
+        }
+        let host = uri.host().ok_or("no host in the exporter endpoint")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = (host, port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or("the exporter endpoint does not resolve")?;
+        let mut stream = TcpStream::connect_timeout(&addr, EXPORT_TIMEOUT)?;
+        stream.set_read_timeout(Some(EXPORT_TIMEOUT))?;
+        stream.set_write_timeout(Some(EXPORT_TIMEOUT))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = format!(
+            "{} {path} HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            request.method(),
+            request.body().len()
+        );
+        for (name, value) in request.headers() {
+            if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
+                head.push_str(name.as_str());
+                head.push_str(": ");
+                head.push_str(value.to_str().unwrap_or_default());
+                head.push_str("\r\n");
+            }
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(request.body())?;
+        // The answer: its status line is all the exporters look at; read a
+        // bounded amount.
+        let mut answer = Vec::with_capacity(512);
+        stream.take(64 * 1024).read_to_end(&mut answer)?;
+        let text = String::from_utf8_lossy(&answer);
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("no HTTP status in the answer")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| Bytes::from(b.to_owned()))
+            .unwrap_or_default();
+        Ok(http::Response::builder().status(status).body(body)?)
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        Self::post(&request)
+    }
+}
+
+/// Passes on the spans of kept traces (by trace id) and every span with an
+/// error status.
+#[derive(Debug)]
+struct Sampled<E> {
+    inner: E,
+    /// Traces whose id's low 64 bits are below this are kept.
+    threshold: u64,
+}
+
+impl<E> Sampled<E> {
+    fn new(inner: E, ratio: f64) -> Self {
+        let threshold = if ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (ratio * u64::MAX as f64) as u64
+        };
+        Self { inner, threshold }
+    }
+
+    fn keep(&self, span: &SpanData) -> bool {
+        if self.threshold == u64::MAX || matches!(span.status, Status::Error { .. }) {
+            return true;
+        }
+        let id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
+        (id as u64) < self.threshold
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Sampled<E> {
+    async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
+        batch.retain(|s| self.keep(s));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.export(batch).await
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvider>, String> {
+    let resource = {
+        let mut r = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned());
+        if let Some(env) = &cfg.dd_env {
+            r = r.with_attribute(opentelemetry::KeyValue::new(
+                "deployment.environment",
+                env.clone(),
+            ));
+        }
+        if let Some(v) = &cfg.dd_version {
+            r = r.with_attribute(opentelemetry::KeyValue::new("service.version", v.clone()));
+        }
+        r.build()
+    };
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = match cfg.traces_exporter {
+        ExporterKind::None => return Ok(None),
+        ExporterKind::Datadog => {
+            let mut p = opentelemetry_datadog::new_pipeline()
+                .with_service_name(service.to_owned())
+                .with_agent_endpoint(cfg.dd_trace_agent_url.trim_end_matches('/'))
+                .with_api_version(opentelemetry_datadog::ApiVersion::Version05)
+                .with_http_client(BlockingHttp);
+            if let Some(env) = &cfg.dd_env {
+                p = p.with_env(env.clone());
+            }
+            if let Some(v) = &cfg.dd_version {
+                p = p.with_version(v.clone());
+            }
+            let exporter = p.build_exporter().map_err(|e| e.to_string())?;
+            builder.with_batch_exporter(Sampled::new(exporter, cfg.traces_sample_ratio))
+        }
+        ExporterKind::Otlp => {
+            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+            let endpoint = format!("{}/v1/traces", cfg.otlp_endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(BlockingHttp)
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(|e| e.to_string())?;
+            builder.with_batch_exporter(Sampled::new(exporter, cfg.traces_sample_ratio))
+        }
+    };
+    Ok(Some(builder.build()))
+}
+
+/// Sets up logging and, when configured, trace export. Call before the
+/// async runtime starts (the exporters must not be built inside it).
+pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, String> {
+    let service = cfg
+        .dd_service
+        .clone()
+        .unwrap_or_else(|| default_service.to_owned());
+    let provider = provider(cfg, &service)?;
+    // Both formats are written; on reading, the last that finds a trace wins:
+    // W3C after Datadog, so a 128-bit trace id is not cut to Datadog's 64.
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(opentelemetry_datadog::DatadogPropagator::new()),
+        Box::new(TraceContextPropagator::new()),
+    ]));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (text, json) = if terminal {
+        (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        )
+    } else {
+        (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            ),
+        )
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.clone())));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+        tracing::info!(
+            exporter = ?cfg.traces_exporter,
+            %service,
+            sample_ratio = cfg.traces_sample_ratio,
+            "Exporting traces."
+        );
+    }
+    Ok(Telemetry { provider })
+}
+
+/// Makes `span` continue the trace the `headers` carry (`traceparent` or
+/// `x-datadog-*`), if any, and records its ids as the span's `trace_id` and
+/// `span_id` fields (declared empty by the caller) for the logs.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_ids(span);
+}
+
+/// Records the span's trace and span ids as its `trace_id`/`span_id` fields.
+pub fn record_ids(span: &tracing::Span) {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", tracing::field::display(sc.trace_id()));
+        span.record("span_id", tracing::field::display(sc.span_id()));
+    }
+}
+
+/// Writes the current span's context into `headers` (`traceparent`,
+/// `tracestate`, `x-datadog-*`), replacing what was there.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+    });
+}
+
+/// Marks `span` as failed (kept whatever the sampling share).
+pub fn set_error(span: &tracing::Span, message: impl Into<String>) {
+    span.set_status(Status::error(message.into()));
+}

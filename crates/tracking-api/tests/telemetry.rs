@@ -1,0 +1,298 @@
+//! Traces from the real binaries into stand-in receivers: one trace crosses
+//! tracking-api and migration-proxy (Datadog agent, msgpack v0.5), both
+//! propagation formats continue a trace in migration-proxy, OTLP/HTTP
+//! export, and a dead agent costs requests nothing.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{ApiProcess, request, workspace_binary};
+use test_support::{ReceivedSpan, TraceReceiver};
+
+/// The caller's trace: W3C ids, and their low 64 bits as Datadog sees them.
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const TRACE_LOW: u64 = 0x8448_eb21_1c80_319c;
+const TRACE_HIGH: u64 = 0x0af7_6519_16cd_43dd;
+const PARENT: &str = "b7ad6b7169203331";
+const PARENT_ID: u64 = 0xb7ad_6b71_6920_3331;
+
+async fn standin() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    addr.to_string()
+}
+
+fn by<'a>(spans: &'a [ReceivedSpan], service: &str, resource: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.service == service && s.resource == resource)
+        .collect()
+}
+
+fn event(client_id: &str) -> Vec<u8> {
+    format!(r#"{{"type":"page_view","client_id":"{client_id}"}}"#).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_crosses_tracking_api_and_migration_proxy() {
+    let agent = TraceReceiver::datadog();
+    let aerospike = standin().await;
+    let url = agent.url();
+    let mut proxy = ApiProcess::start_program(
+        &workspace_binary("migration-proxy"),
+        &[
+            ("MIGRATION_AEROSPIKE_HOSTS", &aerospike),
+            ("OTEL_TRACES_EXPORTER", "datadog"),
+            ("DD_TRACE_AGENT_URL", &url),
+            ("DD_SERVICE", "migration-proxy"),
+        ],
+    );
+    let proxy_url = format!("http://{}", proxy.addr);
+    // Ready once it has reached Aerospike.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = request(proxy.addr, "GET", "/readyz", &[], b"")
+            .await
+            .unwrap()
+            .status;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200, "migration-proxy never became ready");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_MIGRATION_MODE", "legacy"),
+        ("TRACKING_MIGRATION_URL", &proxy_url),
+        ("TRACKING_MIGRATION_TIMEOUT", "500ms"),
+        ("TRACKING_SESSION_TIMEOUT", "2s"),
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("OTEL_TRACES_EXPORTER", "datadog"),
+        ("DD_TRACE_AGENT_URL", &url),
+        ("DD_SERVICE", "tracking-api"),
+        ("DD_ENV", "test"),
+    ]);
+
+    // An event that continues the caller's trace (W3C).
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "text/plain"),
+            ("traceparent", &traceparent),
+        ],
+        &event("traced-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+
+    // Both propagation formats, straight to migration-proxy.
+    let r = request(
+        proxy.addr,
+        "GET",
+        "/v1/sessions/dd-1",
+        &[
+            ("x-datadog-trace-id", "1234567"),
+            ("x-datadog-parent-id", "7654321"),
+            ("x-datadog-sampling-priority", "1"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+    let r = request(
+        proxy.addr,
+        "GET",
+        "/v1/sessions/w3c-1",
+        &[(
+            "traceparent",
+            "00-00000000000000000000000000abcdef-0000000000fedcba-01",
+        )],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+
+    // Shutdown flushes the spans.
+    assert!(api.terminate(Duration::from_secs(15)).success());
+    assert!(proxy.terminate(Duration::from_secs(15)).success());
+    let spans = agent.wait_for(Duration::from_secs(10), |s| {
+        by(s, "migration-proxy", "GET /v1/sessions").len() >= 3
+    });
+    assert!(agent.errors().is_empty(), "{:?}", agent.errors());
+
+    let request_span = by(&spans, "tracking-api", "POST /v1/events");
+    assert_eq!(request_span.len(), 1, "{spans:#?}");
+    let request_span = request_span[0];
+    assert_eq!(
+        (request_span.trace_id, request_span.parent_id),
+        (TRACE_LOW, PARENT_ID)
+    );
+    assert_eq!(
+        request_span.meta.get("env").map(String::as_str),
+        Some("test"),
+        "{request_span:?}"
+    );
+    let lookup = by(&spans, "tracking-api", "migration.lookup");
+    assert_eq!(lookup.len(), 1, "{spans:#?}");
+    assert_eq!(lookup[0].trace_id, TRACE_LOW);
+
+    // The proxy's span of that lookup is the lookup span's child.
+    let proxy_get: Vec<_> = by(&spans, "migration-proxy", "GET /v1/sessions")
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_LOW)
+        .collect();
+    assert_eq!(proxy_get.len(), 1, "{spans:#?}");
+    assert_eq!(proxy_get[0].parent_id, lookup[0].span_id);
+    // W3C's 128-bit id crossed intact (Datadog's header carries only 64 bits).
+    assert_eq!(
+        proxy_get[0].meta.get("trace_id").map(String::as_str),
+        Some(TRACE),
+        "{:?}",
+        proxy_get[0]
+    );
+    // Its Aerospike reads are its children.
+    let reads: Vec<_> = by(&spans, "migration-proxy", "aerospike.get")
+        .into_iter()
+        .filter(|s| s.parent_id == proxy_get[0].span_id)
+        .collect();
+    assert_eq!(reads.len(), 3, "{spans:#?}");
+    // The renewal went along in the same trace.
+    assert!(
+        by(&spans, "migration-proxy", "PUT /v1/sessions")
+            .iter()
+            .any(|s| s.trace_id == TRACE_LOW)
+    );
+
+    // Datadog and W3C headers both continue a trace in migration-proxy.
+    let dd = by(&spans, "migration-proxy", "GET /v1/sessions");
+    assert!(
+        dd.iter()
+            .any(|s| s.trace_id == 1_234_567 && s.parent_id == 7_654_321),
+        "{dd:#?}"
+    );
+    assert!(
+        dd.iter()
+            .any(|s| s.trace_id == 0xabcdef && s.parent_id == 0xfedcba),
+        "{dd:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_keeps_the_128_bit_trace_id() {
+    let receiver = TraceReceiver::otlp();
+    let url = receiver.url();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+        ("DD_SERVICE", "tracking-api-otlp"),
+    ]);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "text/plain"),
+            ("traceparent", &traceparent),
+        ],
+        &event("otlp-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(api.terminate(Duration::from_secs(15)).success());
+    let spans = receiver.wait_for(Duration::from_secs(10), |s| !s.is_empty());
+    assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
+    let req = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/events")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(req.service, "tracking-api-otlp");
+    assert_eq!(
+        (req.trace_id_high, req.trace_id, req.parent_id),
+        (TRACE_HIGH, TRACE_LOW, PARENT_ID)
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "session" && s.trace_id == TRACE_LOW)
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_costs_requests_nothing_and_memory_stays_bounded() {
+    // Nothing listens here.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("OTEL_TRACES_EXPORTER", "datadog"),
+        ("DD_TRACE_AGENT_URL", &dead),
+    ]);
+    let send = |n: usize| {
+        let addr = api.addr;
+        async move {
+            for i in 0..n {
+                let body = format!(
+                    r#"{{"events":[{}]}}"#,
+                    [r#"{"type":"page_view","client_id":"dead-agent"}"#; 10].join(",")
+                );
+                let r = request(
+                    addr,
+                    "POST",
+                    "/v1/events",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r.status, 204, "request {i}");
+            }
+        }
+    };
+    send(1000).await;
+    let after_1000 = rss_kib(api.child.id());
+    send(3000).await;
+    let after_4000 = rss_kib(api.child.id());
+    // The batch processor's queue is bounded (2,048 spans): once full, spans
+    // are dropped, so memory does not follow the request count.
+    assert!(
+        after_4000 < after_1000 + 8 * 1024,
+        "RSS grew from {after_1000} KiB to {after_4000} KiB with a dead agent"
+    );
+    assert!(api.terminate(Duration::from_secs(20)).success());
+}
