@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use service_kit::prom::{Histogram, counter, gauge, header};
+use service_kit::prom::{Histogram, RequestMetrics, counter, gauge, header};
 
 pub const HTTP_REQUESTS: &str = "migration_http_requests_total";
 pub const HTTP_DURATION: &str = "migration_http_request_duration_seconds";
@@ -47,15 +47,6 @@ impl Route {
     }
 }
 
-const STATUSES: [u16; 11] = [200, 204, 400, 401, 404, 405, 413, 502, 503, 504, 0];
-
-fn status_slot(code: u16) -> usize {
-    STATUSES
-        .iter()
-        .position(|&s| s == code)
-        .unwrap_or(STATUSES.len() - 1)
-}
-
 const OPS: [&str; 2] = ["get", "put"];
 const SETS: [&str; 3] = ["short_sessions", "long_sessions", "via"];
 const OUTCOMES: [&str; 4] = ["ok", "not_found", "timeout", "error"];
@@ -66,8 +57,7 @@ fn slot(list: &[&str], v: &str) -> usize {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
-    durations: [Histogram; Route::ALL.len()],
+    requests: RequestMetrics<{ Route::ALL.len() }>,
     ops: [[[AtomicU64; OUTCOMES.len()]; SETS.len()]; OPS.len()],
     op_durations: [Histogram; OPS.len()],
     pub shed: AtomicU64,
@@ -84,9 +74,7 @@ pub struct Gauges {
 
 impl Metrics {
     pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
-        let r = route as usize;
-        self.requests[r][status_slot(status)].fetch_add(1, Ordering::Relaxed);
-        self.durations[r].observe(elapsed);
+        self.requests.record(route as usize, status, elapsed);
     }
 
     pub fn record_aerospike(&self, op: &str, set: &str, outcome: &str, elapsed: Duration) {
@@ -96,45 +84,18 @@ impl Metrics {
     }
 
     pub fn requests(&self, route: Route, status: u16) -> u64 {
-        self.requests[route as usize][status_slot(status)].load(Ordering::Relaxed)
+        self.requests.count(route as usize, status)
     }
 
     pub fn render(&self, g: Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        header(
+        self.requests.render(
             &mut out,
             HTTP_REQUESTS,
-            "counter",
-            "HTTP requests by route and status.",
-        );
-        for route in Route::ALL {
-            for (i, status) in STATUSES.iter().enumerate() {
-                let n = self.requests[route as usize][i].load(Ordering::Relaxed);
-                let status = if *status == 0 {
-                    "other".to_owned()
-                } else {
-                    status.to_string()
-                };
-                let _ = writeln!(
-                    out,
-                    "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}",
-                    route.as_str()
-                );
-            }
-        }
-        header(
-            &mut out,
             HTTP_DURATION,
-            "histogram",
             "HTTP request latency by route.",
+            &Route::ALL.map(Route::as_str),
         );
-        for route in Route::ALL {
-            self.durations[route as usize].render(
-                &mut out,
-                HTTP_DURATION,
-                &format!("route=\"{}\"", route.as_str()),
-            );
-        }
         header(
             &mut out,
             AEROSPIKE_OPS,

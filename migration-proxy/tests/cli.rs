@@ -3,19 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::process::Command;
-
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_migration-proxy"))
-        .args(args)
-        .env_clear()
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    test_support::run_binary(env!("CARGO_BIN_EXE_migration-proxy"), args, &[])
 }
 
 #[test]
@@ -25,12 +14,7 @@ fn the_readme_documents_every_environment_variable() {
     for args in [&["--help"][..], &["copy", "--help"][..]] {
         let (code, help, _) = run(args);
         assert_eq!(code, 0);
-        let undocumented: Vec<&str> = help
-            .split("[env:")
-            .skip(1)
-            .filter_map(|rest| rest.trim_start().split(['=', ']']).next())
-            .filter(|name| !readme.contains(&format!("`{name}`")))
-            .collect();
+        let undocumented = test_support::undocumented_env(&help, &readme);
         assert!(
             undocumented.is_empty(),
             "README.md lacks {undocumented:?} ({args:?})"

@@ -144,3 +144,89 @@ pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {v}");
 }
+
+/// Status codes the services answer with, as the bounded `status` label;
+/// anything else counts as `other`.
+pub const STATUSES: [u16; 16] = [
+    200, 204, 400, 401, 403, 404, 405, 408, 413, 415, 500, 502, 503, 504, 429, 0,
+];
+
+fn status_slot(code: u16) -> usize {
+    STATUSES[..STATUSES.len() - 1]
+        .iter()
+        .position(|&s| s == code)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+/// Requests by route (an index into the service's route list) and status,
+/// and their latency by route. Recording is two atomic adds.
+#[derive(Debug)]
+pub struct RequestMetrics<const ROUTES: usize> {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES],
+    durations: [Histogram; ROUTES],
+}
+
+impl<const ROUTES: usize> Default for RequestMetrics<ROUTES> {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            durations: std::array::from_fn(|_| Histogram::default()),
+        }
+    }
+}
+
+impl<const ROUTES: usize> RequestMetrics<ROUTES> {
+    pub fn record(&self, route: usize, status: u16, elapsed: Duration) {
+        if let (Some(r), Some(h)) = (self.requests.get(route), self.durations.get(route)) {
+            r[status_slot(status)].fetch_add(1, Ordering::Relaxed);
+            h.observe(elapsed);
+        }
+    }
+
+    /// Requests of `route` answered with `status` (or, for a status not in
+    /// [`STATUSES`], with any such).
+    pub fn count(&self, route: usize, status: u16) -> u64 {
+        self.requests
+            .get(route)
+            .map_or(0, |r| r[status_slot(status)].load(Ordering::Relaxed))
+    }
+
+    /// The counter `requests` by `route` and `status` (series that are still
+    /// zero left out) and the histogram `durations` by `route`;
+    /// `route_names[i]` names route `i`.
+    pub fn render(
+        &self,
+        out: &mut String,
+        requests: &str,
+        durations: &str,
+        duration_help: &str,
+        route_names: &[&str; ROUTES],
+    ) {
+        header(
+            out,
+            requests,
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
+        for (route, name) in route_names.iter().enumerate() {
+            for (i, status) in STATUSES.iter().enumerate() {
+                let n = self.requests[route][i].load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let _ = if *status == 0 {
+                    writeln!(out, "{requests}{{route=\"{name}\",status=\"other\"}} {n}")
+                } else {
+                    writeln!(
+                        out,
+                        "{requests}{{route=\"{name}\",status=\"{status}\"}} {n}"
+                    )
+                };
+            }
+        }
+        header(out, durations, "histogram", duration_help);
+        for (route, name) in route_names.iter().enumerate() {
+            self.durations[route].render(out, durations, &format!("route=\"{name}\""));
+        }
+    }
+}

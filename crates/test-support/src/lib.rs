@@ -7,6 +7,33 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs `program` with only `env` in its environment; returns its exit
+/// code (-1 when killed), stdout and stderr.
+pub fn run_binary(program: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(program)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every `[env: NAME…]` of a clap `--help` text that `doc` does not name
+/// as `` `NAME` `` (clap may wrap a line right after `[env:`).
+pub fn undocumented_env<'a>(help: &'a str, doc: &str) -> Vec<&'a str> {
+    help.split("[env:")
+        .skip(1)
+        // `[env: NAME=value]`, or `[env: NAME]` when the value is hidden.
+        .filter_map(|rest| rest.trim_start().split(['=', ']']).next())
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .collect()
+}
+
 /// A free loopback port (bound, read and released; the short window in
 /// which another process could take it is covered by retrying the start).
 pub fn free_port() -> u16 {

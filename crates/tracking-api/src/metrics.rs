@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use service_kit::prom::{Histogram, counter, gauge, header, render_histogram};
+use service_kit::prom::{RequestMetrics, counter, gauge, header, render_histogram};
 use tracking_core::RejectReason;
 
 pub const HTTP_REQUESTS: &str = "tracking_http_requests_total";
@@ -84,16 +84,6 @@ impl Route {
     }
 }
 
-/// Status codes the API answers with; anything else counts as `other`.
-const STATUSES: [u16; 12] = [200, 204, 400, 403, 404, 405, 408, 413, 415, 500, 503, 0];
-
-fn status_slot(code: u16) -> usize {
-    STATUSES[..STATUSES.len() - 1]
-        .iter()
-        .position(|&s| s == code)
-        .unwrap_or(STATUSES.len() - 1)
-}
-
 /// Why a request was refused without being processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShedReason {
@@ -139,8 +129,7 @@ pub struct Gauges {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
-    durations: [Histogram; Route::ALL.len()],
+    requests: RequestMetrics<{ Route::ALL.len() }>,
     pub events_accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     pub events_written: std::sync::Arc<AtomicU64>,
@@ -162,8 +151,7 @@ fn inc(c: &AtomicU64, n: u64) {
 impl Metrics {
     pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
         let r = route as usize;
-        inc(&self.requests[r][status_slot(status)], 1);
-        self.durations[r].observe(elapsed);
+        self.requests.record(r, status, elapsed);
     }
 
     pub fn record_rejected(&self, reason: RejectReason) {
@@ -180,46 +168,20 @@ impl Metrics {
 
     /// The count of one request series; for tests and health reasoning.
     pub fn requests(&self, route: Route, status: u16) -> u64 {
-        self.requests[route as usize][status_slot(status)].load(Ordering::Relaxed)
+        self.requests.count(route as usize, status)
     }
 
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
 
-        header(
+        self.requests.render(
             &mut out,
             HTTP_REQUESTS,
-            "counter",
-            "HTTP requests answered, by route and status.",
-        );
-        for route in Route::ALL {
-            for (i, status) in STATUSES.iter().enumerate() {
-                let n = load(&self.requests[route as usize][i]);
-                if n > 0 {
-                    let status = if *status == 0 {
-                        "other".to_string()
-                    } else {
-                        status.to_string()
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{HTTP_REQUESTS}{{route=\"{}\",status=\"{status}\"}} {n}",
-                        route.as_str()
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
             HTTP_DURATION,
-            "histogram",
             "Time from request received to response ready (ingest latency SLI for route=events).",
+            &Route::ALL.map(Route::as_str),
         );
-        for route in Route::ALL {
-            let labels = format!("route=\"{}\"", route.as_str());
-            self.durations[route as usize].render(&mut out, HTTP_DURATION, &labels);
-        }
         counter(
             &mut out,
             EVENTS_ACCEPTED,

@@ -2,20 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::process::Command;
-
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    test_support::run_binary(env!("CARGO_BIN_EXE_tracking-api"), args, env)
 }
 
 #[test]
@@ -87,13 +75,7 @@ fn the_readme_documents_every_environment_variable() {
     let (_, help, _) = run(&["--help"], &[]);
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let undocumented: Vec<&str> = help
-        .split("[env:")
-        .skip(1)
-        // `[env: NAME=value]`, or `[env: NAME]` when the value is hidden.
-        .filter_map(|rest| rest.trim_start().split(['=', ']']).next())
-        .filter(|name| !readme.contains(&format!("`{name}`")))
-        .collect();
+    let undocumented = test_support::undocumented_env(&help, &readme);
     assert!(
         undocumented.is_empty(),
         "README.md's configuration table lacks {undocumented:?}"
