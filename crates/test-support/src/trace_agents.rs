@@ -23,6 +23,8 @@ pub struct ReceivedSpan {
     pub parent_id: u64,
     pub error: bool,
     pub meta: HashMap<String, String>,
+    /// Linked spans `(trace id low 64 bits, span id)` (OTLP only).
+    pub links: Vec<(u64, u64)>,
 }
 
 type Decoder = fn(&str, &[u8]) -> Result<Vec<ReceivedSpan>, String>;
@@ -295,6 +297,11 @@ fn decode_otlp(path: &str, body: &[u8]) -> Result<Vec<ReceivedSpan>, String> {
                     parent_id: be(&span.parent_span_id, 0),
                     error: span.status.as_ref().is_some_and(|s| s.code == 2),
                     meta: HashMap::new(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (be(&l.trace_id, 8), be(&l.span_id, 0)))
+                        .collect(),
                 });
             }
         }

@@ -296,3 +296,58 @@ async fn a_dead_agent_costs_requests_nothing_and_memory_stays_bounded() {
     );
     assert!(api.terminate(Duration::from_secs(20)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_result_span_is_linked_to_its_request() {
+    let emu = test_support::Emulator::pubsub();
+    let host = emu.host();
+    test_support::pubsub::topic_with_subscription(&host, "trace-project", "events").await;
+    let receiver = TraceReceiver::otlp();
+    let url = receiver.url();
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "pubsub"),
+        ("TRACKING_PUBSUB_PROJECT", "trace-project"),
+        ("TRACKING_PUBSUB_TOPIC", "events"),
+        ("PUBSUB_EMULATOR_HOST", &host),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+    ]);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let r = request(
+        api.addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "text/plain"),
+            ("traceparent", &traceparent),
+        ],
+        &event("published-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(api.terminate(Duration::from_secs(20)).success());
+    let spans = receiver.wait_for(Duration::from_secs(10), |s| {
+        s.iter().any(|x| x.name == "pubsub.publish")
+    });
+    let req = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/events")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let hand_off = spans
+        .iter()
+        .find(|s| s.name == "sink.send" && s.parent_id == req.span_id)
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "pubsub.publish")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    // Its own trace (the request has ended when the result comes), linked
+    // to the request's hand-off to the sink.
+    assert_eq!(publish.parent_id, 0, "{publish:?}");
+    assert!(
+        publish.links.contains(&(TRACE_LOW, hand_off.span_id)),
+        "{publish:?} vs {hand_off:?}"
+    );
+    assert!(!publish.error);
+}

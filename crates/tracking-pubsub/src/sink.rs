@@ -38,6 +38,7 @@ use google_cloud_pubsub::model::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracking_core::{
     Admission, BoxFuture, Budget, Clock, EnrichedEvent, EventSink, SCHEMA_VERSION, SinkError,
     SystemClock,
@@ -273,6 +274,7 @@ async fn check(
     sent: Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
 ) {
     let mut failed = Vec::new();
+    let total = sent.len();
     for (future, pending) in sent {
         let result = tokio::select! {
             r = future => Some(r),
@@ -298,6 +300,9 @@ async fn check(
             None => failed.push(pending),
         }
     }
+    let span = tracing::Span::current();
+    span.record("published", total - failed.len());
+    span.record("failed", failed.len());
     if !failed.is_empty() {
         inner.to_backlog(failed);
     }
@@ -371,7 +376,20 @@ impl EventSink for PubsubSink {
                 .last_progress_ms
                 .store(SystemClock.now().as_millis(), Ordering::Relaxed);
         }
-        inner.tracker.spawn(check(Arc::clone(inner), sent));
+        // The publish results get a span of their own, linked to the request
+        // that handed the events over (it has ended by the time they come).
+        let span = tracing::info_span!(
+            parent: None,
+            "pubsub.publish",
+            otel.kind = "producer",
+            messages = sent.len(),
+            published = tracing::field::Empty,
+            failed = tracing::field::Empty,
+        );
+        span.follows_from(tracing::Span::current());
+        inner
+            .tracker
+            .spawn(check(Arc::clone(inner), sent).instrument(span));
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
