@@ -200,7 +200,7 @@ impl Legacy {
         let client = self.client()?;
         let key = self.key(set, client_id)?;
         let started = std::time::Instant::now();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "aerospike.get",
             otel.kind = "client",
             set,
@@ -291,7 +291,7 @@ impl Legacy {
             policy.expiration = Expiration::Never;
         }
         let started = std::time::Instant::now();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "aerospike.put",
             otel.kind = "client",
             set,

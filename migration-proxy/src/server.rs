@@ -123,7 +123,7 @@ impl Proxy {
             ),
             p if p.starts_with("/v1/sessions/") => {
                 let id = p.trim_start_matches("/v1/sessions/").to_owned();
-                let span = tracing::info_span!(
+                let span = tracing::debug_span!(
                     "request",
                     otel.name = if req.method() == Method::PUT { "PUT /v1/sessions" } else { "GET /v1/sessions" },
                     otel.kind = "server",

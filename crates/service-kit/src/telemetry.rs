@@ -31,6 +31,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -272,6 +274,29 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
     Ok(Some(builder.build()))
 }
 
+/// Log lines as text, on a terminal.
+fn text_layer<S>(terminal: bool) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    terminal.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+}
+
+/// Log lines as JSON, with the current span's fields (its trace ids).
+fn json_layer<S>(terminal: bool) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    (!terminal).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    })
+}
+
 /// Sets up logging and, when configured, trace export. Call before the
 /// async runtime starts (the exporters must not be built inside it).
 pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, String> {
@@ -286,37 +311,35 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
         Box::new(opentelemetry_datadog::DatadogPropagator::new()),
         Box::new(TraceContextPropagator::new()),
     ]));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (text, json) = if terminal {
-        (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
-            None,
-        )
-    } else {
-        (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            ),
-        )
+    // The request-path spans are DEBUG spans. Without an exporter they stay
+    // disabled (RUST_LOG=info), so they cost nothing; with one, they are
+    // enabled for the trace layer and for the log layer (whose lines then
+    // carry the trace ids), whatever RUST_LOG says about events.
+    let env_filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.clone())));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
-        .with(otel)
-        .try_init()
-        .map_err(|e| e.to_string())?;
+    let spans = || filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::DEBUG);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let exporting = provider.is_some();
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service.clone()))
+            .with_filter(spans())
+    });
+    let result = if exporting {
+        tracing_subscriber::registry()
+            .with(text_layer(terminal).with_filter(env_filter().or(spans())))
+            .with(json_layer(terminal).with_filter(env_filter().or(spans())))
+            .with(otel)
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(text_layer(terminal).with_filter(env_filter()))
+            .with(json_layer(terminal).with_filter(env_filter()))
+            .try_init()
+    };
+    result.map_err(|e| e.to_string())?;
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing::info!(

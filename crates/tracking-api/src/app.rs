@@ -316,7 +316,7 @@ impl App {
         };
         let span = match name {
             Some(name) => {
-                let span = tracing::info_span!(
+                let span = tracing::debug_span!(
                     "request",
                     otel.name = name,
                     otel.kind = "server",
@@ -700,7 +700,7 @@ async fn process(
 ) {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let span = tracing::info_span!("session", outcome = tracing::field::Empty);
+        let span = tracing::debug_span!("session", outcome = tracing::field::Empty);
         let touch = st
             .parts
             .store
@@ -736,7 +736,7 @@ async fn process(
         span.record("outcome", outcome.status());
         out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
     }
-    let _sink = tracing::info_span!("sink.send", events = out.len()).entered();
+    let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
     st.parts.sink.send(out, admission);
 }
 

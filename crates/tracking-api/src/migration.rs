@@ -292,7 +292,7 @@ impl MigrationClient {
         now: Timestamp,
         ctx: &CallContext,
     ) -> LegacyLookup {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "migration.lookup",
             otel.kind = "client",
             outcome = tracing::field::Empty

@@ -378,7 +378,7 @@ impl EventSink for PubsubSink {
         }
         // The publish results get a span of their own, linked to the request
         // that handed the events over (it has ended by the time they come).
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             parent: None,
             "pubsub.publish",
             otel.kind = "producer",
