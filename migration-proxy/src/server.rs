@@ -121,11 +121,18 @@ impl Proxy {
                     self.metrics_text(),
                 ),
             ),
-            p if p.starts_with("/v1/sessions/") => {
+            p if p.starts_with("/v1/sessions/")
+                && matches!(*req.method(), Method::GET | Method::PUT) =>
+            {
+                let (route, name) = if req.method() == Method::PUT {
+                    (Route::PutSession, "PUT /v1/sessions")
+                } else {
+                    (Route::GetSession, "GET /v1/sessions")
+                };
                 let id = p.trim_start_matches("/v1/sessions/").to_owned();
                 let span = tracing::debug_span!(
                     "request",
-                    otel.name = if req.method() == Method::PUT { "PUT /v1/sessions" } else { "GET /v1/sessions" },
+                    otel.name = name,
                     otel.kind = "server",
                     http.request.method = %req.method(),
                     http.response.status_code = tracing::field::Empty,
@@ -133,31 +140,15 @@ impl Proxy {
                     span_id = tracing::field::Empty,
                 );
                 service_kit::telemetry::continue_trace(&span, req.headers());
-                let route = match *req.method() {
-                    Method::GET => Some(Route::GetSession),
-                    Method::PUT => Some(Route::PutSession),
-                    _ => None,
-                };
-                let answer = match route {
-                    Some(r) => Some((r, self.sessions(req, &id).instrument(span.clone()).await)),
-                    None => None,
-                };
-                if let Some((_, resp)) = &answer {
-                    let status = resp.status().as_u16();
-                    span.record("http.response.status_code", status);
-                    if status >= 500 {
-                        service_kit::telemetry::set_error(&span, format!("status {status}"));
-                    }
-                }
-                match answer {
-                    Some(a) => a,
-                    None => {
-                        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT");
-                        r.headers_mut()
-                            .insert(ALLOW, http::HeaderValue::from_static("GET, PUT"));
-                        (Route::Other, r)
-                    }
-                }
+                let resp = self.sessions(req, &id).instrument(span.clone()).await;
+                service_kit::telemetry::record_status(&span, resp.status().as_u16());
+                (route, resp)
+            }
+            p if p.starts_with("/v1/sessions/") => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT");
+                r.headers_mut()
+                    .insert(ALLOW, http::HeaderValue::from_static("GET, PUT"));
+                (Route::Other, r)
             }
             _ => (Route::Other, error(StatusCode::NOT_FOUND, "no such route")),
         };

@@ -354,8 +354,12 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
 
 /// Makes `span` continue the trace the `headers` carry (`traceparent` or
 /// `x-datadog-*`), if any, and records its ids as the span's `trace_id` and
-/// `span_id` fields (declared empty by the caller) for the logs.
+/// `span_id` fields (declared empty by the caller) for the logs. Nothing is
+/// parsed when the span is disabled (no exporter).
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&opentelemetry_http::HeaderExtractor(headers))
     });
@@ -366,7 +370,7 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 }
 
 /// Records the span's trace and span ids as its `trace_id`/`span_id` fields.
-pub fn record_ids(span: &tracing::Span) {
+fn record_ids(span: &tracing::Span) {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
@@ -378,6 +382,9 @@ pub fn record_ids(span: &tracing::Span) {
 /// Writes the current span's context into `headers` (`traceparent`,
 /// `tracestate`, `x-datadog-*`), replacing what was there.
 pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return;
@@ -385,6 +392,18 @@ pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
     });
+}
+
+/// Records a server span's answer (`http.response.status_code`, declared
+/// empty by the caller) and marks a 5xx as an error.
+pub fn record_status(span: &tracing::Span, status: u16) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        set_error(span, format!("status {status}"));
+    }
 }
 
 /// Marks `span` as failed (kept whatever the sampling share).

@@ -331,7 +331,8 @@ pub mod pubsub {
 /// restarted emulator before the service sees it again).
 ///
 /// Closed: new connections are accepted and dropped at once, and open ones
-/// are cut. With a delay, every chunk is held that long: a slow backend. Runs on its own thread; stopped when dropped.
+/// are cut before [`Gate::close`] returns. With a delay, every chunk is held
+/// that long: a slow backend. Runs on its own thread; stopped when dropped.
 #[derive(Debug)]
 pub struct Gate {
     pub addr: SocketAddr,
@@ -341,7 +342,13 @@ pub struct Gate {
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The first bytes clients sent through the gate (up to 1 MiB).
     seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    live: LiveConnections,
 }
+
+/// The connections a gate forwards (client side, server side), by number,
+/// so that closing the gate can cut them at once.
+type LiveConnections =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, (TcpStream, TcpStream)>>>;
 
 /// How much of what clients send a gate keeps for [`Gate::seen`].
 const GATE_SEEN_LIMIT: usize = 1 << 20;
@@ -359,19 +366,23 @@ impl Gate {
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (o, g, s, d, seen_all) = (
+        let live: LiveConnections = Arc::default();
+        let (o, g, s, d, seen_all, live_all) = (
             Arc::clone(&open),
             Arc::clone(&generation),
             Arc::clone(&stop),
             Arc::clone(&delay_ms),
             Arc::clone(&seen),
+            Arc::clone(&live),
         );
         std::thread::spawn(move || {
+            let mut number = 0u64;
             while !s.load(Ordering::Relaxed) {
                 let Ok((client, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
+                let born = g.load(Ordering::Relaxed);
                 if !o.load(Ordering::Relaxed) {
                     drop(client);
                     continue;
@@ -380,7 +391,22 @@ impl Gate {
                 else {
                     continue;
                 };
-                let born = g.load(Ordering::Relaxed);
+                number += 1;
+                {
+                    // Registered under the lock `close` takes: either `close`
+                    // sees this connection and cuts it, or this sees the
+                    // gate closed and drops it.
+                    let Ok(mut live) = live_all.lock() else {
+                        continue;
+                    };
+                    if g.load(Ordering::Relaxed) != born {
+                        continue;
+                    }
+                    let (Ok(c), Ok(sv)) = (client.try_clone(), server.try_clone()) else {
+                        continue;
+                    };
+                    live.insert(number, (c, sv));
+                }
                 for (from, to, upstream) in [
                     (client.try_clone(), server.try_clone(), true),
                     (server.try_clone(), client.try_clone(), false),
@@ -390,6 +416,7 @@ impl Gate {
                     };
                     let (g, s, d) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&d));
                     let seen = upstream.then(|| Arc::clone(&seen_all));
+                    let (live, id) = (Arc::clone(&live_all), number);
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -424,6 +451,9 @@ impl Gate {
                         }
                         let _ = from.shutdown(std::net::Shutdown::Both);
                         let _ = to.shutdown(std::net::Shutdown::Both);
+                        if let Ok(mut live) = live.lock() {
+                            live.remove(&id);
+                        }
                     });
                 }
             }
@@ -435,6 +465,7 @@ impl Gate {
             stop,
             delay_ms,
             seen,
+            live,
         }
     }
 
@@ -443,11 +474,19 @@ impl Gate {
         self.addr.to_string()
     }
 
-    /// Cuts open connections and refuses new ones until [`Gate::open`].
+    /// Cuts open connections (before it returns) and refuses new ones
+    /// until [`Gate::open`].
     pub fn close(&self) {
         use std::sync::atomic::Ordering;
         self.open.store(false, Ordering::Relaxed);
+        let Ok(mut live) = self.live.lock() else {
+            return;
+        };
         self.generation.fetch_add(1, Ordering::Relaxed);
+        for (_, (client, server)) in live.drain() {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     pub fn open(&self) {

@@ -333,10 +333,7 @@ impl App {
         };
         let (route, resp) = self.route(req, peer).instrument(span.clone()).await;
         let status = resp.status().as_u16();
-        span.record("http.response.status_code", status);
-        if status >= 500 {
-            service_kit::telemetry::set_error(&span, format!("status {status}"));
-        }
+        service_kit::telemetry::record_status(&span, status);
         self.state
             .parts
             .metrics
