@@ -27,7 +27,6 @@ use tracking_core::{
 const MAX_ANSWER: usize = 64 * 1024;
 /// Renewals sent at once by the queue's worker.
 const WRITE_CONCURRENCY: usize = 32;
-const STRIPES: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct MigrationConfig {
@@ -65,7 +64,6 @@ pub struct MigrationStats {
     pub invalid_parts: AtomicU64,
     pub breaker_opened: AtomicU64,
     pub get_latency: service_kit::prom::Histogram,
-    pub queued: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -480,13 +478,8 @@ impl LegacySessions for MigrationClient {
             body: LegacyVisitor::from_state(state, self.cfg.ttls),
             headers: ctx.headers.clone(),
         };
-        match self.queue.try_send(renewal) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats.put_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.queue.try_send(renewal).is_err() {
+            self.stats.put_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -506,7 +499,7 @@ impl LegacySessions for MigrationClient {
 pub struct LegacySessionStore {
     client: Arc<MigrationClient>,
     policy: SessionPolicy,
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    locks: tracking_bigtable::VisitorLocks,
     writes: TaskTracker,
 }
 
@@ -515,16 +508,9 @@ impl LegacySessionStore {
         Self {
             client,
             policy,
-            stripes: (0..STRIPES)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-                .collect(),
+            locks: tracking_bigtable::VisitorLocks::default(),
             writes: TaskTracker::new(),
         }
-    }
-
-    fn stripe(&self, client_id: &ClientId) -> Arc<tokio::sync::Mutex<()>> {
-        let h = tracking_bigtable::schema::key_hash(client_id);
-        Arc::clone(&self.stripes[(h % STRIPES as u64) as usize])
     }
 }
 
@@ -546,7 +532,7 @@ impl SessionStore for LegacySessionStore {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
-            let turn = self.stripe(client_id).lock_owned().await;
+            let turn = self.locks.lock(client_id).await;
             let prev = match self.client.get(client_id, now, ctx).await {
                 LegacyLookup::Found(state) => state,
                 LegacyLookup::Missing => VisitorState::default(),

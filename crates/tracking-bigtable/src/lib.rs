@@ -10,12 +10,14 @@
 //! garbage collection.
 
 pub mod admin;
+pub mod locks;
 pub mod schema;
 pub mod store;
 
 use std::time::Duration;
 
 pub use admin::{BootstrapOutcome, bootstrap};
+pub use locks::VisitorLocks;
 pub use store::BigtableSessionStore;
 
 /// Where the table is and how to reach it.

@@ -17,17 +17,16 @@ use std::time::Duration;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
 use bigtable_rs::google::bigtable::v2::MutateRowRequest;
-use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
     OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Via,
 };
 
+use crate::locks::VisitorLocks;
 use crate::schema::{decode, encode, key_hash, read_visitor, row_key, row_key_with};
 use crate::{BigtableConfig, SetupError};
 
-const STRIPES: usize = 4096;
 const READ_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Default)]
@@ -48,7 +47,7 @@ struct Inner {
     table_name: String,
     policy: SessionPolicy,
     cfg: BigtableConfig,
-    stripes: Vec<Arc<Mutex<()>>>,
+    locks: VisitorLocks,
     writes: TaskTracker,
     counters: Counters,
     warned: OncePerSecond,
@@ -122,7 +121,7 @@ impl BigtableSessionStore {
                 client,
                 table_name,
                 policy,
-                stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+                locks: VisitorLocks::default(),
                 writes: TaskTracker::new(),
                 counters: Counters::default(),
                 warned: OncePerSecond::default(),
@@ -169,7 +168,7 @@ impl BigtableSessionStore {
     ) -> bool {
         let inner = &self.inner;
         let hash = key_hash(client_id);
-        let _turn = inner.stripe(hash).lock_owned().await;
+        let _turn = inner.locks.lock_hash(hash).await;
         let mutations = encode(
             state,
             via_recorded.is_some(),
@@ -190,10 +189,6 @@ impl BigtableSessionStore {
 }
 
 impl Inner {
-    fn stripe(&self, hash: u64) -> Arc<Mutex<()>> {
-        Arc::clone(&self.stripes[(hash % STRIPES as u64) as usize])
-    }
-
     async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
         let mut backoff = Duration::from_millis(2);
         let mut attempt = 0;
@@ -304,7 +299,7 @@ impl SessionStore for BigtableSessionStore {
             let inner = &self.inner;
             let hash = key_hash(client_id);
             let key = row_key_with(hash, client_id);
-            let turn = inner.stripe(hash).lock_owned().await;
+            let turn = inner.locks.lock_hash(hash).await;
             let mut prev = inner.read(&key).await?;
             // The via cell's timestamp: the event's time when it records a
             // route, the legacy record's recording time when backfilled.
