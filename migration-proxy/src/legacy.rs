@@ -192,28 +192,32 @@ impl Legacy {
         p
     }
 
-    async fn get_one(
+    /// Runs one Aerospike call (`op` = `get` or `put`) within the deadline,
+    /// in its own span, and counts its outcome. A missing record is
+    /// `Ok(None)`.
+    async fn call<T>(
         &self,
+        op: &'static str,
         set: &'static str,
-        client_id: &ClientId,
-    ) -> Result<Option<Record>, LegacyError> {
-        let client = self.client()?;
-        let key = self.key(set, client_id)?;
+        call: impl Future<Output = aerospike::Result<T>>,
+    ) -> Result<Option<T>, LegacyError> {
         let started = std::time::Instant::now();
         let span = tracing::debug_span!(
-            "aerospike.get",
+            "aerospike",
+            otel.name = if op == "get" {
+                "aerospike.get"
+            } else {
+                "aerospike.put"
+            },
             otel.kind = "client",
             set,
             outcome = tracing::field::Empty
         );
-        let result = tokio::time::timeout(
-            self.timeout,
-            client.get(&self.read_policy(), &key, Bins::All),
-        )
-        .instrument(span.clone())
-        .await;
+        let result = tokio::time::timeout(self.timeout, call)
+            .instrument(span.clone())
+            .await;
         let (outcome, value) = match result {
-            Ok(Ok(record)) => ("ok", Ok(Some(record))),
+            Ok(Ok(v)) => ("ok", Ok(Some(v))),
             Ok(Err(e)) if e.matches(&[ResultCode::KeyNotFoundError]) => ("not_found", Ok(None)),
             Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
                 ("timeout", Err(LegacyError::Timeout(self.timeout)))
@@ -222,12 +226,23 @@ impl Legacy {
             Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
         };
         span.record("outcome", outcome);
-        if outcome == "timeout" || outcome == "error" {
+        if value.is_err() {
             service_kit::telemetry::set_error(&span, outcome);
         }
         self.metrics
-            .record_aerospike("get", set, outcome, started.elapsed());
+            .record_aerospike(op, set, outcome, started.elapsed());
         value
+    }
+
+    async fn get_one(
+        &self,
+        set: &'static str,
+        client_id: &ClientId,
+    ) -> Result<Option<Record>, LegacyError> {
+        let client = self.client()?;
+        let key = self.key(set, client_id)?;
+        self.call("get", set, client.get(&self.read_policy(), &key, Bins::All))
+            .await
     }
 
     /// The visitor's three records, read concurrently; `None` when Aerospike
@@ -290,31 +305,11 @@ impl Legacy {
         if expires_at.is_none() {
             policy.expiration = Expiration::Never;
         }
-        let started = std::time::Instant::now();
-        let span = tracing::debug_span!(
-            "aerospike.put",
-            otel.kind = "client",
-            set,
-            outcome = tracing::field::Empty
-        );
-        let result = tokio::time::timeout(self.timeout, client.put(&policy, &key, &bins))
-            .instrument(span.clone())
-            .await;
-        let (outcome, value) = match result {
-            Ok(Ok(())) => ("ok", Ok(())),
-            Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
-                ("timeout", Err(LegacyError::Timeout(self.timeout)))
-            }
-            Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
-            Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
-        };
-        span.record("outcome", outcome);
-        if outcome != "ok" {
-            service_kit::telemetry::set_error(&span, outcome);
-        }
-        self.metrics
-            .record_aerospike("put", set, outcome, started.elapsed());
-        value
+        // A plain put creates a missing record; "not found" would be a
+        // server answer this layout does not expect.
+        self.call("put", set, client.put(&policy, &key, &bins))
+            .await?
+            .ok_or_else(|| LegacyError::Failed("Aerospike answered key not found to a put".into()))
     }
 
     /// Writes (renews) the parts of `visitor` that are present, concurrently.
