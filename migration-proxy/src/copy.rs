@@ -86,34 +86,6 @@ impl fmt::Display for CopyReport {
     }
 }
 
-#[derive(Debug, Default)]
-struct Tally {
-    copied: AtomicU64,
-    skipped_newer: AtomicU64,
-    unchanged: AtomicU64,
-    expired: AtomicU64,
-    invalid: AtomicU64,
-    failed: AtomicU64,
-    units_done: AtomicU64,
-    units_failed: AtomicU64,
-}
-
-impl Tally {
-    fn records(&self) -> u64 {
-        [
-            &self.copied,
-            &self.skipped_newer,
-            &self.unchanged,
-            &self.expired,
-            &self.invalid,
-            &self.failed,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Copied,
@@ -122,6 +94,36 @@ enum Outcome {
     Expired,
     Invalid,
     Failed,
+}
+
+impl Outcome {
+    /// Variants, the last being `Failed`.
+    const COUNT: usize = Outcome::Failed as usize + 1;
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    /// Records by [`Outcome`].
+    outcomes: [AtomicU64; Outcome::COUNT],
+    units_done: AtomicU64,
+    units_failed: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    fn records(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Spaces records `1/rate` apart (0: no limit).
@@ -295,19 +297,6 @@ impl Copier {
         }
     }
 
-    fn count(&self, outcome: Outcome) {
-        let t = &self.tally;
-        let c = match outcome {
-            Outcome::Copied => &t.copied,
-            Outcome::SkippedNewer => &t.skipped_newer,
-            Outcome::Unchanged => &t.unchanged,
-            Outcome::Expired => &t.expired,
-            Outcome::Invalid => &t.invalid,
-            Outcome::Failed => &t.failed,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Copies one (set, partition); checkpoints it when nothing failed.
     async fn unit(&self, set: &'static str, pid: u16) {
         let ok = match self.scan(set, pid).await {
@@ -352,7 +341,7 @@ impl Copier {
                             if outcome == Outcome::Failed {
                                 failed.fetch_add(1, Ordering::Relaxed);
                             }
-                            self.count(outcome);
+                            self.tally.count(outcome);
                         }
                         Err(e) => {
                             if let Ok(mut slot) = scan_error.lock() {
@@ -525,17 +514,16 @@ pub async fn run(
         .sync()
         .context("cannot sync the checkpoint")?;
     let t = &copier.tally;
-    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Ok(CopyReport {
-        copied: load(&t.copied),
-        skipped_newer: load(&t.skipped_newer),
-        unchanged: load(&t.unchanged),
-        expired: load(&t.expired),
-        invalid: load(&t.invalid),
-        failed: load(&t.failed),
-        units_done: load(&t.units_done),
+        copied: t.get(Outcome::Copied),
+        skipped_newer: t.get(Outcome::SkippedNewer),
+        unchanged: t.get(Outcome::Unchanged),
+        expired: t.get(Outcome::Expired),
+        invalid: t.get(Outcome::Invalid),
+        failed: t.get(Outcome::Failed),
+        units_done: t.units_done.load(Ordering::Relaxed),
         units_from_checkpoint: from_checkpoint,
-        units_failed: load(&t.units_failed),
+        units_failed: t.units_failed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
 }
