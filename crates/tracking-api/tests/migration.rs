@@ -149,6 +149,35 @@ fn env(emu: &str, sink: &Path, proxy: &str, mode: &str) -> Vec<(String, String)>
     .collect()
 }
 
+/// What a parallel-run test drives: the emulator, the legacy side, the Gate
+/// between tracking-api and migration-proxy, the sink file and the API.
+struct Rig {
+    emu: BigtableEmulator,
+    l: Legacy,
+    gate: Gate,
+    dir: tempfile::TempDir,
+    sink: std::path::PathBuf,
+    api: ApiProcess,
+}
+
+/// Starts everything, tracking-api in `mode` with `extra` settings.
+async fn rig(mode: &str, extra: &[(&str, &str)]) -> Rig {
+    let emu = BigtableEmulator::bigtable();
+    let l = legacy().await;
+    let gate = Gate::start(l.proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let api = start(&env(&emu.host(), &sink, &gate.host(), mode), extra);
+    Rig {
+        emu,
+        l,
+        gate,
+        dir,
+        sink,
+        api,
+    }
+}
+
 fn start(env: &[(String, String)], extra: &[(&str, &str)]) -> ApiProcess {
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(extra);
@@ -223,13 +252,14 @@ fn bigtable_store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_visitor_keeps_its_ids_and_is_backfilled_and_renewed_on_prem() {
-    let emu = BigtableEmulator::bigtable();
-    let l = legacy().await;
-    let gate = Gate::start(l.proxy);
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("events.ndjson");
-    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
-    let api = start(&env, &[]);
+    let Rig {
+        emu,
+        l,
+        gate,
+        sink,
+        api,
+        dir: _dir,
+    } = rig("parallel", &[]).await;
 
     // A visitor only the old system knows; its short session ends in 60 s.
     seed(
@@ -343,13 +373,15 @@ async fn a_legacy_visitor_keeps_its_ids_and_is_backfilled_and_renewed_on_prem() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_dead_proxy_costs_at_most_the_deadline_and_the_circuit_opens_and_closes() {
-    let emu = BigtableEmulator::bigtable();
-    let l = legacy().await;
-    let gate = Gate::start(l.proxy);
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("events.ndjson");
-    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
-    let api = start(&env, &[]);
+    // Bound, not used: the emulator and migration-proxy live as long as they.
+    let Rig {
+        emu: _emu,
+        l: _l,
+        gate,
+        sink,
+        api,
+        dir: _dir,
+    } = rig("parallel", &[]).await;
     assert_eq!(send(&api, "warm-up").await.0, 204);
 
     // Slow: every chunk through the gate waits 2 s; the lookup deadline is
@@ -404,19 +436,21 @@ async fn a_slow_or_dead_proxy_costs_at_most_the_deadline_and_the_circuit_opens_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_during_the_migration_call_still_has_its_event() {
-    let emu = BigtableEmulator::bigtable();
-    let l = legacy().await;
-    let gate = Gate::start(l.proxy);
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("events.ndjson");
-    let env = env(&emu.host(), &sink, &gate.host(), "parallel");
-    let api = start(
-        &env,
+    let Rig {
+        emu,
+        l,
+        gate,
+        sink,
+        api,
+        dir: _dir,
+    } = rig(
+        "parallel",
         &[
             ("TRACKING_MIGRATION_TIMEOUT", "800ms"),
             ("TRACKING_SESSION_TIMEOUT", "2s"),
         ],
-    );
+    )
+    .await;
     seed(&l, "hangup-1", (&uuid(11), 600), (&uuid(12), 86_400), None).await;
     // The proxy answers after ~300 ms; the client leaves after 50 ms.
     gate.set_delay(Duration::from_millis(300));
@@ -455,13 +489,14 @@ async fn a_client_that_hangs_up_during_the_migration_call_still_has_its_event() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_mode_reads_and_renews_through_the_proxy_only() {
-    let emu = BigtableEmulator::bigtable();
-    let l = legacy().await;
-    let gate = Gate::start(l.proxy);
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("events.ndjson");
-    let env = env(&emu.host(), &sink, &gate.host(), "legacy");
-    let api = start(&env, &[]);
+    let Rig {
+        emu,
+        l,
+        gate,
+        sink,
+        api,
+        dir: _dir,
+    } = rig("legacy", &[]).await;
     seed(&l, "old-1", (&uuid(21), 600), (&uuid(22), 86_400), None).await;
 
     assert_eq!(send(&api, "old-1").await.0, 204);
