@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use service_kit::ReadError;
+use service_kit::telemetry::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -130,7 +131,9 @@ impl Proxy {
                     (Route::GetSession, "GET /v1/sessions")
                 };
                 let id = p.trim_start_matches("/v1/sessions/").to_owned();
-                let span = tracing::debug_span!(
+                let incoming = Incoming::from_headers(req.headers());
+                let span = service_kit::root_span!(
+                    incoming.sampled(),
                     "request",
                     otel.name = name,
                     otel.kind = "server",
@@ -139,7 +142,7 @@ impl Proxy {
                     trace_id = tracing::field::Empty,
                     span_id = tracing::field::Empty,
                 );
-                service_kit::telemetry::continue_trace(&span, req.headers());
+                service_kit::telemetry::continue_trace(&span, incoming);
                 let resp = self.sessions(req, &id).instrument(span.clone()).await;
                 service_kit::telemetry::record_status(&span, resp.status().as_u16());
                 (route, resp)
@@ -219,12 +222,16 @@ impl Proxy {
         };
         // The write runs as its own task: a caller that hangs up (its
         // deadline passed) does not cut it off half-way.
+        // It stays in the request's trace.
         let proxy = Arc::clone(self);
-        let write = self.writes.spawn(async move {
-            let result = proxy.legacy.put(&client_id, &visitor).await;
-            drop(permit);
-            result
-        });
+        let write = self.writes.spawn(
+            async move {
+                let result = proxy.legacy.put(&client_id, &visitor).await;
+                drop(permit);
+                result
+            }
+            .instrument(tracing::Span::current()),
+        );
         match write.await {
             Ok(Ok(())) => respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
             Ok(Err(e)) => legacy_error(&e),

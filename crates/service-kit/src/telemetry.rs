@@ -21,15 +21,16 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use opentelemetry::propagation::TextMapCompositePropagator;
-use opentelemetry::trace::{Status, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags, TracerProvider as _};
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
@@ -38,6 +39,35 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Time one export call may take (connect, send, answer).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Target of the root span of a sampled trace (see [`root_span!`]).
+pub const SAMPLED_ROOT: &str = "trace.sampled";
+/// Target of the root span of a trace that is not sampled: the only span it
+/// records, exported only when it ends with an error.
+pub const ROOT_ONLY: &str = "trace.root_only";
+/// The attribute that marks such a root.
+const ROOT_ONLY_ATTRIBUTE: &str = "trace.root_only";
+
+/// Whether spans are exported (set once by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// Roots whose 64-bit draw (or trace id's low 64 bits) is below this are
+/// sampled; `u64::MAX` samples all.
+static THRESHOLD: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// A root span: `target` [`SAMPLED_ROOT`] when `$sampled`, else
+/// [`ROOT_ONLY`] with the attribute `trace.root_only = true`. Its children
+/// are recorded only in the first case. DEBUG level, like every request-path
+/// span: without an exporter it is never created.
+#[macro_export]
+macro_rules! root_span {
+    ($sampled:expr, $name:literal $(, $($fields:tt)*)?) => {
+        if $sampled {
+            ::tracing::debug_span!(target: "trace.sampled", $name $(, $($fields)*)?)
+        } else {
+            ::tracing::debug_span!(target: "trace.root_only", $name, trace.root_only = true $(, $($fields)*)?)
+        }
+    };
+}
 
 /// Which exporter (`OTEL_TRACES_EXPORTER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,8 +122,9 @@ pub struct TelemetryArgs {
         global = true
     )]
     pub otlp_endpoint: String,
-    /// Share of traces exported, 0 to 1, decided by trace id (so all services
-    /// agree); spans with an error are exported whatever the share.
+    /// Share of new traces recorded in full, 0 to 1, decided at the root span
+    /// (a caller's sampling decision is followed); a request that fails is
+    /// exported whatever the share.
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value = "1", value_parser = ratio, global = true)]
     pub traces_sample_ratio: f64,
 }
@@ -180,37 +211,26 @@ impl HttpClient for BlockingHttp {
     }
 }
 
-/// Passes on the spans of kept traces (by trace id) and every span with an
-/// error status.
+/// Passes on every span except the roots of unsampled traces that ended
+/// without an error.
 #[derive(Debug)]
 struct Sampled<E> {
     inner: E,
-    /// Traces whose id's low 64 bits are below this are kept.
-    threshold: u64,
 }
 
 impl<E> Sampled<E> {
-    fn new(inner: E, ratio: f64) -> Self {
-        let threshold = if ratio >= 1.0 {
-            u64::MAX
-        } else {
-            (ratio * u64::MAX as f64) as u64
-        };
-        Self { inner, threshold }
-    }
-
-    fn keep(&self, span: &SpanData) -> bool {
-        if self.threshold == u64::MAX || matches!(span.status, Status::Error { .. }) {
-            return true;
-        }
-        let id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-        (id as u64) < self.threshold
+    fn keep(span: &SpanData) -> bool {
+        matches!(span.status, Status::Error { .. })
+            || !span
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == ROOT_ONLY_ATTRIBUTE)
     }
 }
 
 impl<E: SpanExporter> SpanExporter for Sampled<E> {
     async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
-        batch.retain(|s| self.keep(s));
+        batch.retain(Self::keep);
         if batch.is_empty() {
             return Ok(());
         }
@@ -240,7 +260,12 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
         }
         r.build()
     };
-    let builder = SdkTracerProvider::builder().with_resource(resource);
+    // Sampling is decided before the SDK sees a span (`root_span!`); what it
+    // is given, it records (its default would drop children of a remote
+    // parent that is not sampled, errors included).
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(Sampler::AlwaysOn);
     let builder = match cfg.traces_exporter {
         ExporterKind::None => return Ok(None),
         ExporterKind::Datadog => {
@@ -256,7 +281,7 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
                 p = p.with_version(v.clone());
             }
             let exporter = p.build_exporter().map_err(|e| e.to_string())?;
-            builder.with_batch_exporter(Sampled::new(exporter, cfg.traces_sample_ratio))
+            builder.with_batch_exporter(Sampled { inner: exporter })
         }
         ExporterKind::Otlp => {
             use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -268,7 +293,7 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|e| e.to_string())?;
-            builder.with_batch_exporter(Sampled::new(exporter, cfg.traces_sample_ratio))
+            builder.with_batch_exporter(Sampled { inner: exporter })
         }
     };
     Ok(Some(builder.build()))
@@ -312,13 +337,16 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
         Box::new(TraceContextPropagator::new()),
     ]));
     // The request-path spans are DEBUG spans. Without an exporter they stay
-    // disabled (RUST_LOG=info), so they cost nothing; with one, they are
-    // enabled for the trace layer and for the log layer (whose lines then
-    // carry the trace ids), whatever RUST_LOG says about events.
+    // disabled (RUST_LOG=info), so they cost nothing. With one, root spans
+    // are always created, and other spans only inside a sampled trace
+    // (`HeadSampling`); the log layers see only the roots, whose `trace_id`
+    // and `span_id` fields every line inside the request then carries,
+    // whatever RUST_LOG says about events.
     let env_filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
+    let roots = || filter_fn(|m| m.is_span() && is_root(m));
     let spans = || filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::DEBUG);
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let exporting = provider.is_some();
@@ -329,8 +357,9 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
     });
     let result = if exporting {
         tracing_subscriber::registry()
-            .with(text_layer(terminal).with_filter(env_filter().or(spans())))
-            .with(json_layer(terminal).with_filter(env_filter().or(spans())))
+            .with(HeadSampling)
+            .with(text_layer(terminal).with_filter(env_filter().or(roots())))
+            .with(json_layer(terminal).with_filter(env_filter().or(roots())))
             .with(otel)
             .try_init()
     } else {
@@ -341,6 +370,8 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
     };
     result.map_err(|e| e.to_string())?;
     if let Some(p) = &provider {
+        THRESHOLD.store(threshold(cfg.traces_sample_ratio), Ordering::Relaxed);
+        EXPORTING.store(true, Ordering::Relaxed);
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing::info!(
             exporter = ?cfg.traces_exporter,
@@ -352,21 +383,139 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
     Ok(Telemetry { provider })
 }
 
-/// Makes `span` continue the trace the `headers` carry (`traceparent` or
-/// `x-datadog-*`), if any, and records its ids as the span's `trace_id` and
-/// `span_id` fields (declared empty by the caller) for the logs. Nothing is
-/// parsed when the span is disabled (no exporter).
-pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+fn is_root(m: &tracing::Metadata<'_>) -> bool {
+    m.target() == SAMPLED_ROOT || m.target() == ROOT_ONLY
+}
+
+/// Head sampling, as a global filter: inside an unsampled trace (the
+/// current span is an unsampled root), no DEBUG or TRACE span is created at
+/// all, for any layer. (Per-layer filters would not do: a span they all
+/// reject is still created, and would become the current span.)
+struct HeadSampling;
+
+impl<S> tracing_subscriber::Layer<S> for HeadSampling
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn register_callsite(
+        &self,
+        m: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if m.is_span() && *m.level() >= tracing::Level::DEBUG && !is_root(m) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+
+    fn enabled(
+        &self,
+        m: &tracing::Metadata<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !(m.is_span()
+            && *m.level() >= tracing::Level::DEBUG
+            && !is_root(m)
+            && cx
+                .lookup_current()
+                .is_some_and(|current| current.metadata().target() == ROOT_ONLY))
+    }
+}
+
+fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        (ratio * u64::MAX as f64) as u64
+    }
+}
+
+/// Whether a new trace with no caller is sampled (the configured share).
+/// `false` when nothing is exported.
+pub fn sample_new_trace() -> bool {
+    EXPORTING.load(Ordering::Relaxed) && {
+        let t = THRESHOLD.load(Ordering::Relaxed);
+        t == u64::MAX || rand::random::<u64>() < t
+    }
+}
+
+/// The caller's trace context from a request's headers, and whether the
+/// trace this request starts or continues is sampled.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    parent: Option<opentelemetry::Context>,
+    sampled: bool,
+}
+
+impl Incoming {
+    /// Reads `traceparent` or `x-datadog-*` (nothing when not exporting) and
+    /// decides: the caller's decision when it made one; else the configured
+    /// share, drawn on the caller's trace id if any.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        if !EXPORTING.load(Ordering::Relaxed) {
+            return Self::default();
+        }
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&opentelemetry_http::HeaderExtractor(headers))
+        });
+        let sc = parent.span().span_context().clone();
+        if !sc.is_valid() {
+            return Self {
+                parent: None,
+                sampled: sample_new_trace(),
+            };
+        }
+        Self {
+            parent: Some(parent),
+            sampled: caller_decision(&sc, THRESHOLD.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Whether the trace is recorded in full.
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+}
+
+/// A caller's sampling decision: sampled, not sampled, or (Datadog without a
+/// priority: "deferred") left to us, drawn on the trace id.
+fn caller_decision(sc: &SpanContext, threshold: u64) -> bool {
+    const DEFERRED: TraceFlags = TraceFlags::new(0x02);
+    if sc.is_sampled() {
+        return true;
+    }
+    if sc.trace_flags() & DEFERRED != DEFERRED {
+        return false;
+    }
+    let low = u128::from_be_bytes(sc.trace_id().to_bytes()) as u64;
+    threshold == u64::MAX || low < threshold
+}
+
+/// Makes `span` (made with [`root_span!`] from `incoming.sampled()`)
+/// continue the caller's trace, if any, and records its ids as its
+/// `trace_id` and `span_id` fields (declared empty by the caller) for the
+/// logs. Nothing is done when the span is disabled (no exporter).
+pub fn continue_trace(span: &tracing::Span, incoming: Incoming) {
     if span.is_disabled() {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&opentelemetry_http::HeaderExtractor(headers))
-    });
-    if parent.span().span_context().is_valid() {
+    if let Some(parent) = incoming.parent {
         let _ = span.set_parent(parent);
     }
     record_ids(span);
+}
+
+/// The span for work that `parent` hands off (to a task or a queue): the
+/// `child` made inside `parent` when it is recorded, else `parent` itself,
+/// so that calls made from the work still carry the trace (and its "not
+/// sampled" flag).
+pub fn handoff(parent: &tracing::Span, child: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    let span = parent.in_scope(child);
+    if span.is_disabled() {
+        parent.clone()
+    } else {
+        span
+    }
 }
 
 /// Records the span's trace and span ids as its `trace_id`/`span_id` fields.
@@ -379,15 +528,26 @@ fn record_ids(span: &tracing::Span) {
     }
 }
 
-/// Writes the current span's context into `headers` (`traceparent`,
-/// `tracestate`, `x-datadog-*`), replacing what was there.
+/// Writes `span`'s context into `headers` (`traceparent`, `tracestate`,
+/// `x-datadog-*`), replacing what was there. From an unsampled root the
+/// context goes out marked "not sampled", so the callee records no more.
 pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
     if span.is_disabled() {
         return;
     }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
+    let mut cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
         return;
+    }
+    if span.metadata().is_some_and(|m| m.target() == ROOT_ONLY) {
+        cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            TraceFlags::default(),
+            true,
+            sc.trace_state().clone(),
+        ));
     }
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));

@@ -28,6 +28,7 @@ use tracking_core::{
     SinkError, StoreError, anonymize_ip, enrich, parse_body,
 };
 
+use service_kit::telemetry::Incoming;
 use tracing::Instrument;
 
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
@@ -93,6 +94,27 @@ pub struct Parts {
     pub migration: Option<Arc<crate::migration::MigrationClient>>,
     /// Request headers passed on to migration-proxy (empty in `cloud` mode).
     pub forward_headers: Vec<http::HeaderName>,
+    /// Attributes of the `session` spans.
+    pub span_labels: SpanLabels,
+}
+
+/// Constant attributes of the `session` spans: which store answers, in which
+/// migration mode.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanLabels {
+    /// `memory`, `bigtable` or `migration-proxy` (legacy mode).
+    pub store: &'static str,
+    /// `cloud`, `parallel` or `legacy`.
+    pub mode: &'static str,
+}
+
+impl Default for SpanLabels {
+    fn default() -> Self {
+        Self {
+            store: "memory",
+            mode: "cloud",
+        }
+    }
 }
 
 impl AppState {
@@ -316,17 +338,21 @@ impl App {
         };
         let span = match name {
             Some(name) => {
-                let span = tracing::debug_span!(
+                let incoming = Incoming::from_headers(req.headers());
+                let span = service_kit::root_span!(
+                    incoming.sampled(),
                     "request",
                     otel.name = name,
                     otel.kind = "server",
                     http.request.method = %req.method(),
                     http.response.status_code = tracing::field::Empty,
                     events = tracing::field::Empty,
+                    rejected = tracing::field::Empty,
+                    sessions.unavailable = tracing::field::Empty,
                     trace_id = tracing::field::Empty,
                     span_id = tracing::field::Empty,
                 );
-                service_kit::telemetry::continue_trace(&span, req.headers());
+                service_kit::telemetry::continue_trace(&span, incoming);
                 span
             }
             None => tracing::Span::none(),
@@ -452,7 +478,10 @@ impl App {
         .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
         let body = match encoding {
             Encoding::Identity => raw,
-            Encoding::Gzip => Bytes::from(inflate_bounded(&raw, limits.max_decompressed_bytes)?),
+            Encoding::Gzip => {
+                let _span = tracing::debug_span!("gunzip", bytes = raw.len()).entered();
+                Bytes::from(inflate_bounded(&raw, limits.max_decompressed_bytes)?)
+            }
         };
         self.ingest(&body, &parts.headers, peer).await
     }
@@ -482,73 +511,92 @@ impl App {
     ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let received_at = st.parts.clock.now();
-        let items = parse_body(body, st.parts.limits.max_batch_events)?;
-
-        let cookie_id = st.parts.cookie.read(headers);
-        let needs_fallback = items
-            .iter()
-            .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
-        let mut new_visitor = None;
-        let fallback = match cookie_id {
-            Some(id) => Some(id),
-            None if needs_fallback => {
-                let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
-                new_visitor.clone_from(&id);
-                id
-            }
-            None => None,
+        let items = {
+            let _span = tracing::debug_span!("decode", bytes = body.len()).entered();
+            parse_body(body, st.parts.limits.max_batch_events)?
         };
-
-        let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
-        let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
-        for item in items {
-            let event = item.event.and_then(|mut raw| {
-                raw.fallback_client_id.clone_from(&fallback);
-                Event::try_from(raw)
-            });
-            match event {
-                Ok(e) => accepted.push(e),
-                Err(reason) => rejected.push((item.index, reason, item.raw)),
-            }
-        }
-
-        let admission = if accepted.is_empty() {
-            None
-        } else {
-            Some(
-                st.parts
-                    .sink
-                    .try_admit(accepted.len())
-                    .map_err(|e| match e {
-                        SinkError::Full { .. } => {
-                            st.parts.metrics.record_shed(ShedReason::QueueFull);
-                            ApiError::QueueFull
-                        }
-                        SinkError::Closed | SinkError::Failed(_) => {
-                            st.parts.metrics.record_shed(ShedReason::Draining);
-                            ApiError::Draining
-                        }
-                    })?,
+        let (accepted, admission, rejected, new_visitor) = {
+            let validate = tracing::debug_span!(
+                "validate",
+                events = items.len(),
+                accepted = tracing::field::Empty,
+                rejected = tracing::field::Empty,
             )
-        };
+            .entered();
 
-        let rejected: Vec<Rejected> = rejected
-            .into_iter()
-            .map(|(index, reason, raw)| {
-                st.parts.metrics.record_rejected(reason);
-                self.dead_letter(
-                    received_at,
-                    reason.as_str(),
-                    reason.to_string(),
-                    Some(index),
-                    raw.to_owned(),
-                );
-                Rejected {
-                    index,
-                    error: reason.to_string(),
+            let cookie_id = st.parts.cookie.read(headers);
+            let needs_fallback = items
+                .iter()
+                .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
+            let mut new_visitor = None;
+            let fallback = match cookie_id {
+                Some(id) => Some(id),
+                None if needs_fallback => {
+                    let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
+                    new_visitor.clone_from(&id);
+                    id
                 }
-            })
-            .collect();
+                None => None,
+            };
+
+            let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+            let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
+            for item in items {
+                let event = item.event.and_then(|mut raw| {
+                    raw.fallback_client_id.clone_from(&fallback);
+                    Event::try_from(raw)
+                });
+                match event {
+                    Ok(e) => accepted.push(e),
+                    Err(reason) => rejected.push((item.index, reason, item.raw)),
+                }
+            }
+
+            let admission = if accepted.is_empty() {
+                None
+            } else {
+                Some(
+                    st.parts
+                        .sink
+                        .try_admit(accepted.len())
+                        .map_err(|e| match e {
+                            SinkError::Full { .. } => {
+                                st.parts.metrics.record_shed(ShedReason::QueueFull);
+                                ApiError::QueueFull
+                            }
+                            SinkError::Closed | SinkError::Failed(_) => {
+                                st.parts.metrics.record_shed(ShedReason::Draining);
+                                ApiError::Draining
+                            }
+                        })?,
+                )
+            };
+
+            let rejected: Vec<Rejected> = rejected
+                .into_iter()
+                .map(|(index, reason, raw)| {
+                    st.parts.metrics.record_rejected(reason);
+                    self.dead_letter(
+                        received_at,
+                        reason.as_str(),
+                        reason.to_string(),
+                        Some(index),
+                        raw.to_owned(),
+                    );
+                    Rejected {
+                        index,
+                        error: reason.to_string(),
+                    }
+                })
+                .collect();
+            validate.record("accepted", accepted.len());
+            validate.record("rejected", rejected.len());
+            (accepted, admission, rejected, new_visitor)
+        };
+        let request_span = tracing::Span::current();
+        if !rejected.is_empty() {
+            request_span.record("rejected", rejected.len());
+        }
         let Some(admission) = admission else {
             return Err(ApiError::AllRejected(rejected));
         };
@@ -576,11 +624,10 @@ impl App {
         };
         let n = accepted.len();
         Metrics::add(&st.parts.metrics.events_accepted, n as u64);
-        let span = tracing::Span::current();
-        span.record("events", n);
-        let task = st
-            .tracker
-            .spawn(process(Arc::clone(st), accepted, ctx, call, admission).instrument(span));
+        request_span.record("events", n);
+        let task = st.tracker.spawn(
+            process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
+        );
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Ingested {
             accepted: n,
@@ -696,8 +743,20 @@ async fn process(
     admission: Admission,
 ) {
     let mut out = Vec::with_capacity(events.len());
+    let mut unavailable = 0usize;
+    let labels = st.parts.span_labels;
     for event in events {
-        let span = tracing::debug_span!("session", outcome = tracing::field::Empty);
+        // `lookup` is recorded by the Bigtable and legacy stores: `hit` (a
+        // live session), `miss`, or `fallback` (found through migration-proxy).
+        let span = tracing::debug_span!(
+            "session",
+            store = labels.store,
+            mode = labels.mode,
+            outcome = tracing::field::Empty,
+            lookup = tracing::field::Empty,
+            short_new = tracing::field::Empty,
+            long_new = tracing::field::Empty,
+        );
         let touch = st
             .parts
             .store
@@ -715,6 +774,8 @@ async fn process(
                 if !s.short_new && !s.long_new {
                     Metrics::add(&m.sessions_continued, 1);
                 }
+                span.record("short_new", s.short_new);
+                span.record("long_new", s.long_new);
                 SessionOutcome::Resolved(s)
             }
             Ok(Err(e)) => {
@@ -731,7 +792,20 @@ async fn process(
             }
         };
         span.record("outcome", outcome.status());
+        if matches!(outcome, SessionOutcome::Unavailable) {
+            unavailable += 1;
+            service_kit::telemetry::set_error(&span, "session store unavailable");
+        }
         out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
+    }
+    if unavailable > 0 {
+        // Kept even when the trace is not sampled: the request span is.
+        let request = tracing::Span::current();
+        request.record("sessions.unavailable", unavailable);
+        service_kit::telemetry::set_error(
+            &request,
+            format!("{unavailable} events without sessions (store unavailable)"),
+        );
     }
     let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
     st.parts.sink.send(out, admission);

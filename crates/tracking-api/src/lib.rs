@@ -24,7 +24,7 @@ pub mod ua;
 
 use std::sync::Arc;
 
-pub use app::{App, AppState, Limits, Parts, app};
+pub use app::{App, AppState, Limits, Parts, SpanLabels, app};
 pub use server::{DrainReport, ServeOptions, serve};
 use tracking_core::{
     DeadLetterSink, EventSink, RandomIds, SessionPolicy, SessionStore, SystemClock, Ttls,
@@ -287,5 +287,17 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         )),
         migration,
         forward_headers,
+        span_labels: SpanLabels {
+            store: match (config.migration_mode, config.session_store) {
+                (MigrationMode::Legacy, _) => "migration-proxy",
+                (_, StoreKind::Memory) => "memory",
+                (_, StoreKind::Bigtable) => "bigtable",
+            },
+            mode: match config.migration_mode {
+                MigrationMode::Cloud => "cloud",
+                MigrationMode::Parallel => "parallel",
+                MigrationMode::Legacy => "legacy",
+            },
+        },
     }))
 }

@@ -139,6 +139,8 @@ struct Renewal {
     client_id: ClientId,
     body: LegacyVisitor,
     headers: Vec<(Box<str>, Box<str>)>,
+    /// The span that asked for it (its trace goes along).
+    span: tracing::Span,
 }
 
 /// The HTTP client of migration-proxy, shared by both migration modes.
@@ -293,6 +295,7 @@ impl MigrationClient {
         let span = tracing::debug_span!(
             "migration.lookup",
             otel.kind = "client",
+            attempts = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
         let lookup = self
@@ -305,6 +308,9 @@ impl MigrationClient {
             LegacyLookup::Unavailable => "unavailable",
         };
         span.record("outcome", outcome);
+        if matches!(lookup, LegacyLookup::Unavailable) {
+            service_kit::telemetry::set_error(&span, "migration-proxy unavailable");
+        }
         lookup
     }
 
@@ -339,6 +345,7 @@ impl MigrationClient {
                 }
             };
             result = self.call(req, left).await;
+            tracing::Span::current().record("attempts", attempt + 1);
         }
         s.get_latency.observe(started.elapsed());
         let answer = match result {
@@ -380,8 +387,32 @@ impl MigrationClient {
         }
     }
 
-    /// Writes a renewal (`PUT`) now, within the write deadline.
+    /// Writes a renewal (`PUT`) now, within the write deadline, in a
+    /// `migration.renew` span under `parent` (or in `parent` itself when its
+    /// trace is not sampled, so the call says so).
     pub async fn put(
+        &self,
+        parent: &tracing::Span,
+        client_id: &ClientId,
+        body: &LegacyVisitor,
+        headers: &[(Box<str>, Box<str>)],
+    ) -> bool {
+        let span = service_kit::telemetry::handoff(parent, || {
+            tracing::debug_span!(
+                "migration.renew",
+                otel.kind = "client",
+                outcome = tracing::field::Empty
+            )
+        });
+        let ok = self
+            .put_now(client_id, body, headers)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", if ok { "ok" } else { "error" });
+        ok
+    }
+
+    async fn put_now(
         &self,
         client_id: &ClientId,
         body: &LegacyVisitor,
@@ -452,7 +483,12 @@ impl MigrationClient {
             let client = Arc::clone(&self);
             sends.spawn(async move {
                 client
-                    .put(&renewal.client_id, &renewal.body, &renewal.headers)
+                    .put(
+                        &renewal.span,
+                        &renewal.client_id,
+                        &renewal.body,
+                        &renewal.headers,
+                    )
                     .await;
                 drop(slot);
             });
@@ -477,6 +513,7 @@ impl LegacySessions for MigrationClient {
             client_id: client_id.clone(),
             body: LegacyVisitor::from_state(state, self.cfg.ttls),
             headers: ctx.headers.clone(),
+            span: tracing::Span::current(),
         };
         if self.queue.try_send(renewal).is_err() {
             self.stats.put_dropped.fetch_add(1, Ordering::Relaxed);
@@ -533,7 +570,14 @@ impl SessionStore for LegacySessionStore {
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
             let turn = self.locks.lock(client_id).await;
-            let prev = match self.client.get(client_id, now, ctx).await {
+            let lookup = self.client.get(client_id, now, ctx).await;
+            // The caller's `session` span, when traced.
+            let label = match lookup {
+                LegacyLookup::Found(_) => "hit",
+                _ => "miss",
+            };
+            tracing::Span::current().record("lookup", label);
+            let prev = match lookup {
                 LegacyLookup::Found(state) => state,
                 LegacyLookup::Missing => VisitorState::default(),
                 LegacyLookup::Unavailable => {
@@ -549,8 +593,9 @@ impl SessionStore for LegacySessionStore {
                 LegacyVisitor::from_state(&next, self.policy.ttls()),
                 ctx.headers.clone(),
             );
+            let span = tracing::Span::current();
             self.writes.spawn(async move {
-                client.put(&id, &body, &headers).await;
+                client.put(&span, &id, &body, &headers).await;
                 drop(turn);
             });
             Ok(sessions)

@@ -351,3 +351,146 @@ async fn the_publish_result_span_is_linked_to_its_request() {
     );
     assert!(!publish.error);
 }
+
+/// At a sampling share of 0: an untraced request exports nothing in either
+/// service (the proxy follows tracking-api's "not sampled"), a caller's
+/// "sampled" decision is followed in both, and a failed request still
+/// exports its root span, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_share_zero_only_callers_decisions_and_errors_are_exported() {
+    let agent = TraceReceiver::datadog();
+    let aerospike = standin().await;
+    let url = agent.url();
+    let mut proxy = ApiProcess::start_program(
+        &workspace_binary("migration-proxy"),
+        &[
+            ("MIGRATION_AEROSPIKE_HOSTS", &aerospike),
+            ("OTEL_TRACES_EXPORTER", "datadog"),
+            ("DD_TRACE_AGENT_URL", &url),
+            ("DD_SERVICE", "migration-proxy"),
+        ],
+    );
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = request(proxy.addr, "GET", "/readyz", &[], b"")
+            .await
+            .unwrap()
+            .status;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200, "migration-proxy never became ready");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let proxy_url = format!("http://{}", proxy.addr);
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_MIGRATION_MODE", "legacy"),
+        ("TRACKING_MIGRATION_URL", &proxy_url),
+        ("TRACKING_MIGRATION_TIMEOUT", "500ms"),
+        ("TRACKING_SESSION_TIMEOUT", "2s"),
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("OTEL_TRACES_EXPORTER", "datadog"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ("DD_TRACE_AGENT_URL", &url),
+        ("DD_SERVICE", "tracking-api"),
+    ]);
+    let post = |headers: Vec<(&'static str, String)>, client: &'static str| {
+        let addr = api.addr;
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("content-type", "text/plain")];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            request(addr, "POST", "/v1/events", &h, &event(client))
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    // Untraced, twice (a lookup and a renewal each): nothing is sampled.
+    assert_eq!(post(vec![], "untraced").await, 204);
+    assert_eq!(post(vec![], "untraced").await, 204);
+    // The caller decided "sampled".
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(
+        post(vec![("traceparent", traceparent)], "traced").await,
+        204
+    );
+    // The caller decided "not sampled".
+    let unsampled = "00-0000000000000000000000000000beef-00000000000000aa-00".to_owned();
+    assert_eq!(
+        post(vec![("traceparent", unsampled)], "declined").await,
+        204
+    );
+    // migration-proxy gone: the lookup fails, the event has no session.
+    assert!(proxy.terminate(Duration::from_secs(15)).success());
+    assert_eq!(post(vec![], "failed").await, 204);
+    assert!(api.terminate(Duration::from_secs(15)).success());
+
+    let spans = agent.wait_for(Duration::from_secs(10), |s| {
+        s.iter().any(|s| s.service == "tracking-api" && s.error)
+            && s.iter().any(|s| s.service == "migration-proxy")
+    });
+    assert!(agent.errors().is_empty(), "{:?}", agent.errors());
+    // The proxy exported the caller-sampled trace, and nothing else.
+    let proxy_spans = spans.iter().filter(|s| s.service == "migration-proxy");
+    for s in proxy_spans.clone() {
+        assert_eq!(s.trace_id, TRACE_LOW, "{s:?}");
+    }
+    assert!(
+        proxy_spans
+            .clone()
+            .any(|s| s.resource == "GET /v1/sessions"),
+        "{spans:#?}"
+    );
+    assert!(
+        proxy_spans.clone().any(|s| s.resource == "aerospike.get"),
+        "{spans:#?}"
+    );
+    // tracking-api: the sampled trace in full...
+    let api_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service == "tracking-api")
+        .collect();
+    let traced: Vec<_> = api_spans
+        .iter()
+        .filter(|s| s.trace_id == TRACE_LOW)
+        .map(|s| s.resource.as_str())
+        .collect();
+    for stage in [
+        "POST /v1/events",
+        "decode",
+        "validate",
+        "session",
+        "migration.lookup",
+        "sink.send",
+    ] {
+        assert!(traced.contains(&stage), "no {stage} span in {traced:?}");
+    }
+    let session = api_spans
+        .iter()
+        .find(|s| s.trace_id == TRACE_LOW && s.resource == "session")
+        .unwrap();
+    assert_eq!(session.meta.get("mode").map(String::as_str), Some("legacy"));
+    assert_eq!(session.meta.get("lookup").map(String::as_str), Some("miss"));
+    // ...and the failed request's root span alone, marked.
+    let others: Vec<_> = api_spans
+        .iter()
+        .filter(|s| s.trace_id != TRACE_LOW)
+        .collect();
+    assert_eq!(others.len(), 1, "{others:#?}");
+    let failed = others[0];
+    assert_eq!(failed.resource, "POST /v1/events");
+    assert!(failed.error, "{failed:?}");
+    assert_eq!(
+        failed.meta.get("trace.root_only").map(String::as_str),
+        Some("true"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.meta.get("sessions.unavailable").map(String::as_str),
+        Some("1"),
+        "{failed:?}"
+    );
+}

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
 use bigtable_rs::google::bigtable::v2::MutateRowRequest;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
     OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Via,
@@ -189,11 +190,33 @@ impl BigtableSessionStore {
 }
 
 impl Inner {
+    /// Reads the row (retrying transient failures), in a `bigtable.read`
+    /// span when traced.
     async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
+        let span = tracing::debug_span!(
+            "bigtable.read",
+            otel.kind = "client",
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let mut attempts = 0;
+        let result = self
+            .read_attempts(key, &mut attempts)
+            .instrument(span.clone())
+            .await;
+        span.record("attempts", attempts);
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        result
+    }
+
+    async fn read_attempts(
+        &self,
+        key: &[u8],
+        attempt: &mut u32,
+    ) -> Result<tracking_core::VisitorState, StoreError> {
         let mut backoff = Duration::from_millis(2);
-        let mut attempt = 0;
         loop {
-            attempt += 1;
+            *attempt += 1;
             let request = read_visitor(&self.table_name, key);
             let mut client = self.client.clone();
             self.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -215,9 +238,9 @@ impl Inner {
                     }
                     return Ok(state);
                 }
-                Ok(Err(e)) if transient(&e) && attempt < READ_ATTEMPTS => e.to_string(),
+                Ok(Err(e)) if transient(&e) && *attempt < READ_ATTEMPTS => e.to_string(),
                 Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-                Err(_) if attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
+                Err(_) if *attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
                 Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
             };
             self.counters.read_retries.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +259,15 @@ impl Inner {
     ) -> bool {
         let deadline = tokio::time::Instant::now() + self.cfg.write_timeout;
         let mut backoff = Duration::from_millis(5);
+        let span = tracing::Span::current();
+        let mut attempts = 0u32;
+        let done = |ok: bool, attempts: u32| {
+            span.record("attempts", attempts);
+            span.record("outcome", if ok { "ok" } else { "error" });
+            ok
+        };
         loop {
+            attempts += 1;
             let request = MutateRowRequest {
                 table_name: self.table_name.clone(),
                 row_key: key.clone(),
@@ -246,20 +277,20 @@ impl Inner {
             let mut client = self.client.clone();
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             let error = match tokio::time::timeout_at(deadline, client.mutate_row(request)).await {
-                Ok(Ok(_)) => return true,
+                Ok(Ok(_)) => return done(true, attempts),
                 Ok(Err(e)) if transient(&e) => e.to_string(),
                 Ok(Err(e)) => {
                     self.write_failed(&e.to_string());
-                    return false;
+                    return done(false, attempts);
                 }
                 Err(_) => {
                     self.write_failed("write deadline passed");
-                    return false;
+                    return done(false, attempts);
                 }
             };
             if tokio::time::Instant::now() + backoff >= deadline {
                 self.write_failed(&error);
-                return false;
+                return done(false, attempts);
             }
             self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
@@ -304,10 +335,13 @@ impl SessionStore for BigtableSessionStore {
             // The via cell's timestamp: the event's time when it records a
             // route, the legacy record's recording time when backfilled.
             let mut via_at = via.map(|_| now);
+            let live = inner.policy.has_live_session(&prev, now);
+            let mut lookup = if live { "hit" } else { "miss" };
             if let Some(legacy) = &inner.legacy
-                && !inner.policy.has_live_session(&prev, now)
+                && !live
                 && let LegacyLookup::Found(found) = legacy.fetch(client_id, now, ctx).await
             {
+                lookup = "fallback";
                 inner.counters.backfills.fetch_add(1, Ordering::Relaxed);
                 if via.is_none()
                     && let Some(v) = &found.via
@@ -319,16 +353,30 @@ impl SessionStore for BigtableSessionStore {
                 }
                 prev = found;
             }
+            // The caller's `session` span, when traced.
+            tracing::Span::current().record("lookup", lookup);
             let (sessions, next) = inner.policy.resolve(Some(&prev), now, via);
             let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
             if let Some(legacy) = &inner.legacy {
                 legacy.renew(client_id, &next, ctx);
             }
             let writer = Arc::clone(inner);
-            inner.writes.spawn(async move {
-                writer.write(key, mutations).await;
-                drop(turn);
-            });
+            // The renewal outlives the request; its span (when traced) is a
+            // child of the `session` span.
+            let span = tracing::debug_span!(
+                "bigtable.write",
+                otel.kind = "client",
+                cells = mutations.len(),
+                attempts = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            inner.writes.spawn(
+                async move {
+                    writer.write(key, mutations).await;
+                    drop(turn);
+                }
+                .instrument(span),
+            );
             Ok(sessions)
         })
     }

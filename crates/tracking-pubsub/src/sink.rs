@@ -378,6 +378,7 @@ impl EventSink for PubsubSink {
         }
         // The publish results get a span of their own, linked to the request
         // that handed the events over (it has ended by the time they come).
+        // It is recorded when that request's trace is sampled.
         let span = tracing::debug_span!(
             parent: None,
             "pubsub.publish",

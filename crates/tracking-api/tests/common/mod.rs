@@ -194,6 +194,7 @@ impl TestApp {
             )),
             migration: None,
             forward_headers: Vec::new(),
+            span_labels: Default::default(),
         });
         state.set_ready(true);
         Self {
