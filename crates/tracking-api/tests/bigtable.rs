@@ -158,3 +158,57 @@ fn bigtable_without_its_location_is_a_configuration_error() {
             .contains("needs TRACKING_BIGTABLE_PROJECT and TRACKING_BIGTABLE_INSTANCE")
     );
 }
+
+/// The Bigtable calls of an event show in its trace: a read (one attempt)
+/// and the renewal write under the `session` span, which says whether the
+/// visitor had a live session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigtable_calls_are_traced_under_the_session_span() {
+    let emu = BigtableEmulator::bigtable();
+    let agent = test_support::TraceReceiver::datadog();
+    let url = agent.url();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let host = emu.host();
+    let mut env = env(&host, sink.to_str().unwrap());
+    bootstrap(&env);
+    env.extend([
+        ("OTEL_TRACES_EXPORTER", "datadog"),
+        ("DD_TRACE_AGENT_URL", url.as_str()),
+        ("DD_SERVICE", "tracking-api"),
+    ]);
+    let mut api = ApiProcess::start(&env);
+    for _ in 0..2 {
+        assert_eq!(
+            send(&api, r#"{"type":"page_view","client_id":"traced-bt"}"#)
+                .await
+                .0,
+            204
+        );
+    }
+    assert!(api.terminate(Duration::from_secs(10)).success());
+    let spans = agent.wait_for(Duration::from_secs(10), |s| {
+        s.iter().filter(|s| s.resource == "bigtable.write").count() >= 2
+    });
+    assert!(agent.errors().is_empty(), "{:?}", agent.errors());
+    let mut sessions: Vec<_> = spans.iter().filter(|s| s.resource == "session").collect();
+    assert_eq!(sessions.len(), 2, "{spans:#?}");
+    sessions.sort_by_key(|s| s.meta.get("lookup").cloned());
+    let tag = |s: &test_support::ReceivedSpan, k: &str| s.meta.get(k).cloned().unwrap_or_default();
+    // "hit" sorts before "miss": the second event found the first's session.
+    assert_eq!(tag(sessions[0], "lookup"), "hit");
+    assert_eq!(tag(sessions[1], "lookup"), "miss");
+    for session in &sessions {
+        assert_eq!(tag(session, "store"), "bigtable");
+        assert_eq!(tag(session, "mode"), "cloud");
+        for call in ["bigtable.read", "bigtable.write"] {
+            let child: Vec<_> = spans
+                .iter()
+                .filter(|s| s.resource == call && s.parent_id == session.span_id)
+                .collect();
+            assert_eq!(child.len(), 1, "{call} under {session:?}: {spans:#?}");
+            assert_eq!(tag(child[0], "attempts"), "1", "{:?}", child[0]);
+            assert_eq!(tag(child[0], "outcome"), "ok", "{:?}", child[0]);
+        }
+    }
+}
