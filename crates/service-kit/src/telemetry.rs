@@ -570,3 +570,39 @@ pub fn record_status(span: &tracing::Span, status: u16) {
 pub fn set_error(span: &tracing::Span, message: impl Into<String>) {
     span.set_status(Status::error(message.into()));
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+
+    use super::*;
+
+    fn context(trace: u128, flags: u8) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(7),
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        )
+    }
+
+    #[test]
+    fn a_callers_decision_is_followed_and_a_deferred_one_drawn_on_the_trace_id() {
+        let half = threshold(0.5);
+        // Sampled or not, whatever the share.
+        assert!(caller_decision(&context(u128::from(u64::MAX), 0x01), 0));
+        assert!(!caller_decision(&context(1, 0x00), u64::MAX));
+        // Datadog without a priority: the low 64 bits against the share.
+        assert!(caller_decision(&context((9 << 64) | 1, 0x02), half));
+        assert!(!caller_decision(
+            &context(u128::from(u64::MAX - 1), 0x02),
+            half
+        ));
+        assert!(caller_decision(
+            &context(u128::from(u64::MAX - 1), 0x02),
+            u64::MAX
+        ));
+        assert!(!caller_decision(&context(1, 0x02), threshold(0.0)));
+    }
+}
