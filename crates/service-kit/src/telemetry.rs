@@ -307,7 +307,72 @@ where
     terminal.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
 }
 
-/// Log lines as JSON, with the current span's fields (its trace ids).
+/// The span fields the JSON log lines carry: `trace_id` and `span_id` only
+/// (the rest is for traces). The stock JSON field formatter re-parses a
+/// span's fields on every `record`; this one ignores every other field.
+#[derive(Debug, Default)]
+struct TraceIds;
+
+#[derive(Default)]
+struct IdsVisitor {
+    ids: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for IdsVisitor {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if matches!(field.name(), "trace_id" | "span_id") {
+            self.ids.push((field.name(), format!("{value:?}")));
+        }
+    }
+}
+
+impl IdsVisitor {
+    /// Appends `"name":"value"` pairs to a JSON object's text (`{}` if empty).
+    fn merge_into(self, object: &mut String) {
+        if self.ids.is_empty() {
+            return;
+        }
+        if object == "{}" {
+            object.clear();
+        }
+        if object.ends_with('}') {
+            object.pop();
+        }
+        for (name, value) in self.ids {
+            object.push(if object.is_empty() { '{' } else { ',' });
+            object.push_str(&serde_json::json!({ name: value }).to_string()[1..]);
+            object.pop();
+        }
+        object.push('}');
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TraceIds {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut ids = IdsVisitor::default();
+        fields.record(&mut ids);
+        let mut object = String::new();
+        ids.merge_into(&mut object);
+        writer.write_str(if object.is_empty() { "{}" } else { &object })
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut ids = IdsVisitor::default();
+        fields.record(&mut ids);
+        ids.merge_into(&mut current.fields);
+        Ok(())
+    }
+}
+
+/// Log lines as JSON, with the current span's trace ids.
 fn json_layer<S>(terminal: bool) -> Option<impl tracing_subscriber::Layer<S>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -318,6 +383,7 @@ where
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(TraceIds)
             .with_writer(std::io::stderr)
     })
 }
@@ -351,8 +417,12 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let exporting = provider.is_some();
     let otel = provider.as_ref().map(|p| {
+        // No thread attributes (a String per span) and no busy/idle clocks
+        // (two clock reads per poll).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service.clone()))
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(spans())
     });
     let result = if exporting {
@@ -585,6 +655,25 @@ mod tests {
             true,
             TraceState::default(),
         )
+    }
+
+    #[test]
+    fn log_lines_get_the_trace_ids_as_a_json_object() {
+        let mut object = String::new();
+        let ids = |pairs: &[(&'static str, &str)]| IdsVisitor {
+            ids: pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        };
+        ids(&[]).merge_into(&mut object);
+        assert_eq!(object, "");
+        object.push_str("{}");
+        ids(&[]).merge_into(&mut object);
+        assert_eq!(object, "{}");
+        ids(&[("trace_id", "ab")]).merge_into(&mut object);
+        assert_eq!(object, r#"{"trace_id":"ab"}"#);
+        ids(&[("span_id", "c\"\"")]).merge_into(&mut object);
+        assert_eq!(object, r#"{"trace_id":"ab","span_id":"c\"\""}"#);
+        let parsed: serde_json::Value = serde_json::from_str(&object).expect("JSON");
+        assert_eq!(parsed["span_id"], "c\"\"");
     }
 
     #[test]

@@ -493,4 +493,17 @@ async fn at_share_zero_only_callers_decisions_and_errors_are_exported() {
         Some("1"),
         "{failed:?}"
     );
+    // The warning logged inside that request names its trace and span.
+    let trace_id = failed.meta.get("trace_id").unwrap();
+    let log = api.stderr.lock().unwrap().clone();
+    let warning: serde_json::Value = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["level"] == "WARN" && l["span"]["trace_id"] == trace_id.as_str())
+        .unwrap_or_else(|| panic!("no warning in trace {trace_id}: {log:#?}"));
+    assert_eq!(
+        warning["span"]["span_id"],
+        format!("{:016x}", failed.span_id),
+        "{warning}"
+    );
 }
