@@ -393,9 +393,17 @@ async fn an_emulator_killed_and_restarted_under_load_loses_nothing() {
     rig.gate.open(); // the API now meets a dead emulator: connection refused
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Restarted, it has no topics: the API gets NOT_FOUND for a while.
+    // Restarted, it has no topics: the API gets NOT_FOUND until the topic is
+    // back. Its replay probes back off up to 5 s, so wait for the first
+    // NOT_FOUND rather than for a fixed time, which a slow machine misses.
     rig.emu.restart();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_metric(
+        &api,
+        "tracking_pubsub_failed_total{class=\"permanent\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     rig.gate.close();
     let sub = rig.subscription().await;
     rig.gate.open();
