@@ -30,7 +30,9 @@ use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags, Tra
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
@@ -211,14 +213,15 @@ impl HttpClient for BlockingHttp {
     }
 }
 
-/// Passes on every span except the roots of unsampled traces that ended
-/// without an error.
+/// The batch processor, given only what is exported: the root span of an
+/// unsampled trace is dropped here unless it ended in an error, so that the
+/// 2,048-span queue holds sampled traces and errors, not every request.
 #[derive(Debug)]
-struct Sampled<E> {
-    inner: E,
+struct Sampled {
+    inner: BatchSpanProcessor,
 }
 
-impl<E> Sampled<E> {
+impl Sampled {
     fn keep(span: &SpanData) -> bool {
         matches!(span.status, Status::Error { .. })
             || !span
@@ -228,13 +231,19 @@ impl<E> Sampled<E> {
     }
 }
 
-impl<E: SpanExporter> SpanExporter for Sampled<E> {
-    async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
-        batch.retain(Self::keep);
-        if batch.is_empty() {
-            return Ok(());
+impl SpanProcessor for Sampled {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if Self::keep(&span) {
+            self.inner.on_end(span);
         }
-        self.inner.export(batch).await
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -243,6 +252,12 @@ impl<E: SpanExporter> SpanExporter for Sampled<E> {
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+fn sampled(exporter: impl SpanExporter + 'static) -> Sampled {
+    Sampled {
+        inner: BatchSpanProcessor::builder(exporter).build(),
     }
 }
 
@@ -281,7 +296,7 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
                 p = p.with_version(v.clone());
             }
             let exporter = p.build_exporter().map_err(|e| e.to_string())?;
-            builder.with_batch_exporter(Sampled { inner: exporter })
+            builder.with_span_processor(sampled(exporter))
         }
         ExporterKind::Otlp => {
             use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -293,7 +308,7 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|e| e.to_string())?;
-            builder.with_batch_exporter(Sampled { inner: exporter })
+            builder.with_span_processor(sampled(exporter))
         }
     };
     Ok(Some(builder.build()))
