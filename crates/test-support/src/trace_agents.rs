@@ -22,6 +22,7 @@ pub struct ReceivedSpan {
     pub span_id: u64,
     pub parent_id: u64,
     pub error: bool,
+    /// Tags (Datadog `meta`) or attributes (OTLP, as text).
     pub meta: HashMap<String, String>,
     /// Linked spans `(trace id low 64 bits, span id)` (OTLP only).
     pub links: Vec<(u64, u64)>,
@@ -296,7 +297,20 @@ fn decode_otlp(path: &str, body: &[u8]) -> Result<Vec<ReceivedSpan>, String> {
                     span_id: be(&span.span_id, 0),
                     parent_id: be(&span.parent_span_id, 0),
                     error: span.status.as_ref().is_some_and(|s| s.code == 2),
-                    meta: HashMap::new(),
+                    meta: span
+                        .attributes
+                        .iter()
+                        .filter_map(|a| {
+                            let text = match a.value.as_ref()?.value.as_ref()? {
+                                Any::StringValue(s) => s.clone(),
+                                Any::IntValue(i) => i.to_string(),
+                                Any::BoolValue(b) => b.to_string(),
+                                Any::DoubleValue(d) => d.to_string(),
+                                _ => return None,
+                            };
+                            Some((a.key.clone(), text))
+                        })
+                        .collect(),
                     links: span
                         .links
                         .iter()

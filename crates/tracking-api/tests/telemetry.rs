@@ -298,58 +298,101 @@ async fn a_dead_agent_costs_requests_nothing_and_memory_stays_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_publish_result_span_is_linked_to_its_request() {
-    let emu = test_support::Emulator::pubsub();
+async fn the_publish_result_span_is_linked_to_its_request_and_marks_failures() {
+    let mut emu = test_support::Emulator::pubsub();
     let host = emu.host();
     test_support::pubsub::topic_with_subscription(&host, "trace-project", "events").await;
     let receiver = TraceReceiver::otlp();
     let url = receiver.url();
+    let spool = tempfile::tempdir().unwrap();
     let mut api = ApiProcess::start(&[
         ("TRACKING_SINK", "pubsub"),
         ("TRACKING_PUBSUB_PROJECT", "trace-project"),
         ("TRACKING_PUBSUB_TOPIC", "events"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "1s"),
+        ("TRACKING_SPOOL_DIR", spool.path().to_str().unwrap()),
         ("PUBSUB_EMULATOR_HOST", &host),
         ("OTEL_TRACES_EXPORTER", "otlp"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
     ]);
-    let traceparent = format!("00-{TRACE}-{PARENT}-01");
-    let r = request(
-        api.addr,
-        "POST",
-        "/v1/events",
-        &[
-            ("content-type", "text/plain"),
-            ("traceparent", &traceparent),
-        ],
-        &event("published-1"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 204);
-    assert!(api.terminate(Duration::from_secs(20)).success());
+    let send = |client_id: &'static str, parent: &'static str| {
+        let traceparent = format!("00-{TRACE}-{parent}-01");
+        let addr = api.addr;
+        async move {
+            let headers = [
+                ("content-type", "text/plain"),
+                ("traceparent", traceparent.as_str()),
+            ];
+            let r = request(addr, "POST", "/v1/events", &headers, &event(client_id))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 204);
+        }
+    };
+    send("published-1", PARENT).await;
+    let published = metric_within(api.addr, "tracking_pubsub_published_total", 1.0).await;
+    assert_eq!(published, 1.0);
+    // Pub/Sub gone: the next event is accepted, its publish fails (the
+    // event goes to the spool), and the publish span says so.
+    emu.stop();
+    send("unpublished-1", "00000000000000aa").await;
+    let failed = metric_within(api.addr, "tracking_pubsub_spooled_total", 1.0).await;
+    assert_eq!(failed, 1.0);
+    api.terminate(Duration::from_secs(20));
     let spans = receiver.wait_for(Duration::from_secs(10), |s| {
-        s.iter().any(|x| x.name == "pubsub.publish")
+        s.iter().filter(|x| x.name == "pubsub.publish").count() == 2
     });
-    let req = spans
-        .iter()
-        .find(|s| s.name == "POST /v1/events")
-        .unwrap_or_else(|| panic!("{spans:#?}"));
-    let hand_off = spans
-        .iter()
-        .find(|s| s.name == "sink.send" && s.parent_id == req.span_id)
-        .unwrap_or_else(|| panic!("{spans:#?}"));
-    let publish = spans
-        .iter()
-        .find(|s| s.name == "pubsub.publish")
-        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let linked = |parent: u64| {
+        let req = spans
+            .iter()
+            .find(|s| s.name == "POST /v1/events" && s.parent_id == parent)
+            .unwrap_or_else(|| panic!("{spans:#?}"));
+        let hand_off = spans
+            .iter()
+            .find(|s| s.name == "sink.send" && s.parent_id == req.span_id)
+            .unwrap_or_else(|| panic!("{spans:#?}"));
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "pubsub.publish" && s.links.contains(&(TRACE_LOW, hand_off.span_id))
+            })
+            .unwrap_or_else(|| panic!("no publish span linked to {hand_off:?}: {spans:#?}"))
+    };
     // Its own trace (the request has ended when the result comes), linked
     // to the request's hand-off to the sink.
-    assert_eq!(publish.parent_id, 0, "{publish:?}");
-    assert!(
-        publish.links.contains(&(TRACE_LOW, hand_off.span_id)),
-        "{publish:?} vs {hand_off:?}"
+    let ok = linked(PARENT_ID);
+    assert_eq!(ok.parent_id, 0, "{ok:?}");
+    assert!(!ok.error, "{ok:?}");
+    assert_eq!(
+        ok.meta.get("published").map(String::as_str),
+        Some("1"),
+        "{ok:?}"
     );
-    assert!(!publish.error);
+    let failed = linked(0xaa);
+    assert!(failed.error, "{failed:?}");
+    assert_eq!(
+        failed.meta.get("failed").map(String::as_str),
+        Some("1"),
+        "{failed:?}"
+    );
+}
+
+/// The value of a metric of the process at `addr` once it reaches `at_least`
+/// (or its last value after 30 s).
+async fn metric_within(addr: std::net::SocketAddr, name: &str, at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = request(addr, "GET", "/metrics", &[], b"").await.unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        if value >= at_least || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// At a sampling share of 0: an untraced request exports nothing in either

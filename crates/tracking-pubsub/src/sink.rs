@@ -303,6 +303,17 @@ async fn check(
     let span = tracing::Span::current();
     span.record("published", total - failed.len());
     span.record("failed", failed.len());
+    if !failed.is_empty() && !span.is_disabled() {
+        // An error span (kept whatever the sampling share once recorded);
+        // the events themselves are not lost: they go to the backlog.
+        span.record(
+            "otel.status_description",
+            format!(
+                "{} of {total} not acknowledged; kept in the backlog",
+                failed.len()
+            ),
+        );
+    }
     if !failed.is_empty() {
         inner.to_backlog(failed);
     }
@@ -386,6 +397,7 @@ impl EventSink for PubsubSink {
             messages = sent.len(),
             published = tracing::field::Empty,
             failed = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
         );
         span.follows_from(tracing::Span::current());
         inner
