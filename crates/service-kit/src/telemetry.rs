@@ -432,11 +432,14 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let exporting = provider.is_some();
     let otel = provider.as_ref().map(|p| {
-        // No thread attributes (a String per span) and no busy/idle clocks
+        // No thread, source-location or target attributes (allocations per
+        // span; span names say where they come from) and no busy/idle clocks
         // (two clock reads per poll).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service.clone()))
             .with_threads(false)
+            .with_location(false)
+            .with_target(false)
             .with_tracked_inactivity(false)
             .with_filter(spans())
     });
