@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, Expiration, ReadPolicy, WritePolicy, as_bin, as_key};
-use common::process::{ApiProcess, read_ndjson, request, wait_for_lines};
+use common::process::{ApiProcess, metric, read_ndjson, request, wait_for_lines};
 use test_support::{BigtableEmulator, Gate};
 use tokio::io::AsyncWriteExt;
 use tracking_core::{ClientId, RandomIds, SessionPolicy, Ttls};
@@ -208,19 +208,6 @@ async fn send(api: &ApiProcess, client_id: &str) -> (u16, Duration) {
     .await
     .unwrap();
     (r.status, started.elapsed())
-}
-
-async fn metric(api: &ApiProcess, line_prefix: &str) -> f64 {
-    let r = request(api.addr, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(line_prefix)
-                .map(|v| v.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {line_prefix} in metrics"))
 }
 
 fn bigtable_store(

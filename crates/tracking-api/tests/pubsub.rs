@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{ApiProcess, RawResponse, request};
+use common::process::{ApiProcess, RawResponse, metric, request, wait_metric};
 use test_support::pubsub::{Message, event_id, pull_until, topic_with_subscription};
 use test_support::{Gate, PubsubEmulator};
 
@@ -210,28 +210,6 @@ async fn post_batch(
     events.extend(extra.iter().map(|e| (*e).to_owned()));
     let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
     (post_json(api.addr, &body).await.unwrap(), ids)
-}
-
-/// One value of the API's `/metrics`.
-async fn metric(api: &ApiProcess, name: &str) -> f64 {
-    let r = request(api.addr, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap();
-    let text = String::from_utf8(r.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-async fn wait_metric(api: &ApiProcess, name: &str, at_least: f64, within: Duration) -> f64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = metric(api, name).await;
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn bootstrap(env: &[(String, String)]) -> String {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{ApiProcess, request, workspace_binary};
+use common::process::{ApiProcess, request, wait_metric, workspace_binary};
 use test_support::{ReceivedSpan, TraceReceiver};
 
 /// The caller's trace: W3C ids, and their low 64 bits as Datadog sees them.
@@ -330,13 +330,25 @@ async fn the_publish_result_span_is_linked_to_its_request_and_marks_failures() {
         }
     };
     send("published-1", PARENT).await;
-    let published = metric_within(api.addr, "tracking_pubsub_published_total", 1.0).await;
+    let published = wait_metric(
+        &api,
+        "tracking_pubsub_published_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(published, 1.0);
     // Pub/Sub gone: the next event is accepted, its publish fails (the
     // event goes to the spool), and the publish span says so.
     emu.stop();
     send("unpublished-1", "00000000000000aa").await;
-    let failed = metric_within(api.addr, "tracking_pubsub_spooled_total", 1.0).await;
+    let failed = wait_metric(
+        &api,
+        "tracking_pubsub_spooled_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(failed, 1.0);
     api.terminate(Duration::from_secs(20));
     let spans = receiver.wait_for(Duration::from_secs(10), |s| {
@@ -375,24 +387,6 @@ async fn the_publish_result_span_is_linked_to_its_request_and_marks_failures() {
         Some("1"),
         "{failed:?}"
     );
-}
-
-/// The value of a metric of the process at `addr` once it reaches `at_least`
-/// (or its last value after 30 s).
-async fn metric_within(addr: std::net::SocketAddr, name: &str, at_least: f64) -> f64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = request(addr, "GET", "/metrics", &[], b"").await.unwrap();
-        let text = String::from_utf8(r.body).unwrap();
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name}"));
-        if value >= at_least || std::time::Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// At a sampling share of 0: an untraced request exports nothing in either

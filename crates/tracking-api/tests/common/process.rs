@@ -163,6 +163,31 @@ pub async fn request(
     })
 }
 
+/// One value of the process's `/metrics`: the sample named exactly `name`
+/// (labels included).
+pub async fn metric(api: &ApiProcess, name: &str) -> f64 {
+    let r = request(api.addr, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// [`metric`] once it reaches `at_least`, or its value when `within` has
+/// passed.
+pub async fn wait_metric(api: &ApiProcess, name: &str, at_least: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(api, name).await;
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The NDJSON lines of a file, parsed.
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
