@@ -303,18 +303,18 @@ async fn check(
     let span = tracing::Span::current();
     span.record("published", total - failed.len());
     span.record("failed", failed.len());
-    if !failed.is_empty() && !span.is_disabled() {
+    if !failed.is_empty() {
         // An error span (kept whatever the sampling share once recorded);
         // the events themselves are not lost: they go to the backlog.
-        span.record(
-            "otel.status_description",
-            format!(
-                "{} of {total} not acknowledged; kept in the backlog",
-                failed.len()
-            ),
-        );
-    }
-    if !failed.is_empty() {
+        if !span.is_disabled() {
+            span.record(
+                "otel.status_description",
+                format!(
+                    "{} of {total} not acknowledged; kept in the backlog",
+                    failed.len()
+                ),
+            );
+        }
         inner.to_backlog(failed);
     }
 }
