@@ -284,6 +284,11 @@ fn open_append(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// A regular file (not a FIFO or a device, which cannot be fsynced).
+fn is_regular(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.is_file())
+}
+
 /// The length of `file` up to and including its last newline.
 fn whole_lines_len(file: &File, len: u64) -> io::Result<u64> {
     let mut end = len;
@@ -539,7 +544,7 @@ impl Writer {
                 self.target
             ));
         }
-        if self.path.is_some() {
+        if self.path.is_some() && is_regular(&self.out) {
             self.out
                 .sync_data()
                 .map_err(|e| format!("fsync of {}: {e}", self.target))?;
@@ -553,7 +558,9 @@ impl Writer {
         let Some(path) = self.path.clone() else {
             return;
         };
-        if let Err(error) = self.out.sync_data() {
+        if is_regular(&self.out)
+            && let Err(error) = self.out.sync_data()
+        {
             tracing::warn!(%error, path = %path.display(), "fsync before reopening failed.");
         }
         match open_append(&path) {
@@ -610,7 +617,11 @@ impl EventSink for NdjsonSink {
 
 impl DeadLetterSink for NdjsonSink {
     fn reject(&self, letter: DeadLetter) -> bool {
-        let bytes = serialize_lines(std::slice::from_ref(&letter));
+        let mut bytes = Vec::with_capacity(letter.raw.len() + letter.error.len() + 256);
+        // Serializing our own types into memory cannot fail.
+        if serde_json::to_writer(&mut bytes, &letter).is_ok() {
+            bytes.push(b'\n');
+        }
         let admission = match self.refusal() {
             None => self
                 .budget

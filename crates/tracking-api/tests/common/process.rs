@@ -29,6 +29,12 @@ impl ApiProcess {
     /// Starts another of the workspace's servers (migration-proxy) the same
     /// way: it logs `Listening.` with its address.
     pub fn start_program(program: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with_stdout(program, env, Stdio::null())
+    }
+
+    /// [`start_program`](Self::start_program) with its standard output
+    /// going to `stdout` (`Stdio::piped()`: take it from `child.stdout`).
+    pub fn start_with_stdout(program: &Path, env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,7 +42,7 @@ impl ApiProcess {
             .env("MIGRATION_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -84,12 +90,22 @@ impl ApiProcess {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(within)
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `KILL`, …).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .expect("kill");
         assert!(ok.success());
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
