@@ -72,18 +72,8 @@ fn sighup_does_not_stop_the_proxy() {
     let addr: std::net::SocketAddr = loop {
         assert!(Instant::now() < deadline, "migration-proxy did not start");
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        // `addr=…` (text logs) or `"addr":"…"` (JSON logs).
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|a| a.split_whitespace().next())
-            .or_else(|| {
-                line.split("\"addr\":\"")
-                    .nth(1)
-                    .and_then(|a| a.split('"').next())
-            });
         if line.contains("Listening.")
-            && let Some(a) = addr
+            && let Some(a) = test_support::listen_addr(&line)
         {
             break a.parse().unwrap();
         }

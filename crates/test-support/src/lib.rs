@@ -34,6 +34,19 @@ pub fn undocumented_env<'a>(help: &'a str, doc: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The address in a server's `Listening.` log line: `addr=…` (text logs)
+/// or `"addr":"…"` (JSON logs).
+pub fn listen_addr(line: &str) -> Option<&str> {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .or_else(|| {
+            line.split("\"addr\":\"")
+                .nth(1)
+                .and_then(|a| a.split('"').next())
+        })
+}
+
 /// A small tmpfs mounted on a fresh directory: a disk that fills up. The
 /// tests run as root; where mounting is impossible the test fails and says
 /// so. Unmounted (lazily) and removed when dropped, also on a panic.

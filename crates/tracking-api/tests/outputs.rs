@@ -19,23 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    ApiProcess, RawResponse, metric, read_ndjson, request, wait_for_lines, wait_metric,
+    ApiProcess, assert_503_with_retry_after, assert_all_arrived, metric, post_json, read_ndjson,
+    request, shed, wait_for_lines, wait_metric,
 };
 use test_support::{Tmpfs, peak_rss_kib};
 
 fn api_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tracking-api"))
-}
-
-async fn post(addr: SocketAddr, body: &str) -> std::io::Result<RawResponse> {
-    request(
-        addr,
-        "POST",
-        "/v1/events",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
 }
 
 fn page_view(id: &str) -> String {
@@ -60,15 +50,6 @@ async fn wait_readyz(addr: SocketAddr, status: u16, within: Duration) -> bool {
     false
 }
 
-fn assert_503_with_retry_after(r: &RawResponse) {
-    assert_eq!(r.status, 503, "{r:?}");
-    assert!(
-        r.head.to_ascii_lowercase().contains("retry-after:"),
-        "503 without Retry-After: {}",
-        r.head
-    );
-}
-
 /// How often each event id occurs in NDJSON lines.
 fn id_counts(lines: &[serde_json::Value]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -82,6 +63,15 @@ fn id_counts(lines: &[serde_json::Value]) -> HashMap<String, usize> {
 
 fn log(api: &ApiProcess) -> String {
     api.stderr.lock().unwrap().join("\n")
+}
+
+/// Waits (bounded) until the sink has written `n` events, then stops the
+/// process with SIGTERM, which must drain cleanly.
+async fn written_then_terminate(api: &mut ApiProcess, n: usize, within: Duration) {
+    let written = wait_metric(api, "tracking_events_written_total", n as f64, within).await;
+    assert_eq!(written as usize, n);
+    let status = api.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {}", log(api));
 }
 
 #[tokio::test]
@@ -108,14 +98,14 @@ async fn props_and_dead_letters_stay_one_json_line_each() {
         let body = format!(
             "{{\n \"type\" : \"page_view\",\n \"client_id\" : \"c{i}\",\n \"event_id\" : \"p{i}\",\n \"props\" : {p}\n}}"
         );
-        let r = post(api.addr, &body).await.unwrap();
+        let r = post_json(api.addr, &body).await.unwrap();
         assert_eq!(r.status, 204, "{r:?}");
     }
     // A batch whose second event is refused: its raw text (with newlines
     // and a separator) goes to the dead-letter file as one escaped string.
     let bad = "{\n \"type\" : \"Not Valid\",\n \"props\" : {\"x\":\"\u{2028}\"}\n}";
     let body = format!("{{\"events\":[{},\n{bad}]}}", page_view("p-batch"));
-    let r = post(api.addr, &body).await.unwrap();
+    let r = post_json(api.addr, &body).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 
     let lines = wait_for_lines(&events, props.len() + 1, Duration::from_secs(20));
@@ -191,7 +181,7 @@ async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
         let body = format!(
             r#"{{"type":"page_view","client_id":"v{i}","event_id":"{id}","props":{{"pad":"{filler}"}}}}"#
         );
-        let r = post(api.addr, &body).await.unwrap();
+        let r = post_json(api.addr, &body).await.unwrap();
         if r.status == 204 {
             accepted.push(id);
         } else {
@@ -211,14 +201,7 @@ async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
         503,
         "/readyz while the disk is full"
     );
-    assert!(
-        metric(
-            &api,
-            "tracking_requests_shed_total{reason=\"output_failing\"}"
-        )
-        .await
-            > 0.0
-    );
+    assert!(shed(&api, "output_failing").await > 0.0);
     assert!(metric(&api, "tracking_sink_write_errors_total").await > 0.0);
     assert!(
         (metric(&api, "tracking_events_written_total").await as usize) < accepted.len(),
@@ -233,33 +216,14 @@ async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
     );
     for i in 0..20 {
         let id = format!("after-{i}");
-        let r = post(api.addr, &page_view(&id)).await.unwrap();
+        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
         assert_eq!(r.status, 204, "{r:?}");
         accepted.push(id);
     }
-    let written = wait_metric(
-        &api,
-        "tracking_events_written_total",
-        accepted.len() as f64,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(written as usize, accepted.len());
-    let status = api.terminate(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}: {}", log(&api));
+    written_then_terminate(&mut api, accepted.len(), Duration::from_secs(30)).await;
 
     let counts = id_counts(&read_ndjson(&path));
-    let missing: Vec<_> = accepted
-        .iter()
-        .filter(|id| !counts.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} accepted events missing, e.g. {:?}",
-        missing.len(),
-        accepted.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_all_arrived(&accepted, |id| counts.contains_key(id), "full disk");
     assert_eq!(
         counts.len(),
         accepted.len(),
@@ -323,7 +287,7 @@ async fn a_closed_stdout_stops_the_process_with_an_error_and_no_2xx_is_lost() {
     let mut accepted = Vec::new();
     for i in 0..20 {
         let id = format!("pipe-{i}");
-        let r = post(api.addr, &page_view(&id)).await.unwrap();
+        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
         assert_eq!(r.status, 204, "{r:?}");
         tx.send(format!("\"event_id\":\"{id}\"")).unwrap();
         accepted.push(id);
@@ -347,7 +311,7 @@ async fn a_closed_stdout_stops_the_process_with_an_error_and_no_2xx_is_lost() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 0..20 {
-        match post(api.addr, &page_view(&format!("late-{i}"))).await {
+        match post_json(api.addr, &page_view(&format!("late-{i}"))).await {
             Ok(r) => assert_503_with_retry_after(&r),
             Err(_) => break, // stopped listening
         }
@@ -438,7 +402,7 @@ async fn a_stuck_stdout_reader_gets_503_within_the_memory_bound_and_loses_nothin
                 let events: Vec<String> = ids.iter().map(|id| largest_event(id)).collect();
                 let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
                 assert!(body.len() < 1 << 20, "{}", body.len());
-                let r = post(addr, &body).await.unwrap();
+                let r = post_json(addr, &body).await.unwrap();
                 if r.status == 204 {
                     accepted.lock().unwrap().extend(ids);
                 } else {
@@ -474,16 +438,7 @@ async fn a_stuck_stdout_reader_gets_503_within_the_memory_bound_and_loses_nothin
 
     // The reader comes back: every accepted event is there, once.
     let (lines, reader) = read_stdout(stdout);
-    let written = wait_metric(
-        &api,
-        "tracking_events_written_total",
-        accepted.len() as f64,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(written as usize, accepted.len());
-    let status = api.terminate(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}: {}", log(&api));
+    written_then_terminate(&mut api, accepted.len(), Duration::from_secs(60)).await;
     tokio::task::spawn_blocking(move || reader.join().unwrap())
         .await
         .unwrap();
@@ -542,7 +497,7 @@ async fn a_stuck_dead_letter_output_drops_and_counts_within_the_memory_bound() {
                         r#"{{"events":[{},{{"type":"Refused","client_id":"c","props":"{big}"}}]}}"#,
                         page_view(&id)
                     );
-                    let r = post(addr, &body).await.unwrap();
+                    let r = post_json(addr, &body).await.unwrap();
                     assert_eq!(r.status, 200, "{:?}", r.head);
                     ids.push(id);
                 }
@@ -600,7 +555,7 @@ async fn sighup_reopens_the_files_and_every_event_is_in_one_of_them_once() {
         for i in 0..n {
             let id = format!("{phase}-{i}");
             let body = format!(r#"{{"events":[{},{refused}]}}"#, page_view(&id));
-            let r = post(api.addr, &body).await.unwrap();
+            let r = post_json(api.addr, &body).await.unwrap();
             assert_eq!(r.status, 200, "{r:?}");
             sent.push(id);
         }

@@ -18,7 +18,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{ApiProcess, RawResponse, metric, request, wait_metric};
+use common::process::{
+    ApiProcess, RawResponse, assert_503_with_retry_after, assert_all_arrived, metric, post_json,
+    shed, wait_metric,
+};
 use test_support::pubsub::{Message, event_id, pull_until, topic_with_subscription};
 use test_support::{Gate, PubsubEmulator};
 
@@ -123,14 +126,7 @@ impl Delivery {
     /// Fails with the ids accepted but not delivered.
     fn assert_covers(&self, accepted: &[String], what: &str) {
         let ids = self.ids();
-        let missing: Vec<_> = accepted.iter().filter(|id| !ids.contains(*id)).collect();
-        assert!(
-            missing.is_empty(),
-            "{what}: {} of {} accepted events not delivered, e.g. {:?}",
-            missing.len(),
-            accepted.len(),
-            &missing[..missing.len().min(5)]
-        );
+        assert_all_arrived(accepted, |id| ids.contains(id), what);
     }
 }
 
@@ -179,18 +175,6 @@ async fn load(
     let accepted = accepted.lock().unwrap().clone();
     let refused = *refused.lock().unwrap();
     (accepted, refused)
-}
-
-/// `POST /v1/events` with a JSON body.
-async fn post_json(addr: SocketAddr, body: &str) -> std::io::Result<RawResponse> {
-    request(
-        addr,
-        "POST",
-        "/v1/events",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
 }
 
 /// Posts a batch of `n` page views with ids `{prefix}-{b}-{i}`, followed by
@@ -735,11 +719,7 @@ async fn a_full_spool_disk_refuses_with_503_and_keeps_what_it_accepted() {
         match r.status {
             204 => accepted.extend(ids),
             503 => {
-                assert!(
-                    r.head.to_ascii_lowercase().contains("retry-after:"),
-                    "{}",
-                    r.head
-                );
+                assert_503_with_retry_after(&r);
                 refused += 1;
                 if refused == 200 {
                     break;
@@ -756,14 +736,7 @@ async fn a_full_spool_disk_refuses_with_503_and_keeps_what_it_accepted() {
         1.0,
         "the metrics name the cause"
     );
-    assert!(
-        metric(
-            &api,
-            "tracking_requests_shed_total{reason=\"output_failing\"}"
-        )
-        .await
-            > 0.0
-    );
+    assert!(shed(&api, "output_failing").await > 0.0);
     assert!(metric(&api, "tracking_pubsub_spool_errors_total").await > 0.0);
     let log = api.stderr.lock().unwrap().join("\n");
     assert!(log.contains("No space left on device"), "{log}");

@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,10 @@ struct Inner {
     /// Bumped on every change to backlog mode: checker tasks hand their
     /// unacknowledged events over.
     takeover: watch::Sender<u64>,
+    /// Spool-record bytes of the accepted events that may still have to go
+    /// to the spool: neither acknowledged on their first publish nor
+    /// appended (a taken-over event counts once, until its copy is).
+    unspooled_bytes: AtomicU64,
     /// Set while spool appends fail, to the error.
     spool_failing: Mutex<Option<String>>,
     spool_failing_flag: AtomicBool,
@@ -239,6 +243,7 @@ impl PubsubSink {
             direct: AtomicBool::new(backlog.is_empty()),
             closed: AtomicBool::new(false),
             takeover: watch::Sender::new(0),
+            unspooled_bytes: AtomicU64::new(0),
             spool_failing: Mutex::new(None),
             spool_failing_flag: AtomicBool::new(false),
             tx,
@@ -360,6 +365,9 @@ async fn check(
         let hand_over = match wake {
             Wake::Answer(Ok(_)) => {
                 sub(&inner.stats.in_flight, 1);
+                if !handed_over {
+                    sub(&inner.unspooled_bytes, sent[i].1.record.spooled_len());
+                }
                 published += 1;
                 add(&inner.stats.published, 1);
                 inner.stats.observe_delivery(
@@ -440,7 +448,7 @@ impl EventSink for PubsubSink {
         // within the requests being admitted concurrently, whatever the mode.
         if let Some(max) = inner.spool_max_bytes {
             let spooled = inner.stats.spool_bytes.load(Ordering::Relaxed);
-            let coming = (inner.budget.used_bytes() + bytes) as u64;
+            let coming = inner.unspooled_bytes.load(Ordering::Relaxed) + bytes as u64;
             if spooled + coming >= max {
                 return Err(full());
             }
@@ -468,6 +476,10 @@ impl EventSink for PubsubSink {
             })
             .collect();
         admission.set_bytes(records.iter().map(|(_, size)| size).sum());
+        add(
+            &inner.unspooled_bytes,
+            records.iter().map(|(r, _)| r.spooled_len()).sum(),
+        );
         let pending: Vec<Pending> = records
             .into_iter()
             .map(|(record, size)| Pending {
@@ -721,6 +733,7 @@ impl Pump {
             match spool.append(&records) {
                 Ok(()) => {
                     add(&stats.spooled, n as u64);
+                    sub(&self.inner.unspooled_bytes, bytes);
                     stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
                     // Dropping them gives their memory share back.
                     unwritten.drain(..n);
@@ -807,10 +820,14 @@ impl Pump {
             }
             add(&stats.replayed, ok as u64);
             sub(&stats.backlog_events, ok as u64);
+            let published_from_memory = |q: &mut VecDeque<Pending>| {
+                let bytes = q.drain(..ok).map(|p| p.record.spooled_len()).sum();
+                sub(&self.inner.unspooled_bytes, bytes);
+            };
             match &mut self.backlog {
-                Backlog::Memory(q) => drop(q.drain(..ok)),
+                Backlog::Memory(q) => published_from_memory(q),
                 Backlog::Disk { unwritten, .. } if replay.ends.is_empty() => {
-                    drop(unwritten.drain(..ok));
+                    published_from_memory(unwritten);
                 }
                 Backlog::Disk { spool, .. } => {
                     if let Err(error) = spool.commit(replay.ends[ok - 1]) {
