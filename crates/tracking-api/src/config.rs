@@ -316,8 +316,9 @@ pub struct Config {
     #[arg(long, env = "TRACKING_PUBSUB_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub pubsub_publish_timeout: Duration,
 
-    /// Publishes outstanding and none acknowledged for this long: new events
-    /// go to the spool until it has been replayed.
+    /// A publish not acknowledged this long after it was handed over: every
+    /// event not acknowledged yet, and every new one, goes to the spool until
+    /// it has been replayed.
     #[arg(long, env = "TRACKING_PUBSUB_STALL_TIMEOUT", default_value = "2s", value_parser = duration, global = true)]
     pub pubsub_stall_timeout: Duration,
 
