@@ -53,6 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            // SIGHUP must not stop the proxy (its default action): it has no
+            // file to reopen.
+            service_kit::on_hangup(|| {});
             let listener = tokio::net::TcpListener::bind(cli.serve.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cli.serve.listen))?;

@@ -29,6 +29,26 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Calls `on_hangup` for every SIGHUP, from a task of the current runtime.
+/// Installing the handler also stops SIGHUP from killing the process (its
+/// default action): log-rotation setups and process managers send it.
+pub fn on_hangup(on_hangup: impl Fn() + Send + 'static) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received.");
+                    on_hangup();
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "Cannot listen for SIGHUP."),
+    }
+    #[cfg(not(unix))]
+    drop(on_hangup);
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {

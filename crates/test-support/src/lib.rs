@@ -34,6 +34,102 @@ pub fn undocumented_env<'a>(help: &'a str, doc: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The address in a server's `Listening.` log line: `addr=…` (text logs)
+/// or `"addr":"…"` (JSON logs).
+pub fn listen_addr(line: &str) -> Option<&str> {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .or_else(|| {
+            line.split("\"addr\":\"")
+                .nth(1)
+                .and_then(|a| a.split('"').next())
+        })
+}
+
+/// A small tmpfs mounted on a fresh directory: a disk that fills up. The
+/// tests run as root; where mounting is impossible the test fails and says
+/// so. Unmounted (lazily) and removed when dropped, also on a panic.
+#[derive(Debug)]
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `256k`).
+    pub fn mount(size: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("tmpfs-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Self { path },
+            Ok(o) => {
+                let _ = std::fs::remove_dir(&path);
+                panic!(
+                    "cannot mount a {size} tmpfs on {} ({}): this test needs root (or CAP_SYS_ADMIN) to simulate a full disk",
+                    path.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                panic!(
+                    "cannot run `mount` ({e}): this test needs util-linux's mount and root to simulate a full disk"
+                )
+            }
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Changes the size in place (room freed on a full disk).
+    pub fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot resize the tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A free loopback port (bound, read and released; the short window in
 /// which another process could take it is covered by retrying the start).
 pub fn free_port() -> u16 {

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracking_core::{
     Admission, BodyError, Budget, CallContext, ClientId, Clock, DeadLetter, DeadLetterSink, Event,
     EventSink, IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore,
-    SinkError, StoreError, anonymize_ip, enrich, parse_body,
+    SinkError, StoreError, anonymize_ip, enrich, enriched_size_hint, parse_body,
 };
 
 use service_kit::telemetry::Incoming;
@@ -46,6 +46,12 @@ pub const PIXEL_GIF: &[u8] = &[
     0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
+
+/// Longest header value passed on to migration-proxy; longer ones are not
+/// passed on. Trace headers stay well within it (W3C `tracestate` and
+/// Datadog's `x-datadog-tags` are capped at 512 by their own specs), and it
+/// bounds the bytes of a queued renewal, which carries them.
+pub const MAX_FORWARDED_HEADER_BYTES: usize = 512;
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -133,10 +139,12 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Ready to take traffic: started, not draining, and not in sustained
-    /// overload (see [`crate::overload`]).
+    /// Ready to take traffic: started, not draining, not in sustained
+    /// overload (see [`crate::overload`]), and the event output works.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.parts.overload.unready()
+        self.ready.load(Ordering::SeqCst)
+            && !self.parts.overload.unready()
+            && self.parts.sink.healthy()
     }
 
     /// Event-processing tasks, for the drain.
@@ -145,11 +153,10 @@ impl AppState {
     }
 
     fn gauges(&self) -> Gauges {
-        let (depth, limit) = self
-            .parts
-            .sink_budget
-            .as_ref()
-            .map_or((0, 0), |b| (b.used(), b.limit()));
+        let (depth, limit, bytes, limit_bytes) =
+            self.parts.sink_budget.as_ref().map_or((0, 0, 0, 0), |b| {
+                (b.used(), b.limit(), b.used_bytes(), b.limit_bytes())
+            });
         let (expired, capacity) = self
             .parts
             .memory_store
@@ -158,6 +165,8 @@ impl AppState {
         Gauges {
             sink_queue_depth: depth,
             sink_queue_limit: limit,
+            sink_queue_bytes: bytes,
+            sink_queue_limit_bytes: limit_bytes,
             inflight: self.parts.limits.max_inflight - self.inflight.available_permits(),
             memory_store_visitors: self.parts.memory_store.as_ref().map(|m| m.len()),
             memory_store_evictions_expired: expired,
@@ -208,6 +217,9 @@ pub enum ApiError {
     /// The sink cannot take more events now (ours; retry later).
     #[error("the event queue is full; retry later")]
     QueueFull,
+    /// The output is failing; what was accepted is kept (ours; retry later).
+    #[error("the event output is failing; retry later")]
+    OutputFailing(String),
     /// Shutting down (ours; retry, another instance will answer).
     #[error("shutting down; retry later")]
     Draining,
@@ -236,7 +248,9 @@ impl ApiError {
             Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Overloaded | Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::QueueFull | Self::OutputFailing(_) | Self::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginRefused => StatusCode::FORBIDDEN,
@@ -515,84 +529,88 @@ impl App {
             let _span = tracing::debug_span!("decode", bytes = body.len()).entered();
             parse_body(body, st.parts.limits.max_batch_events)?
         };
-        let (accepted, admission, rejected, new_visitor) = {
-            let validate = tracing::debug_span!(
-                "validate",
-                events = items.len(),
-                accepted = tracing::field::Empty,
-                rejected = tracing::field::Empty,
-            )
-            .entered();
-
-            let cookie_id = st.parts.cookie.read(headers);
-            let needs_fallback = items
-                .iter()
-                .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
-            let mut new_visitor = None;
-            let fallback = match cookie_id {
-                Some(id) => Some(id),
-                None if needs_fallback => {
-                    let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
-                    new_visitor.clone_from(&id);
-                    id
-                }
-                None => None,
-            };
-
-            let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
-            let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
-            for item in items {
-                let event = item.event.and_then(|mut raw| {
-                    raw.fallback_client_id.clone_from(&fallback);
-                    Event::try_from(raw)
-                });
-                match event {
-                    Ok(e) => accepted.push(e),
-                    Err(reason) => rejected.push((item.index, reason, item.raw)),
-                }
-            }
-
-            let admission = if accepted.is_empty() {
-                None
-            } else {
-                Some(
-                    st.parts
-                        .sink
-                        .try_admit(accepted.len())
-                        .map_err(|e| match e {
-                            SinkError::Full { .. } => {
-                                st.parts.metrics.record_shed(ShedReason::QueueFull);
-                                ApiError::QueueFull
-                            }
-                            SinkError::Closed | SinkError::Failed(_) => {
-                                st.parts.metrics.record_shed(ShedReason::Draining);
-                                ApiError::Draining
-                            }
-                        })?,
+        let (accepted, admission, rejected, new_visitor) =
+            {
+                let validate = tracing::debug_span!(
+                    "validate",
+                    events = items.len(),
+                    accepted = tracing::field::Empty,
+                    rejected = tracing::field::Empty,
                 )
-            };
+                .entered();
 
-            let rejected: Vec<Rejected> = rejected
-                .into_iter()
-                .map(|(index, reason, raw)| {
-                    st.parts.metrics.record_rejected(reason);
-                    self.dead_letter(
-                        received_at,
-                        reason.as_str(),
-                        reason.to_string(),
-                        Some(index),
-                        raw.to_owned(),
-                    );
-                    Rejected {
-                        index,
-                        error: reason.to_string(),
+                let cookie_id = st.parts.cookie.read(headers);
+                let needs_fallback = items
+                    .iter()
+                    .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
+                let mut new_visitor = None;
+                let fallback = match cookie_id {
+                    Some(id) => Some(id),
+                    None if needs_fallback => {
+                        let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
+                        new_visitor.clone_from(&id);
+                        id
                     }
-                })
-                .collect();
-            validate.record("accepted", accepted.len());
-            validate.record("rejected", rejected.len());
-            (accepted, admission, rejected, new_visitor)
-        };
+                    None => None,
+                };
+
+                let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+                let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
+                for item in items {
+                    let event = item.event.and_then(|mut raw| {
+                        raw.fallback_client_id.clone_from(&fallback);
+                        Event::try_from(raw)
+                    });
+                    match event {
+                        Ok(e) => accepted.push(e),
+                        Err(reason) => rejected.push((item.index, reason, item.raw)),
+                    }
+                }
+
+                let admission =
+                    if accepted.is_empty() {
+                        None
+                    } else {
+                        let bytes = accepted.iter().map(enriched_size_hint).sum();
+                        Some(st.parts.sink.try_admit(accepted.len(), bytes).map_err(
+                            |e| match e {
+                                SinkError::Full { .. } => {
+                                    st.parts.metrics.record_shed(ShedReason::QueueFull);
+                                    ApiError::QueueFull
+                                }
+                                SinkError::Unavailable(why) => {
+                                    st.parts.metrics.record_shed(ShedReason::OutputFailing);
+                                    ApiError::OutputFailing(why)
+                                }
+                                SinkError::Closed | SinkError::Failed(_) => {
+                                    st.parts.metrics.record_shed(ShedReason::Draining);
+                                    ApiError::Draining
+                                }
+                            },
+                        )?)
+                    };
+
+                let rejected: Vec<Rejected> = rejected
+                    .into_iter()
+                    .map(|(index, reason, raw)| {
+                        st.parts.metrics.record_rejected(reason);
+                        self.dead_letter(
+                            received_at,
+                            reason.as_str(),
+                            reason.to_string(),
+                            Some(index),
+                            raw.to_owned(),
+                        );
+                        Rejected {
+                            index,
+                            error: reason.to_string(),
+                        }
+                    })
+                    .collect();
+                validate.record("accepted", accepted.len());
+                validate.record("rejected", rejected.len());
+                (accepted, admission, rejected, new_visitor)
+            };
         let request_span = tracing::Span::current();
         if !rejected.is_empty() {
             request_span.record("rejected", rejected.len());
@@ -618,7 +636,8 @@ impl App {
                 .iter()
                 .filter_map(|name| {
                     let value = headers.get(name)?.to_str().ok()?;
-                    Some((name.as_str().into(), value.into()))
+                    (value.len() <= MAX_FORWARDED_HEADER_BYTES)
+                        .then(|| (name.as_str().into(), value.into()))
                 })
                 .collect(),
         };

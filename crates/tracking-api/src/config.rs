@@ -274,6 +274,12 @@ pub struct Config {
     #[arg(long, env = "TRACKING_SINK_QUEUE", default_value = "100000", value_parser = positive, global = true)]
     pub sink_queue: usize,
 
+    /// Bytes those events may take in memory (serialized, plus a per-event
+    /// overhead); beyond it requests get 503 with Retry-After. Units B, KiB,
+    /// MiB, GiB.
+    #[arg(long, env = "TRACKING_SINK_QUEUE_BYTES", default_value = "256MiB", value_parser = bytes, global = true)]
+    pub sink_queue_bytes: u64,
+
     /// Pub/Sub project (required with `--sink pubsub`).
     #[arg(long, env = "TRACKING_PUBSUB_PROJECT", global = true)]
     pub pubsub_project: Option<String>,
@@ -310,8 +316,9 @@ pub struct Config {
     #[arg(long, env = "TRACKING_PUBSUB_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub pubsub_publish_timeout: Duration,
 
-    /// Publishes outstanding and none acknowledged for this long: new events
-    /// go to the spool until it has been replayed.
+    /// A publish not acknowledged this long after it was handed over: every
+    /// event not acknowledged yet, and every new one, goes to the spool until
+    /// it has been replayed.
     #[arg(long, env = "TRACKING_PUBSUB_STALL_TIMEOUT", default_value = "2s", value_parser = duration, global = true)]
     pub pubsub_stall_timeout: Duration,
 
@@ -345,6 +352,12 @@ pub struct Config {
     /// File for `--deadletter file`.
     #[arg(long, env = "TRACKING_DEADLETTER_PATH", global = true)]
     pub deadletter_path: Option<PathBuf>,
+
+    /// Bytes of dead letters waiting for their output (and, with a
+    /// dead-letter topic, as much again waiting for Pub/Sub); beyond it they
+    /// are dropped and counted. Units B, KiB, MiB, GiB.
+    #[arg(long, env = "TRACKING_DEADLETTER_QUEUE_BYTES", default_value = "32MiB", value_parser = bytes, global = true)]
+    pub deadletter_queue_bytes: u64,
 
     /// Short session lifetime after a visitor's latest event.
     #[arg(long, env = "TRACKING_SHORT_TTL", default_value = "30m", value_parser = duration, global = true)]

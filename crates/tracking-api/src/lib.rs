@@ -37,7 +37,7 @@ use crate::cors::Cors;
 use crate::geo::GeoLookup;
 use crate::metrics::Metrics;
 use crate::migration::{LegacySessionStore, MigrationClient, MigrationConfig};
-use crate::sink::ndjson::{DiscardDeadLetters, NdjsonSink, Target};
+use crate::sink::ndjson::{Bounds, Counters, DiscardDeadLetters, NdjsonSink, Target};
 use crate::store::memory::MemorySessionStore;
 
 /// Dead letters held before they are dropped (and counted).
@@ -99,6 +99,7 @@ impl Config {
     pub fn sink_options(&self) -> tracking_pubsub::SinkOptions {
         tracking_pubsub::SinkOptions {
             max_queue: self.sink_queue,
+            max_queue_bytes: usize::try_from(self.sink_queue_bytes).unwrap_or(usize::MAX),
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,
             spool_segment_bytes: (self.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
@@ -208,18 +209,20 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     } else {
         Vec::new()
     };
+    let deadletter_bounds = Bounds {
+        events: DEADLETTER_QUEUE,
+        bytes: usize::try_from(config.deadletter_queue_bytes).unwrap_or(usize::MAX),
+    };
     let local_deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
         DeadLetterKind::Stderr => Arc::new(NdjsonSink::start(
             Target::Stderr,
-            DEADLETTER_QUEUE,
-            Arc::new(Default::default()),
-            Arc::new(Default::default()),
+            deadletter_bounds,
+            Counters::default(),
         )?),
         DeadLetterKind::File => Arc::new(NdjsonSink::start(
             Target::File(config.deadletter_path.clone().unwrap_or_default()),
-            DEADLETTER_QUEUE,
-            Arc::new(Default::default()),
-            Arc::new(Default::default()),
+            deadletter_bounds,
+            Counters::default(),
         )?),
         DeadLetterKind::Discard => Arc::new(DiscardDeadLetters::default()),
     };
@@ -236,9 +239,15 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             };
             let sink = Arc::new(NdjsonSink::start(
                 target,
-                config.sink_queue,
-                Arc::clone(&metrics.events_written),
-                Arc::clone(&metrics.sink_write_errors),
+                Bounds {
+                    events: config.sink_queue,
+                    bytes: usize::try_from(config.sink_queue_bytes).unwrap_or(usize::MAX),
+                },
+                Counters {
+                    written: Arc::clone(&metrics.events_written),
+                    write_errors: Arc::clone(&metrics.sink_write_errors),
+                    lost: Arc::clone(&metrics.sink_lost),
+                },
             )?);
             let budget = Arc::clone(sink.budget());
             (sink, budget, None, local_deadletters)
@@ -253,6 +262,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 Some(p) => Arc::new(tracking_pubsub::PubsubDeadLetters::new(
                     p,
                     DEADLETTER_QUEUE,
+                    deadletter_bounds.bytes,
                     local_deadletters,
                 )),
                 None => local_deadletters,

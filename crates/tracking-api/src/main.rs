@@ -64,6 +64,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => {
             let state = build_state(&config).await?;
+            // SIGHUP (log rotation): the file outputs continue in new files
+            // at their paths.
+            let outputs = Arc::clone(&state);
+            service_kit::on_hangup(move || {
+                outputs.parts.sink.reopen();
+                outputs.parts.deadletters.reopen();
+            });
+            // An output gone for good (stdout's reader closed) ends the
+            // process like SIGTERM, and its exit status says so.
+            let gone = state.parts.sink.gone();
+            let shutdown = async move {
+                tokio::select! {
+                    () = service_kit::shutdown_signal() => {}
+                    () = gone => {}
+                }
+            };
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -84,13 +100,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            let report = serve(
-                listener,
-                app(state),
-                service_kit::shutdown_signal(),
-                config.serve_options(),
-            )
-            .await;
+            let report = serve(listener, app(state), shutdown, config.serve_options()).await;
             Ok(if report.clean() {
                 ExitCode::SUCCESS
             } else {

@@ -22,6 +22,9 @@ pub const DEADLETTERS_DROPPED: &str = "tracking_deadletters_dropped_total";
 pub const SINK_WRITE_ERRORS: &str = "tracking_sink_write_errors_total";
 pub const SINK_QUEUE_DEPTH: &str = "tracking_sink_queue_events";
 pub const SINK_QUEUE_LIMIT: &str = "tracking_sink_queue_limit_events";
+pub const SINK_QUEUE_BYTES: &str = "tracking_sink_queue_bytes";
+pub const SINK_QUEUE_LIMIT_BYTES: &str = "tracking_sink_queue_limit_bytes";
+pub const SINK_LOST: &str = "tracking_sink_lost_total";
 pub const INFLIGHT: &str = "tracking_inflight_requests";
 pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
 pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
@@ -39,6 +42,8 @@ pub const PUBSUB_LOST: &str = "tracking_pubsub_lost_total";
 pub const PUBSUB_SPOOL_BYTES: &str = "tracking_pubsub_spool_bytes";
 pub const PUBSUB_BACKLOG: &str = "tracking_pubsub_backlog_events";
 pub const PUBSUB_SPOOL_DAMAGED: &str = "tracking_pubsub_spool_damaged_bytes_total";
+pub const PUBSUB_MODE_CHANGES: &str = "tracking_pubsub_mode_changes_total";
+pub const PUBSUB_SPOOL_FAILING: &str = "tracking_pubsub_spool_failing";
 pub const MIGRATION_CALLS: &str = "tracking_migration_calls_total";
 pub const MIGRATION_LATENCY: &str = "tracking_migration_lookup_duration_seconds";
 pub const MIGRATION_BREAKER_OPEN: &str = "tracking_migration_breaker_open";
@@ -93,15 +98,23 @@ pub enum ShedReason {
     QueueFull,
     /// Shutting down.
     Draining,
+    /// The event output is failing (write errors, a full disk).
+    OutputFailing,
 }
 
 impl ShedReason {
-    const ALL: [ShedReason; 3] = [Self::Inflight, Self::QueueFull, Self::Draining];
+    const ALL: [ShedReason; 4] = [
+        Self::Inflight,
+        Self::QueueFull,
+        Self::Draining,
+        Self::OutputFailing,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             Self::Inflight => "inflight",
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
+            Self::OutputFailing => "output_failing",
         }
     }
 }
@@ -111,6 +124,8 @@ impl ShedReason {
 pub struct Gauges {
     pub sink_queue_depth: usize,
     pub sink_queue_limit: usize,
+    pub sink_queue_bytes: usize,
+    pub sink_queue_limit_bytes: usize,
     pub inflight: usize,
     pub memory_store_visitors: Option<usize>,
     pub memory_store_evictions_expired: u64,
@@ -142,6 +157,7 @@ pub struct Metrics {
     shed: [AtomicU64; ShedReason::ALL.len()],
     pub deadletters_dropped: AtomicU64,
     pub sink_write_errors: std::sync::Arc<AtomicU64>,
+    pub sink_lost: std::sync::Arc<AtomicU64>,
 }
 
 fn inc(c: &AtomicU64, n: u64) {
@@ -269,8 +285,14 @@ impl Metrics {
         counter(
             &mut out,
             SINK_WRITE_ERRORS,
-            "Sink write failures.",
+            "Failed writes of the stdout/file sink (what they held is kept and retried).",
             load(&self.sink_write_errors),
+        );
+        counter(
+            &mut out,
+            SINK_LOST,
+            "Accepted events the stdout/file sink gave up: its output gone for good, or still failing at shutdown.",
+            load(&self.sink_lost),
         );
         gauge(
             &mut out,
@@ -283,6 +305,18 @@ impl Metrics {
             SINK_QUEUE_LIMIT,
             "Capacity of the sink queue.",
             g.sink_queue_limit as f64,
+        );
+        gauge(
+            &mut out,
+            SINK_QUEUE_BYTES,
+            "Bytes of the events accepted and not yet written.",
+            g.sink_queue_bytes as f64,
+        );
+        gauge(
+            &mut out,
+            SINK_QUEUE_LIMIT_BYTES,
+            "Capacity of the sink queue in bytes.",
+            g.sink_queue_limit_bytes as f64,
         );
         gauge(
             &mut out,
@@ -409,6 +443,18 @@ fn render_publisher(out: &mut String, p: &tracking_pubsub::PublisherStats) {
         PUBSUB_DIRECT,
         "1 while events are published as they come; 0 while they go to the backlog first.",
         if p.direct { 1.0 } else { 0.0 },
+    );
+    counter(
+        out,
+        PUBSUB_MODE_CHANGES,
+        "Changes between direct publishing and the backlog, both ways (one outage: two).",
+        p.mode_changes,
+    );
+    gauge(
+        out,
+        PUBSUB_SPOOL_FAILING,
+        "1 while spool appends fail (a full disk, I/O errors): events are refused with 503.",
+        if p.spool_failing { 1.0 } else { 0.0 },
     );
     gauge(
         out,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{ApiProcess, read_ndjson, request, wait_for_lines};
+use common::process::{ApiProcess, assert_all_arrived, read_ndjson, request, wait_for_lines};
 use common::*;
 use http::StatusCode;
 use http_body_util::Full;
@@ -235,17 +235,7 @@ async fn sigterm_under_load_keeps_every_accepted_event() {
         .iter()
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .collect();
-    let missing: Vec<_> = accepted
-        .iter()
-        .filter(|id| !written.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} accepted events missing, e.g. {:?}",
-        missing.len(),
-        accepted.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_all_arrived(&accepted, |id| written.contains(id), "SIGTERM under load");
     let log = api.stderr.lock().unwrap().join("\n");
     assert!(log.contains("Drained."), "{log}");
     let _ = wait_for_lines; // used by other test files

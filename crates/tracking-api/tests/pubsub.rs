@@ -18,7 +18,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{ApiProcess, RawResponse, metric, request, wait_metric};
+use common::process::{
+    ApiProcess, RawResponse, assert_503_with_retry_after, assert_all_arrived, metric, post_json,
+    shed, wait_metric,
+};
 use test_support::pubsub::{Message, event_id, pull_until, topic_with_subscription};
 use test_support::{Gate, PubsubEmulator};
 
@@ -123,14 +126,7 @@ impl Delivery {
     /// Fails with the ids accepted but not delivered.
     fn assert_covers(&self, accepted: &[String], what: &str) {
         let ids = self.ids();
-        let missing: Vec<_> = accepted.iter().filter(|id| !ids.contains(*id)).collect();
-        assert!(
-            missing.is_empty(),
-            "{what}: {} of {} accepted events not delivered, e.g. {:?}",
-            missing.len(),
-            accepted.len(),
-            &missing[..missing.len().min(5)]
-        );
+        assert_all_arrived(accepted, |id| ids.contains(id), what);
     }
 }
 
@@ -179,18 +175,6 @@ async fn load(
     let accepted = accepted.lock().unwrap().clone();
     let refused = *refused.lock().unwrap();
     (accepted, refused)
-}
-
-/// `POST /v1/events` with a JSON body.
-async fn post_json(addr: SocketAddr, body: &str) -> std::io::Result<RawResponse> {
-    request(
-        addr,
-        "POST",
-        "/v1/events",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
 }
 
 /// Posts a batch of `n` page views with ids `{prefix}-{b}-{i}`, followed by
@@ -605,4 +589,190 @@ async fn a_torn_spool_segment_is_reported_and_its_intact_records_replayed() {
     assert!(damaged > 0.0);
     let log = api.stderr.lock().unwrap().join("\n");
     assert!(log.contains("Spool damage found and skipped"), "{log}");
+}
+
+/// Single-event requests from `clients` tasks, `pace` apart, until `stop`
+/// is set or the API stops answering: each id answered 204 with the moment
+/// its answer arrived. Anything but 204 or 503 fails the test.
+async fn timed_load(
+    addr: SocketAddr,
+    prefix: &str,
+    clients: usize,
+    pace: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, Instant)> {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+        let prefix = prefix.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let id = format!("{prefix}-{c}-{i}");
+                let body =
+                    format!(r#"{{"type":"page_view","client_id":"v{c}","event_id":"{id}"}}"#);
+                match post_json(addr, &body).await {
+                    Ok(r) if r.status == 204 => accepted.lock().unwrap().push((id, Instant::now())),
+                    Ok(r) => assert_eq!(r.status, 503, "unexpected answer {r:?}"),
+                    Err(_) => return, // killed
+                }
+                tokio::time::sleep(pace).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    accepted.lock().unwrap().clone()
+}
+
+/// The issue's case: `kill -9` a few seconds into an outage, default
+/// settings, the spool on a normal disk. Every event answered more than
+/// `TRACKING_PUBSUB_STALL_TIMEOUT` (2 s) + 1 s before the kill is delivered
+/// after a restart, and the sink changed mode once, not back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_outage_loses_nothing_accepted_before_the_stall_window() {
+    const STALL: Duration = Duration::from_secs(2);
+    let rig = Rig::start();
+    let spool = rig.spool();
+    let env = rig.env(&[("TRACKING_SPOOL_DIR", &spool)]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    let mut api = start_api(&env);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn(timed_load(
+        api.addr,
+        "k9",
+        4,
+        Duration::from_millis(5),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rig.gate.close();
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let changes = metric(&api, "tracking_pubsub_mode_changes_total").await;
+    let backlog = metric(&api, "tracking_pubsub_backlog_events").await;
+    api.child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = api.child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = traffic.await.unwrap();
+
+    let must: Vec<String> = accepted
+        .iter()
+        .filter(|(_, at)| *at + STALL + Duration::from_secs(1) < killed)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let in_outage = accepted
+        .iter()
+        .filter(|(_, at)| *at > outage && *at + STALL + Duration::from_secs(1) < killed)
+        .count();
+    rig.gate.open();
+    let api = start_api(&env);
+    let want: HashSet<String> = must.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(120)).await;
+    eprintln!(
+        "kill -9 in an outage: {} accepted, {} of them more than stall+1s before the kill ({in_outage} during the outage), \
+         {} delivered, {} duplicates; {backlog} in the backlog at the kill; mode changes {changes}; replayed after restart {}",
+        accepted.len(),
+        must.len(),
+        delivery.counts.len(),
+        delivery.duplicates(),
+        metric(&api, "tracking_pubsub_replayed_total").await
+    );
+    delivery.assert_covers(&must, "kill -9 during an outage");
+    assert!(
+        in_outage > 100,
+        "load too light during the outage: {in_outage}"
+    );
+    assert_eq!(changes, 1.0, "one change to backlog mode, no flapping");
+}
+
+/// The issue's case: the spool on a full disk during an outage. Appends
+/// fail (ENOSPC): new events get 503, nothing accepted is dropped, the
+/// metrics and the log name the cause; with room again the sink takes
+/// events again, a SIGTERM leaves them in the spool (and says so truly), and
+/// a restart delivers every accepted event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_refuses_with_503_and_keeps_what_it_accepted() {
+    let rig = Rig::start();
+    let disk = test_support::Tmpfs::mount("256k");
+    let spool = disk.path().join("spool").to_str().unwrap().to_owned();
+    let env = rig.env(&[
+        ("TRACKING_SPOOL_DIR", &spool),
+        ("TRACKING_PUBSUB_STALL_TIMEOUT", "200ms"),
+        ("TRACKING_PUBSUB_PUBLISH_TIMEOUT", "1s"),
+    ]);
+    bootstrap(&env);
+    let sub = rig.subscription().await;
+    rig.gate.close(); // Pub/Sub unreachable from the start
+    let mut api = start_api(&env);
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for b in 0..2_000 {
+        let (r, ids) = post_batch(&api, "enospc", b, 10, &[]).await;
+        match r.status {
+            204 => accepted.extend(ids),
+            503 => {
+                assert_503_with_retry_after(&r);
+                refused += 1;
+                if refused == 200 {
+                    break;
+                }
+            }
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+        // Let the stall detection and the spool keep up.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(refused, 200, "the full disk never refused events");
+    assert_eq!(
+        metric(&api, "tracking_pubsub_spool_failing").await,
+        1.0,
+        "the metrics name the cause"
+    );
+    assert!(shed(&api, "output_failing").await > 0.0);
+    assert!(metric(&api, "tracking_pubsub_spool_errors_total").await > 0.0);
+    let log = api.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("No space left on device"), "{log}");
+
+    // Room again: the events held in memory are appended, events are taken.
+    disk.resize("64m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&api, "tracking_pubsub_spool_failing").await != 0.0 {
+        assert!(Instant::now() < deadline, "the spool did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for b in 0..10 {
+        let (r, ids) = post_batch(&api, "room", b, 10, &[]).await;
+        assert_eq!(r.status, 204, "{r:?}");
+        accepted.extend(ids);
+    }
+    let (status, api) = tokio::task::spawn_blocking(move || {
+        let status = api.terminate(Duration::from_secs(30));
+        (status, api)
+    })
+    .await
+    .unwrap();
+    let log = api.stderr.lock().unwrap().join("\n");
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(log.contains("Events left in the spool"), "{log}");
+    assert!(!log.contains("no spool is configured"), "{log}");
+
+    rig.gate.open();
+    let _api = start_api(&env);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let delivery = rig.delivered(&sub, &want, Duration::from_secs(120)).await;
+    eprintln!(
+        "full spool disk: {} accepted, {refused} refused, {} delivered, {} duplicates",
+        accepted.len(),
+        delivery.counts.len(),
+        delivery.duplicates()
+    );
+    delivery.assert_covers(&accepted, "full spool disk");
 }

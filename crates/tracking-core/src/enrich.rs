@@ -178,6 +178,28 @@ impl EnrichedEvent {
     }
 }
 
+/// What enrichment adds to an event's own fields, about: keys, ids, times,
+/// sessions, the visitor's via record, address, user agent and geo.
+pub const ENRICHMENT_BYTES: usize = 1024;
+
+/// About the size of `event` once enriched and serialized: its own fields
+/// plus [`ENRICHMENT_BYTES`]. What a sink reserves before the real size is
+/// known.
+pub fn enriched_size_hint(event: &Event) -> usize {
+    let len = |s: Option<&str>| s.map_or(0, str::len);
+    let via = event.via().map_or(0, |v| {
+        len(v.source.as_deref()) + len(v.medium.as_deref()) + len(v.campaign.as_deref())
+    });
+    ENRICHMENT_BYTES
+        + event.event_type().len()
+        + event.client_id().as_str().len()
+        + len(event.event_id())
+        + len(event.url())
+        + len(event.referrer())
+        + event.props().map_or(0, |p| p.get().len())
+        + via
+}
+
 /// Builds the enriched event. An event without `event_id` gets a UUIDv7
 /// minted at `received_at`.
 pub fn enrich(

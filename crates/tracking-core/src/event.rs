@@ -258,6 +258,43 @@ fn parse_via(raw: &RawValue) -> Result<Option<Via>, RejectReason> {
     ))
 }
 
+/// The JSON text of `raw` without its insignificant whitespace: one line,
+/// whatever the client's formatting, with every string kept byte for byte
+/// (escapes, U+2028/U+2029). A valid JSON text has no raw control character
+/// inside a string, so a byte scan that skips strings finds every space,
+/// tab, CR and LF outside them.
+fn minified(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    let mut out: Option<String> = None;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut kept = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            // Whitespace is ASCII: `i` is a character boundary.
+            out.get_or_insert_with(|| String::with_capacity(text.len()))
+                .push_str(&text[kept..i]);
+            kept = i + 1;
+        }
+    }
+    let Some(mut out) = out else {
+        return raw.to_owned();
+    };
+    out.push_str(&text[kept..]);
+    // Removing whitespace between tokens keeps valid JSON valid; the check
+    // costs a parse only for the texts that had some.
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
 /// A validated event. Built only through `TryFrom<RawEvent>`.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -369,7 +406,7 @@ impl TryFrom<RawEvent<'_>> for Event {
         let props = match raw.props {
             None => None,
             Some(v) if v.get().starts_with('{') && v.get().len() <= MAX_PROPS_BYTES => {
-                Some(v.to_owned())
+                Some(minified(v))
             }
             Some(_) => return Err(RejectReason::InvalidProps),
         };
@@ -562,6 +599,41 @@ mod tests {
             None,
             Ok(&format!("{max_type} c None None ")),
         );
+    }
+
+    /// The `props` text an event with `props` (JSON text) carries.
+    fn check_props(props: &str, expected: &str) {
+        let json = format!(r#"{{"type":"t","client_id":"c","props":{props}}}"#);
+        let raw: RawEvent<'_> = serde_json::from_str(&json).expect("test input is JSON");
+        let event = Event::try_from(raw).expect("valid");
+        let got = event.props().map(RawValue::get);
+        assert_eq!(got, Some(expected), "{props:?}");
+        let before: serde_json::Value = serde_json::from_str(props).expect("json");
+        let after: serde_json::Value = serde_json::from_str(expected).expect("json");
+        assert_eq!(before, after, "same JSON value");
+    }
+
+    #[test]
+    fn props_become_one_line_and_keep_their_strings() {
+        let cases = [
+            (r#"{"a":1}"#, r#"{"a":1}"#),
+            (
+                "{\n  \"a\" : [1, 2],\r\n\t\"b\": {}\n}",
+                r#"{"a":[1,2],"b":{}}"#,
+            ),
+            // Spaces, escapes and line separators inside strings stay as sent.
+            (
+                "{ \"k y\" : \"a b\\n\\\"\\\\ \u{2028}\u{2029}\\u2028\" }",
+                "{\"k y\":\"a b\\n\\\"\\\\ \u{2028}\u{2029}\\u2028\"}",
+            ),
+            (
+                "{\"s\":\"\\\\\" , \"t\" :\"\\\"\"}",
+                "{\"s\":\"\\\\\",\"t\":\"\\\"\"}",
+            ),
+        ];
+        for (props, expected) in cases {
+            check_props(props, expected);
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub mod time;
 
 pub use budget::{Admission, Budget};
 pub use enrich::{
-    EnrichedEvent, Geo, RequestContext, SCHEMA_VERSION, SessionOutcome, UserAgent, anonymize_ip,
-    enrich,
+    ENRICHMENT_BYTES, EnrichedEvent, Geo, RequestContext, SCHEMA_VERSION, SessionOutcome,
+    UserAgent, anonymize_ip, enrich, enriched_size_hint,
 };
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};

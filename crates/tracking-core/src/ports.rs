@@ -117,8 +117,12 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The sink's bounded queue is full; the client should retry later (503).
-    #[error("the event queue is full ({limit} events)")]
-    Full { limit: usize },
+    #[error("the event queue is full ({limit} events or {limit_bytes} bytes)")]
+    Full { limit: usize, limit_bytes: usize },
+    /// The output is failing (a write error, a full disk); what was accepted
+    /// is kept and retried, new events wait until it works again (503).
+    #[error("the event output is failing: {0}")]
+    Unavailable(String),
     /// The sink has been closed for shutdown.
     #[error("the sink is closed")]
     Closed,
@@ -131,12 +135,25 @@ pub enum SinkError {
 /// accepted that cannot be kept: `try_admit` reserves room before the request
 /// is accepted, `send` hands the events over and cannot fail.
 pub trait EventSink: Send + Sync + fmt::Debug {
-    /// Reserves room for `n` events, or says why there is none.
-    fn try_admit(&self, n: usize) -> Result<Admission, SinkError>;
+    /// Reserves room for `n` events of about `bytes` bytes in all (an
+    /// estimate: `send` replaces it with their real size), or says why there
+    /// is none.
+    fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError>;
     /// Hands events over; the admission is given back once they are written.
     fn send(&self, events: Vec<EnrichedEvent>, admission: Admission);
     /// Writes out everything handed over so far and stops taking events.
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+    /// Whether the output works: `false` while writes fail (readiness).
+    fn healthy(&self) -> bool {
+        true
+    }
+    /// Resolves once the output is gone for good (a closed pipe): the
+    /// process should drain and exit so that it is restarted.
+    fn gone(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
+    /// Reopens the output's path, if it has one (log rotation, `SIGHUP`).
+    fn reopen(&self) {}
 }
 
 /// A refused event, kept with its reason.
@@ -160,4 +177,6 @@ pub trait DeadLetterSink: Send + Sync + fmt::Debug {
     /// Returns `false` when the letter was dropped.
     fn reject(&self, letter: DeadLetter) -> bool;
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+    /// Reopens the output's path, if it has one (log rotation, `SIGHUP`).
+    fn reopen(&self) {}
 }

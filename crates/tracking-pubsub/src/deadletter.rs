@@ -10,7 +10,7 @@ use google_cloud_pubsub::client::Publisher;
 use tokio_util::task::TaskTracker;
 use tracking_core::{BoxFuture, Budget, DeadLetter, DeadLetterSink, SinkError};
 
-use crate::sink::message;
+use crate::sink::{EVENT_OVERHEAD, message};
 
 #[derive(Debug)]
 pub struct PubsubDeadLetters {
@@ -23,15 +23,17 @@ pub struct PubsubDeadLetters {
 }
 
 impl PubsubDeadLetters {
-    /// At most `max_outstanding` letters wait for Pub/Sub at once.
+    /// At most `max_outstanding` letters, of `max_bytes` bytes in all,
+    /// wait for Pub/Sub at once.
     pub fn new(
         publisher: Publisher,
         max_outstanding: usize,
+        max_bytes: usize,
         fallback: Arc<dyn DeadLetterSink>,
     ) -> Self {
         Self {
             publisher,
-            outstanding: Budget::new(max_outstanding),
+            outstanding: Budget::new(max_outstanding, max_bytes),
             fallback,
             tracker: TaskTracker::new(),
             published: Arc::default(),
@@ -52,11 +54,13 @@ impl PubsubDeadLetters {
 
 impl DeadLetterSink for PubsubDeadLetters {
     fn reject(&self, letter: DeadLetter) -> bool {
-        let Some(permit) = self.outstanding.try_acquire(1) else {
+        let data = serde_json::to_vec(&letter).unwrap_or_default();
+        // The letter (kept for the fallback) and its serialized copy.
+        let bytes = letter.raw.len() + letter.error.len() + data.capacity() + EVENT_OVERHEAD;
+        let Some(permit) = self.outstanding.try_acquire(1, bytes) else {
             self.fell_back.fetch_add(1, Ordering::Relaxed);
             return self.fallback.reject(letter);
         };
-        let data = serde_json::to_vec(&letter).unwrap_or_default();
         let future = self.publisher.publish(message(letter.reason, data.into()));
         let fallback = Arc::clone(&self.fallback);
         let (published, fell_back) = (Arc::clone(&self.published), Arc::clone(&self.fell_back));
@@ -83,5 +87,9 @@ impl DeadLetterSink for PubsubDeadLetters {
             self.tracker.wait().await;
             self.fallback.close().await
         })
+    }
+
+    fn reopen(&self) {
+        self.fallback.reopen();
     }
 }

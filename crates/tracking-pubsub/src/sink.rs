@@ -12,14 +12,25 @@
 //!   committing each chunk once Pub/Sub acknowledged it.
 //!
 //! Direct → backlog when a publish fails after the client's own retries
-//! (bounded by `publish_timeout`), or when publishes are outstanding and
-//! nothing has been acknowledged for `stall_timeout`. Events whose direct
-//! publish fails join the backlog too. Backlog → direct once the backlog is
-//! empty again, which only a successful replay achieves.
+//! (bounded by `publish_timeout`), or when a publish has not been
+//! acknowledged `stall_timeout` after it was handed to the client. Either
+//! way every event not acknowledged yet is *taken over*: the checker tasks
+//! of all publishes still outstanding put a copy of their events into the
+//! backlog at once (their publishes go on: an event acknowledged later is
+//! published twice, at-least-once), so that a crash a moment later finds
+//! them in the spool. Backlog → direct only once the backlog is empty again,
+//! which only a successful replay achieves, and no hand-over is still on its
+//! way to it: one outage is one change to backlog and one back.
 //!
-//! Bounds: the in-memory budget (events accepted and neither acknowledged nor
-//! spooled) and, in backlog mode, the spool's byte limit. Past either,
-//! `try_admit` says `Full` and the API answers 503 with `Retry-After`.
+//! Bounds: the in-memory budget, in events and bytes (events accepted and
+//! neither acknowledged nor spooled, each counted until both its publish has
+//! ended and its copy is on disk, because the client holds the data until
+//! then) and the spool's byte limit, which also counts what memory holds.
+//! Past either, `try_admit` says `Full` and the API answers 503 with
+//! `Retry-After`. A spool append that fails (a full disk, EIO) keeps its
+//! events in memory, in order, retried every tick; while it fails,
+//! `try_admit` says `Unavailable` (503), and a Pub/Sub that answers again
+//! gets those events replayed from memory.
 //!
 //! The backlog is owned by one "pump" thread (spool I/O and fsync never block
 //! the request runtime).
@@ -35,7 +46,7 @@ use std::time::{Duration, Instant};
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -49,17 +60,25 @@ use crate::stats::{PublisherStats, Stats, add, sub};
 
 /// Events per replay chunk while Pub/Sub answers; one while probing.
 const REPLAY_CHUNK: usize = 1000;
+/// Most event bytes in one replay chunk read from the spool.
+const REPLAY_CHUNK_BYTES: usize = 8 << 20;
 const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
-/// Records gathered into one spool append (one fsync).
+/// Records gathered into one spool append (one fsync), and their most bytes.
 const SPOOL_GROUP: usize = 4096;
+const SPOOL_GROUP_BYTES: u64 = 8 << 20;
+/// Memory an event costs besides its data: our record and the client's
+/// message (attributes, its future), about.
+pub const EVENT_OVERHEAD: usize = 512;
 
 /// How the sink is bounded and timed.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
     /// Events held in memory (accepted, not yet acknowledged or spooled).
     pub max_queue: usize,
+    /// Bytes those events may take (data plus [`EVENT_OVERHEAD`] each).
+    pub max_queue_bytes: usize,
     /// Spool directory; `None` keeps the backlog in memory (bounded by
     /// `max_queue`, lost if the process stops while Pub/Sub is down).
     pub spool_dir: Option<PathBuf>,
@@ -112,8 +131,9 @@ pub(crate) fn message(kind: &str, data: bytes::Bytes) -> Message {
 }
 
 /// An event not yet acknowledged or spooled, holding its share of the
-/// request's admission.
-#[derive(Debug)]
+/// request's admission. A taken-over event has two: its publish and its
+/// backlog copy; its share goes back when both are done.
+#[derive(Debug, Clone)]
 struct Pending {
     record: Record,
     _admission: Arc<Admission>,
@@ -132,8 +152,11 @@ enum PumpMsg {
 struct CloseReport {
     /// Events left in the disk spool for the next start.
     spooled: u64,
-    /// Events that could not be kept (no spool, Pub/Sub down).
+    /// Events that could not be kept (no spool, Pub/Sub down; or the spool
+    /// failing).
     lost: u64,
+    /// Why the spool could not take them, when it could not.
+    spool_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -143,7 +166,16 @@ struct Inner {
     stats: Arc<Stats>,
     direct: AtomicBool,
     closed: AtomicBool,
-    last_progress_ms: AtomicU64,
+    /// Bumped on every change to backlog mode: checker tasks hand their
+    /// unacknowledged events over.
+    takeover: watch::Sender<u64>,
+    /// Spool-record bytes of the accepted events that may still have to go
+    /// to the spool: neither acknowledged on their first publish nor
+    /// appended (a taken-over event counts once, until its copy is).
+    unspooled_bytes: AtomicU64,
+    /// Set while spool appends fail, to the error.
+    spool_failing: Mutex<Option<String>>,
+    spool_failing_flag: AtomicBool,
     tx: mpsc::Sender<PumpMsg>,
     tracker: TaskTracker,
     give_up: CancellationToken,
@@ -204,13 +236,16 @@ impl PubsubSink {
         let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
         let inner = Arc::new(Inner {
             publisher,
-            budget: Budget::new(opts.max_queue),
+            budget: Budget::new(opts.max_queue, opts.max_queue_bytes),
             stats,
             // Start in backlog mode when there is a backlog, so that it is
             // replayed before new events overtake it.
             direct: AtomicBool::new(backlog.is_empty()),
             closed: AtomicBool::new(false),
-            last_progress_ms: AtomicU64::new(SystemClock.now().as_millis()),
+            takeover: watch::Sender::new(0),
+            unspooled_bytes: AtomicU64::new(0),
+            spool_failing: Mutex::new(None),
+            spool_failing_flag: AtomicBool::new(false),
             tx,
             tracker: TaskTracker::new(),
             give_up: CancellationToken::new(),
@@ -241,10 +276,12 @@ impl PubsubSink {
     }
 
     pub fn stats(&self) -> PublisherStats {
-        self.inner.stats.snapshot(
+        let mut stats = self.inner.stats.snapshot(
             self.inner.direct.load(Ordering::Relaxed),
             self.inner.budget.used(),
-        )
+        );
+        stats.spool_failing = self.inner.spool_failing_flag.load(Ordering::Relaxed);
+        stats
     }
 }
 
@@ -259,115 +296,202 @@ impl Inner {
         }
     }
 
+    /// Switches to backlog mode (once) and has every checker task hand its
+    /// unacknowledged events over.
     fn enter_backlog_mode(&self, why: &str) {
         if self.direct.swap(false, Ordering::AcqRel) {
+            add(&self.stats.mode_changes, 1);
+            self.takeover.send_modify(|g| *g += 1);
             tracing::warn!(
                 why,
-                "Pub/Sub is not acknowledging; new events go to the backlog."
+                "Pub/Sub is not acknowledging; every unacknowledged and new event goes to the backlog."
             );
         }
+    }
+
+    fn set_spool_failing(&self, error: Option<String>) {
+        self.spool_failing_flag
+            .store(error.is_some(), Ordering::Release);
+        if let Ok(mut e) = self.spool_failing.lock() {
+            *e = error;
+        }
+    }
+
+    fn spool_failing(&self) -> Option<String> {
+        if !self.spool_failing_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.spool_failing.lock().ok().and_then(|e| e.clone())
     }
 }
 
+/// What woke a checker task.
+enum Wake {
+    Answer(Result<String, PublishError>),
+    /// Its own publish is not acknowledged within the stall timeout.
+    Stall,
+    /// Another task switched to backlog mode.
+    Takeover,
+    /// Shutdown stopped waiting.
+    GiveUp,
+}
+
+/// Awaits the publishes of one hand-over. Until they are answered it hands
+/// them to the backlog when they stall, when any publish fails or stalls
+/// (takeover), or at shutdown.
 async fn check(
     inner: Arc<Inner>,
-    sent: Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
+    mut sent: Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
+    stall_at: tokio::time::Instant,
+    mut takeover: watch::Receiver<u64>,
 ) {
-    let mut failed = Vec::new();
     let total = sent.len();
-    for (future, pending) in sent {
-        let result = tokio::select! {
-            r = future => Some(r),
-            () = inner.give_up.cancelled() => None,
+    let (mut published, mut failed) = (0, 0);
+    let mut handed_over = false;
+    let mut i = 0;
+    while i < sent.len() {
+        let wake = {
+            let future = &mut sent[i].0;
+            tokio::select! {
+                r = future => Wake::Answer(r),
+                () = tokio::time::sleep_until(stall_at), if !handed_over => Wake::Stall,
+                r = takeover.changed(), if !handed_over => match r {
+                    Ok(()) => Wake::Takeover,
+                    Err(_) => Wake::GiveUp,
+                },
+                () = inner.give_up.cancelled() => Wake::GiveUp,
+            }
         };
-        sub(&inner.stats.in_flight, 1);
-        match result {
-            Some(Ok(_)) => {
-                let now = SystemClock.now().as_millis();
+        let hand_over = match wake {
+            Wake::Answer(Ok(_)) => {
+                sub(&inner.stats.in_flight, 1);
+                if !handed_over {
+                    sub(&inner.unspooled_bytes, sent[i].1.record.spooled_len());
+                }
+                published += 1;
                 add(&inner.stats.published, 1);
-                inner
-                    .stats
-                    .observe_delivery(pending.record.accepted_at_ms, now);
-                inner.last_progress_ms.store(now, Ordering::Relaxed);
+                inner.stats.observe_delivery(
+                    sent[i].1.record.accepted_at_ms,
+                    SystemClock.now().as_millis(),
+                );
+                i += 1;
+                continue;
             }
-            Some(Err(e)) => {
+            Wake::Answer(Err(e)) => {
+                sub(&inner.stats.in_flight, 1);
+                failed += 1;
                 inner.stats.count_failure(classify(&e));
-                inner.enter_backlog_mode(&e.to_string());
-                failed.push(pending);
+                let why = e.to_string();
+                i += 1;
+                (!handed_over).then(|| (i - 1, Some(why)))
             }
-            // Shutdown gave up waiting: the message may still be delivered,
-            // and it is kept in the backlog too (at-least-once).
-            None => failed.push(pending),
+            Wake::Stall => Some((
+                i,
+                Some("no acknowledgement within the stall timeout".into()),
+            )),
+            Wake::Takeover => Some((i, None)),
+            Wake::GiveUp => {
+                // The messages may still be delivered; they are kept in the
+                // backlog too (at-least-once).
+                sub(&inner.stats.in_flight, (sent.len() - i) as u64);
+                if !handed_over {
+                    inner.to_backlog(sent[i..].iter().map(|(_, p)| p.clone()).collect());
+                }
+                failed += sent.len() - i;
+                break;
+            }
+        };
+        if let Some((from, why)) = hand_over {
+            handed_over = true;
+            // First the copies, then the mode: the pump returns to direct
+            // mode only once no hand-over is on its way.
+            inner.to_backlog(sent[from..].iter().map(|(_, p)| p.clone()).collect());
+            if let Some(why) = why {
+                inner.enter_backlog_mode(&why);
+            }
         }
     }
     let span = tracing::Span::current();
-    span.record("published", total - failed.len());
-    span.record("failed", failed.len());
-    if !failed.is_empty() {
+    span.record("published", published);
+    span.record("failed", failed);
+    if handed_over && !span.is_disabled() {
         // An error span (kept whatever the sampling share once recorded);
-        // the events themselves are not lost: they go to the backlog.
-        if !span.is_disabled() {
-            span.record(
-                "otel.status_description",
-                format!(
-                    "{} of {total} not acknowledged; kept in the backlog",
-                    failed.len()
-                ),
-            );
-        }
-        inner.to_backlog(failed);
+        // the events themselves are not lost: they are in the backlog.
+        span.record(
+            "otel.status_description",
+            format!(
+                "{} of {total} not acknowledged in time; kept in the backlog",
+                total - published
+            ),
+        );
     }
 }
 
 impl EventSink for PubsubSink {
-    fn try_admit(&self, n: usize) -> Result<Admission, SinkError> {
+    fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(SinkError::Closed);
         }
+        if let Some(error) = inner.spool_failing() {
+            return Err(SinkError::Unavailable(format!(
+                "the spool cannot be written: {error}"
+            )));
+        }
+        let bytes = bytes + n * EVENT_OVERHEAD;
+        let full = || SinkError::Full {
+            limit: inner.budget.limit(),
+            limit_bytes: inner.budget.limit_bytes(),
+        };
         // Everything held in memory may still end up in the spool (a publish
-        // in flight can fail): count it at the average event size, so that
-        // the spool's bound holds to within the requests being admitted
-        // concurrently, whatever the mode.
+        // in flight can fail): count it, so that the spool's bound holds to
+        // within the requests being admitted concurrently, whatever the mode.
         if let Some(max) = inner.spool_max_bytes {
             let spooled = inner.stats.spool_bytes.load(Ordering::Relaxed);
-            let coming = (inner.budget.used() + n) as u64 * inner.stats.average_event_bytes();
+            let coming = inner.unspooled_bytes.load(Ordering::Relaxed) + bytes as u64;
             if spooled + coming >= max {
-                return Err(SinkError::Full {
-                    limit: inner.budget.limit(),
-                });
+                return Err(full());
             }
         }
-        inner.budget.try_acquire(n).ok_or(SinkError::Full {
-            limit: inner.budget.limit(),
-        })
+        inner.budget.try_acquire(n, bytes).ok_or_else(full)
     }
 
-    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission) {
+    fn send(&self, events: Vec<EnrichedEvent>, mut admission: Admission) {
         let inner = &self.inner;
-        let admission = Arc::new(admission);
-        let mut bytes = 0;
-        let pending: Vec<Pending> = events
+        // Subscribed before the mode is read: a switch to backlog mode after
+        // this point reaches the checker task.
+        let takeover = inner.takeover.subscribe();
+        let records: Vec<(Record, usize)> = events
             .iter()
             .map(|e| {
+                // Serializing our own types into memory cannot fail.
+                let data = serde_json::to_vec(e).unwrap_or_default();
+                let size = data.capacity() + e.event_type().len() + EVENT_OVERHEAD;
                 let record = Record {
                     accepted_at_ms: e.received_at().as_millis(),
                     kind: e.event_type().into(),
-                    // Serializing our own types into memory cannot fail.
-                    data: serde_json::to_vec(e).unwrap_or_default().into(),
+                    data: data.into(),
                 };
-                bytes += record.spooled_len();
-                Pending {
-                    record,
-                    _admission: Arc::clone(&admission),
-                }
+                (record, size)
             })
             .collect();
-        inner.stats.count_sent(pending.len() as u64, bytes);
+        admission.set_bytes(records.iter().map(|(_, size)| size).sum());
+        add(
+            &inner.unspooled_bytes,
+            records.iter().map(|(r, _)| r.spooled_len()).sum(),
+        );
+        let pending: Vec<Pending> = records
+            .into_iter()
+            .map(|(record, size)| Pending {
+                record,
+                _admission: Arc::new(admission.split(1, size)),
+            })
+            .collect();
         if !inner.direct.load(Ordering::Acquire) {
             inner.to_backlog(pending);
             return;
         }
+        let stall_at = tokio::time::Instant::now() + inner.opts.stall_timeout;
         let sent: Vec<_> = pending
             .into_iter()
             .map(|p| {
@@ -377,16 +501,7 @@ impl EventSink for PubsubSink {
                 (future, p)
             })
             .collect();
-        if inner
-            .stats
-            .in_flight
-            .fetch_add(sent.len() as u64, Ordering::Relaxed)
-            == 0
-        {
-            inner
-                .last_progress_ms
-                .store(SystemClock.now().as_millis(), Ordering::Relaxed);
-        }
+        add(&inner.stats.in_flight, sent.len() as u64);
         // The publish results get a span of their own, linked to the request
         // that handed the events over (it has ended by the time they come).
         // It is recorded when that request's trace is sampled.
@@ -402,7 +517,7 @@ impl EventSink for PubsubSink {
         span.follows_from(tracing::Span::current());
         inner
             .tracker
-            .spawn(check(Arc::clone(inner), sent).instrument(span));
+            .spawn(check(Arc::clone(inner), sent, stall_at, takeover).instrument(span));
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -444,10 +559,16 @@ impl EventSink for PubsubSink {
                 );
             }
             if report.lost > 0 {
-                return Err(SinkError::Failed(format!(
-                    "{} events could not be published and no spool is configured (TRACKING_SPOOL_DIR): lost",
-                    report.lost
-                )));
+                return Err(SinkError::Failed(match report.spool_error {
+                    Some(error) => format!(
+                        "{} events could not be published nor written to the spool ({error}): lost",
+                        report.lost
+                    ),
+                    None => format!(
+                        "{} events could not be published and no spool is configured (TRACKING_SPOOL_DIR): lost",
+                        report.lost
+                    ),
+                }));
             }
             Ok(())
         })
@@ -459,7 +580,8 @@ impl EventSink for PubsubSink {
 enum Backlog {
     Disk {
         spool: Spool,
-        /// Events whose spool append failed; retried, kept in order.
+        /// Events not appended yet (an append failed, or they just came),
+        /// kept in order; replayed from here when the spool is empty.
         unwritten: VecDeque<Pending>,
     },
     Memory(VecDeque<Pending>),
@@ -480,7 +602,8 @@ type ReplayFuture = Pin<Box<dyn Future<Output = Vec<Result<(), FailureClass>>> +
 struct Replay {
     future: ReplayFuture,
     accepted_at_ms: Vec<u64>,
-    /// For the disk spool: where each record ends.
+    /// For records read from the spool: where each ends. Empty when the
+    /// chunk comes from memory (the front of the in-memory queue).
     ends: Vec<Pos>,
 }
 
@@ -515,9 +638,13 @@ impl Pump {
                 msg = rx.recv() => match msg {
                     Some(PumpMsg::Backlog(mut batch)) => {
                         let mut close = None;
-                        while batch.len() < SPOOL_GROUP {
+                        let mut bytes: u64 = batch.iter().map(|p| p.record.spooled_len()).sum();
+                        while batch.len() < SPOOL_GROUP && bytes < SPOOL_GROUP_BYTES {
                             match rx.try_recv() {
-                                Ok(PumpMsg::Backlog(more)) => batch.extend(more),
+                                Ok(PumpMsg::Backlog(more)) => {
+                                    bytes += more.iter().map(|p| p.record.spooled_len()).sum::<u64>();
+                                    batch.extend(more);
+                                }
                                 Ok(c @ PumpMsg::Close { .. }) => { close = Some(c); break; }
                                 Err(_) => break,
                             }
@@ -537,7 +664,7 @@ impl Pump {
                     self.replay_done(results);
                     self.start_replay();
                 }
-                _ = tick.tick() => self.tick(),
+                _ = tick.tick() => self.tick(rx.is_empty()),
             }
         };
         let Some(PumpMsg::Close { deadline, done }) = close else {
@@ -547,71 +674,90 @@ impl Pump {
         let _ = done.send(report);
     }
 
-    fn tick(&mut self) {
+    /// `nothing_coming`: no hand-over waits in the channel.
+    fn tick(&mut self, nothing_coming: bool) {
         let inner = Arc::clone(&self.inner);
-        if inner.direct.load(Ordering::Relaxed) {
-            let stalled_ms = SystemClock
-                .now()
-                .as_millis()
-                .saturating_sub(inner.last_progress_ms.load(Ordering::Relaxed));
-            if inner.stats.in_flight.load(Ordering::Relaxed) > 0
-                && Duration::from_millis(stalled_ms) > inner.opts.stall_timeout
-            {
-                inner.enter_backlog_mode("no acknowledgement within the stall timeout");
-            }
-        }
-        self.retry_unwritten();
+        self.write_unwritten();
         self.start_replay();
-        if !inner.direct.load(Ordering::Relaxed) && self.replay.is_none() && self.backlog.is_empty()
+        if nothing_coming
+            && !inner.direct.load(Ordering::Acquire)
+            && self.replay.is_none()
+            && self.backlog.is_empty()
         {
             inner.direct.store(true, Ordering::Release);
+            add(&inner.stats.mode_changes, 1);
             tracing::info!("Pub/Sub backlog replayed; publishing directly again.");
         }
     }
 
-    /// Retries spool appends that failed earlier.
-    fn retry_unwritten(&mut self) {
-        if let Backlog::Disk { unwritten, .. } = &mut self.backlog
-            && !unwritten.is_empty()
-        {
-            let retry: Vec<Pending> = unwritten.drain(..).collect();
-            self.push(retry);
-        }
-    }
-
-    /// Adds events to the backlog (for the disk spool: one append, one fsync).
+    /// Adds events to the backlog (for the disk spool: appended, one fsync
+    /// per group).
     fn push(&mut self, batch: Vec<Pending>) {
-        let stats = Arc::clone(&self.inner.stats);
         let n = batch.len() as u64;
+        add(&self.inner.stats.backlog_events, n);
         match &mut self.backlog {
             Backlog::Memory(q) => {
                 q.extend(batch);
-                add(&stats.spooled, n);
-                add(&stats.backlog_events, n);
+                add(&self.inner.stats.spooled, n);
             }
-            Backlog::Disk { spool, unwritten } => {
-                if !unwritten.is_empty() {
-                    unwritten.extend(batch);
+            Backlog::Disk { unwritten, .. } => {
+                unwritten.extend(batch);
+                self.write_unwritten();
+            }
+        }
+    }
+
+    /// Appends what waits in memory to the spool, in groups, oldest first;
+    /// stops at the first failure (the rest stays, retried next tick).
+    fn write_unwritten(&mut self) {
+        // A chunk replayed from memory is taken off the front when it is
+        // acknowledged; appending under it would shift that front.
+        if self.replay.as_ref().is_some_and(|r| r.ends.is_empty()) {
+            return;
+        }
+        let Backlog::Disk { spool, unwritten } = &mut self.backlog else {
+            return;
+        };
+        let stats = Arc::clone(&self.inner.stats);
+        while !unwritten.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            for p in unwritten.iter() {
+                if n == SPOOL_GROUP || (n > 0 && bytes + p.record.spooled_len() > SPOOL_GROUP_BYTES)
+                {
+                    break;
+                }
+                n += 1;
+                bytes += p.record.spooled_len();
+            }
+            let records: Vec<Record> = unwritten.iter().take(n).map(|p| p.record.clone()).collect();
+            match spool.append(&records) {
+                Ok(()) => {
+                    add(&stats.spooled, n as u64);
+                    sub(&self.inner.unspooled_bytes, bytes);
+                    stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+                    // Dropping them gives their memory share back.
+                    unwritten.drain(..n);
+                }
+                Err(error) => {
+                    add(&stats.spool_errors, 1);
+                    if self.spool_error_logged.elapsed() > Duration::from_secs(10) {
+                        self.spool_error_logged = Instant::now();
+                        tracing::error!(
+                            %error,
+                            events = unwritten.len(),
+                            "Spool write failed; the events are kept in memory and retried, new events are refused (503)."
+                        );
+                    }
+                    if self.inner.spool_failing().is_none() {
+                        self.inner.set_spool_failing(Some(error.to_string()));
+                    }
                     return;
                 }
-                let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
-                match spool.append(&records) {
-                    Ok(()) => {
-                        add(&stats.spooled, n);
-                        add(&stats.backlog_events, n);
-                        stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
-                        // Dropping `batch` gives the memory budget back.
-                    }
-                    Err(error) => {
-                        add(&stats.spool_errors, 1);
-                        if self.spool_error_logged.elapsed() > Duration::from_secs(10) {
-                            self.spool_error_logged = Instant::now();
-                            tracing::error!(%error, events = n, "Spool write failed; events kept in memory and retried.");
-                        }
-                        unwritten.extend(batch);
-                    }
-                }
             }
+        }
+        if self.inner.spool_failing().is_some() {
+            self.inner.set_spool_failing(None);
+            tracing::info!("Spool writes work again; taking events again.");
         }
     }
 
@@ -620,12 +766,16 @@ impl Pump {
             return;
         }
         let max = if self.probing { 1 } else { REPLAY_CHUNK };
-        let (records, ends): (Vec<Record>, Vec<Pos>) = match &self.backlog {
-            Backlog::Memory(q) => (
+        let from_memory = |q: &VecDeque<Pending>| {
+            (
                 q.iter().take(max).map(|p| p.record.clone()).collect(),
                 Vec::new(),
-            ),
-            Backlog::Disk { spool, .. } => match spool.peek(max) {
+            )
+        };
+        let (records, ends): (Vec<Record>, Vec<Pos>) = match &self.backlog {
+            Backlog::Memory(q) => from_memory(q),
+            Backlog::Disk { spool, unwritten } if spool.is_empty() => from_memory(unwritten),
+            Backlog::Disk { spool, .. } => match spool.peek(max, REPLAY_CHUNK_BYTES) {
                 Ok(chunk) => chunk.into_iter().unzip(),
                 Err(error) => {
                     add(&self.inner.stats.spool_errors, 1);
@@ -670,9 +820,15 @@ impl Pump {
             }
             add(&stats.replayed, ok as u64);
             sub(&stats.backlog_events, ok as u64);
-            self.inner.last_progress_ms.store(now, Ordering::Relaxed);
+            let published_from_memory = |q: &mut VecDeque<Pending>| {
+                let bytes = q.drain(..ok).map(|p| p.record.spooled_len()).sum();
+                sub(&self.inner.unspooled_bytes, bytes);
+            };
             match &mut self.backlog {
-                Backlog::Memory(q) => drop(q.drain(..ok)),
+                Backlog::Memory(q) => published_from_memory(q),
+                Backlog::Disk { unwritten, .. } if replay.ends.is_empty() => {
+                    published_from_memory(unwritten);
+                }
                 Backlog::Disk { spool, .. } => {
                     if let Err(error) = spool.commit(replay.ends[ok - 1]) {
                         add(&stats.spool_errors, 1);
@@ -705,15 +861,16 @@ impl Pump {
         let stats = Arc::clone(&self.inner.stats);
         match self.backlog {
             Backlog::Disk { .. } => {
-                self.retry_unwritten();
+                self.write_unwritten();
                 let lost = match &self.backlog {
                     Backlog::Disk { unwritten, .. } => unwritten.len() as u64,
                     Backlog::Memory(_) => 0,
                 };
                 add(&stats.lost, lost);
                 CloseReport {
-                    spooled: stats.backlog_events.load(Ordering::Relaxed),
+                    spooled: stats.backlog_events.load(Ordering::Relaxed) - lost,
                     lost,
+                    spool_error: (lost > 0).then(|| self.inner.spool_failing().unwrap_or_default()),
                 }
             }
             Backlog::Memory(_) => {
@@ -744,7 +901,11 @@ impl Pump {
                     Backlog::Disk { .. } => 0,
                 };
                 add(&stats.lost, lost);
-                CloseReport { spooled: 0, lost }
+                CloseReport {
+                    spooled: 0,
+                    lost,
+                    spool_error: None,
+                }
             }
         }
     }

@@ -281,10 +281,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `max` records from the cursor on, each with the position just
+    /// Up to `max` records from the cursor on, and no more than `max_bytes`
+    /// of event data (but at least one record), each with the position just
     /// after it. Does not move the cursor: see [`Spool::commit`].
-    pub fn peek(&self, max: usize) -> io::Result<Vec<(Record, Pos)>> {
+    pub fn peek(&self, max: usize, max_bytes: usize) -> io::Result<Vec<(Record, Pos)>> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         for seg in self
             .segments
             .iter()
@@ -303,7 +305,7 @@ impl Spool {
             file.seek(SeekFrom::Start(start))?;
             let mut reader = BufReader::with_capacity(256 * 1024, file.take(seg.len - start));
             let mut offset = start;
-            while offset < seg.len && out.len() < max {
+            while offset < seg.len && out.len() < max && bytes < max_bytes {
                 let (record, len) = read_record(&mut reader)
                     .map_err(|e| context(e, "cannot read spooled record from", &path))?
                     .map_err(|reason| {
@@ -313,6 +315,7 @@ impl Spool {
                         )
                     })?;
                 offset += len;
+                bytes += record.data.len();
                 out.push((
                     record,
                     Pos {
@@ -321,7 +324,7 @@ impl Spool {
                     },
                 ));
             }
-            if out.len() >= max {
+            if out.len() >= max || bytes >= max_bytes {
                 break;
             }
         }
@@ -484,7 +487,7 @@ mod tests {
     fn drain(spool: &mut Spool) -> Vec<u64> {
         let mut all = Vec::new();
         loop {
-            let batch = spool.peek(7).unwrap();
+            let batch = spool.peek(7, usize::MAX).unwrap();
             let Some((_, pos)) = batch.last() else { break };
             let pos = *pos;
             all.extend(ids(&batch));
@@ -506,7 +509,7 @@ mod tests {
         let total = spool.bytes();
         assert!(spool.segments.len() > 1, "rolled over");
         // Replay half, then "restart".
-        let first = spool.peek(120).unwrap();
+        let first = spool.peek(120, usize::MAX).unwrap();
         spool.commit(first.last().unwrap().1).unwrap();
         assert!(spool.bytes() < total);
         drop(spool);

@@ -24,9 +24,8 @@ pub(crate) struct Stats {
     pub in_flight: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub backlog_events: AtomicU64,
-    /// Events handed to the sink, and their size as spool records.
-    sent_events: AtomicU64,
-    sent_bytes: AtomicU64,
+    /// Changes between direct and backlog mode, both ways.
+    pub mode_changes: AtomicU64,
     buckets: [AtomicU64; DELIVERY_BUCKETS.len()],
     count: AtomicU64,
     sum_ms: AtomicU64,
@@ -46,20 +45,6 @@ impl Stats {
             FailureClass::Retryable => add(&self.failed_retryable, 1),
             FailureClass::Permanent => add(&self.failed_permanent, 1),
         }
-    }
-
-    pub fn count_sent(&self, events: u64, bytes: u64) {
-        add(&self.sent_events, events);
-        add(&self.sent_bytes, bytes);
-    }
-
-    /// Average size of an event as a spool record (0 before the first).
-    pub fn average_event_bytes(&self) -> u64 {
-        let events = self.sent_events.load(Ordering::Relaxed);
-        self.sent_bytes
-            .load(Ordering::Relaxed)
-            .checked_div(events)
-            .unwrap_or(0)
     }
 
     pub fn observe_delivery(&self, accepted_at_ms: u64, now_ms: u64) {
@@ -87,6 +72,8 @@ impl Stats {
             lost: l(&self.lost),
             spool_bytes: l(&self.spool_bytes),
             backlog_events: l(&self.backlog_events),
+            mode_changes: l(&self.mode_changes),
+            spool_failing: false,
             damaged_bytes: l(&self.damaged_bytes),
             delivery_buckets: self.buckets.each_ref().map(l),
             delivery_count: l(&self.count),
@@ -121,8 +108,13 @@ pub struct PublisherStats {
     pub lost: u64,
     /// Bytes in the spool waiting for replay.
     pub spool_bytes: u64,
-    /// Events in the backlog waiting for replay.
+    /// Events in the backlog waiting for replay (in the spool, or in memory
+    /// until they are).
     pub backlog_events: u64,
+    /// Changes between direct and backlog mode, both ways.
+    pub mode_changes: u64,
+    /// Spool appends are failing (a full disk, EIO): new events are refused.
+    pub spool_failing: bool,
     /// Damaged spool bytes found (and skipped) when the spool was opened.
     pub damaged_bytes: u64,
     /// Per-bucket (not cumulative) delivery-latency counts, see

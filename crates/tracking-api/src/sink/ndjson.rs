@@ -2,28 +2,58 @@
 //! an append-only file, written by one dedicated thread.
 //!
 //! Requests serialize their events on their own task and hand the bytes over
-//! a channel bounded by a [`Budget`] (units = events); the writer thread
-//! writes through a buffer and flushes whenever the channel runs empty, so an
-//! idle sink has nothing pending. The writer polls the channel (sleeping 1–10
-//! ms when it is empty) rather than blocking on it, so senders never have to
-//! wake it. `close` writes out everything handed over
-//! before it, flushes, and for files `fsync`s. Between flushes the file sink
-//! does not fsync: a machine crash (not a process crash) can lose what the
-//! OS had not written yet.
+//! a channel bounded by a [`Budget`] (events and bytes); the writer thread
+//! writes what is queued straight to the file descriptor (several requests'
+//! lines in one `writev`) and gives each request's admission back once all
+//! its bytes are written. The writer polls the channel (sleeping 1–10 ms when
+//! it is empty) rather than blocking on it, so senders never have to wake it.
+//!
+//! **Write errors lose nothing.** A failed write (a full disk, EIO) keeps
+//! what was not written, in order, and retries it with backoff (10 ms to
+//! 1 s); meanwhile the sink is *failing*: `try_admit` refuses (503) and
+//! [`EventSink::healthy`] is false (`/readyz` 503). Both recover by
+//! themselves with the first write that works. A partial write resumes where
+//! it stopped, so a line is never torn or repeated. A broken pipe (the reader
+//! of stdout went away, `EPIPE`, or `poll` reports the pipe's reader gone
+//! while idle) is for good: the sink says so, refuses everything, counts what
+//! it holds as lost and resolves [`EventSink::gone`], so that the process
+//! drains and exits non-zero.
+//!
+//! `close` writes out everything handed over before it (retrying failed
+//! writes for up to [`CLOSE_RETRY`]), and for files `fsync`s. Between
+//! closes the file sink does not fsync: a machine crash (not a process
+//! crash) can lose what the OS had not written yet. A file whose last line
+//! was torn by a crash has that partial line cut off when it is opened.
+//! [`EventSink::reopen`] (SIGHUP) makes the writer finish the line in
+//! progress, fsync, and continue in a newly opened file at the same path.
 
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracking_core::{
     Admission, BoxFuture, Budget, DeadLetter, DeadLetterSink, EnrichedEvent, EventSink, SinkError,
 };
+
+/// How long `close` keeps retrying failed writes before it gives up on what
+/// is left (and says so).
+pub const CLOSE_RETRY: Duration = Duration::from_secs(3);
+/// Bytes a queued hand-over costs besides its lines (its queue entry).
+const CHUNK_OVERHEAD: usize = 128;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Hand-overs written with one `writev`.
+const MAX_SLICES: usize = 256;
 
 /// Where the lines go.
 #[derive(Debug, Clone)]
@@ -33,59 +63,131 @@ pub enum Target {
     File(PathBuf),
 }
 
+/// The sink's bounds: what it holds before it refuses.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// Counters the caller exports.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Events whose line was written completely.
+    pub written: Arc<AtomicU64>,
+    /// Failed writes (each retried).
+    pub write_errors: Arc<AtomicU64>,
+    /// Events given up: the output gone for good, or still unwritable when
+    /// `close` gave up.
+    pub lost: Arc<AtomicU64>,
+}
+
 enum Msg {
-    Lines {
-        bytes: Vec<u8>,
-        events: u64,
-        _admission: Admission,
-    },
+    Lines(Chunk),
     Close(oneshot::Sender<Result<(), String>>),
+}
+
+/// One hand-over: whole lines, and the room they hold.
+struct Chunk {
+    bytes: Vec<u8>,
+    events: u64,
+    _admission: Admission,
+}
+
+/// What the writer thread tells the sink.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The last write failed; set to the error while it lasts.
+    failing: Mutex<Option<String>>,
+    failing_flag: AtomicBool,
+    /// The output is gone for good.
+    gone: CancellationToken,
+    /// A reopen (SIGHUP) was asked for.
+    reopen: AtomicBool,
+}
+
+impl Shared {
+    fn set_failing(&self, error: Option<String>) {
+        self.failing_flag.store(error.is_some(), Ordering::Release);
+        if let Ok(mut f) = self.failing.lock() {
+            *f = error;
+        }
+    }
+
+    fn failing(&self) -> Option<String> {
+        if !self.failing_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 #[derive(Debug)]
 pub struct NdjsonSink {
     tx: Mutex<Option<Sender<Msg>>>,
     budget: Arc<Budget>,
-    written: Arc<AtomicU64>,
-    write_errors: Arc<AtomicU64>,
+    counters: Counters,
+    shared: Arc<Shared>,
     dropped: AtomicU64,
     target: String,
 }
 
 impl NdjsonSink {
-    /// Opens the target and starts the writer thread. `written` and
-    /// `write_errors` are counters the caller exports.
-    pub fn start(
-        target: Target,
-        capacity: usize,
-        written: Arc<AtomicU64>,
-        write_errors: Arc<AtomicU64>,
-    ) -> io::Result<Self> {
-        let mut sync = None;
-        let (name, out, flush_each): (String, Box<dyn Write + Send>, bool) = match &target {
-            Target::Stdout => ("stdout".into(), Box::new(io::stdout()), false),
-            // Flushed per batch so that lines do not interleave with log lines.
-            Target::Stderr => ("stderr".into(), Box::new(io::stderr()), true),
-            Target::File(p) => {
-                let file = open_append(p)?;
-                sync = Some(file.try_clone()?);
-                (p.display().to_string(), Box::new(file), false)
-            }
+    /// Opens the target and starts the writer thread.
+    pub fn start(target: Target, bounds: Bounds, counters: Counters) -> io::Result<Self> {
+        let (name, out, path, coalesce) = match &target {
+            Target::Stdout => (
+                "stdout".to_owned(),
+                File::from(io::stdout().as_fd().try_clone_to_owned()?),
+                None,
+                true,
+            ),
+            // One hand-over per write, so that lines do not interleave with
+            // log lines.
+            Target::Stderr => (
+                "stderr".to_owned(),
+                File::from(io::stderr().as_fd().try_clone_to_owned()?),
+                None,
+                false,
+            ),
+            Target::File(p) => (
+                p.display().to_string(),
+                open_append(p)?,
+                Some(p.clone()),
+                true,
+            ),
         };
         let (tx, rx) = mpsc::channel();
-        let (w, e) = (Arc::clone(&written), Arc::clone(&write_errors));
-        let label = name.clone();
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            out,
+            path,
+            pipe: matches!(target, Target::Stdout | Target::Stderr),
+            coalesce,
+            queue: VecDeque::new(),
+            offset: 0,
+            counters: counters.clone(),
+            shared: Arc::clone(&shared),
+            target: name.clone(),
+            failures: 0,
+            backoff: BACKOFF_MIN,
+            retry_at: None,
+        };
         std::thread::Builder::new()
             .name(format!(
                 "ndjson-{}",
-                if sync.is_some() { "file" } else { &name }
+                if matches!(target, Target::File(_)) {
+                    "file"
+                } else {
+                    &name
+                }
             ))
-            .spawn(move || writer(rx, out, sync, flush_each, &w, &e, &label))?;
+            .spawn(move || writer.run(rx))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
-            budget: Budget::new(capacity),
-            written,
-            write_errors,
+            budget: Budget::new(bounds.events, bounds.bytes),
+            counters,
+            shared,
             dropped: AtomicU64::new(0),
             target: name,
         })
@@ -96,31 +198,40 @@ impl NdjsonSink {
     }
 
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.counters.written.load(Ordering::Relaxed)
     }
 
-    /// Dead letters dropped because the queue was full.
+    /// Dead letters dropped because the queue was full or the output failing.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn push(&self, bytes: Vec<u8>, events: u64, admission: Admission) -> bool {
+    fn push(&self, chunk: Chunk) -> bool {
+        let events = chunk.events;
         let sent = match self.tx.lock() {
-            Ok(tx) => tx.as_ref().is_some_and(|tx| {
-                tx.send(Msg::Lines {
-                    bytes,
-                    events,
-                    _admission: admission,
-                })
-                .is_ok()
-            }),
+            Ok(tx) => tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(Msg::Lines(chunk)).is_ok()),
             Err(_) => false,
         };
         if !sent {
-            self.write_errors.fetch_add(events, Ordering::Relaxed);
+            self.counters.lost.fetch_add(events, Ordering::Relaxed);
             tracing::error!(target = %self.target, events, "Sink is closed; events handed to it are lost.");
         }
         sent
+    }
+
+    /// Why nothing can be admitted now, if so.
+    fn refusal(&self) -> Option<SinkError> {
+        if self.shared.gone.is_cancelled() {
+            return Some(SinkError::Unavailable(format!("{} is closed", self.target)));
+        }
+        if self.tx.lock().map_or(true, |tx| tx.is_none()) {
+            return Some(SinkError::Closed);
+        }
+        self.shared
+            .failing()
+            .map(|e| SinkError::Unavailable(format!("writing to {}: {e}", self.target)))
     }
 
     fn close_inner(&self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -138,19 +249,63 @@ impl NdjsonSink {
             }
         })
     }
+
+    fn reopen_inner(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+    }
 }
 
-fn open_append(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new()
+/// Opens `path` for appending (creating it), and cuts off a last line that
+/// a crash left without its newline, so that the lines appended after it
+/// stay whole.
+fn open_append(path: &Path) -> io::Result<File> {
+    let context = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open {} for appending: {e}", path.display()),
+        )
+    };
+    let file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open {} for appending: {e}", path.display()),
-            )
-        })
+        .map_err(context)?;
+    let len = file.metadata().map_err(context)?.len();
+    let keep = whole_lines_len(&file, len).map_err(context)?;
+    if keep < len {
+        file.set_len(keep).map_err(context)?;
+        tracing::warn!(
+            path = %path.display(),
+            bytes = len - keep,
+            "The file ended in a partial line (a crash mid-write); cut it off."
+        );
+    }
+    Ok(file)
+}
+
+/// A regular file (not a FIFO or a device, which cannot be fsynced).
+fn is_regular(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.is_file())
+}
+
+/// The length of `file` up to and including its last newline.
+fn whole_lines_len(file: &File, len: u64) -> io::Result<u64> {
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let buf = &mut block[..(end - start) as usize];
+        file.read_exact_at(buf, start)?;
+        if end == len && buf.last() == Some(&b'\n') {
+            return Ok(len);
+        }
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 fn serialize_lines<T: Serialize>(items: &[T]) -> Vec<u8> {
@@ -164,103 +319,332 @@ fn serialize_lines<T: Serialize>(items: &[T]) -> Vec<u8> {
     buf
 }
 
-fn writer(
-    rx: Receiver<Msg>,
-    out: Box<dyn Write + Send>,
-    sync: Option<std::fs::File>,
-    flush_each: bool,
-    written: &AtomicU64,
-    errors: &AtomicU64,
-    target: &str,
-) {
-    let mut out = BufWriter::with_capacity(256 * 1024, out);
-    let mut failures: u64 = 0;
-    let mut report = |e: &io::Error, n: u64| {
-        errors.fetch_add(n, Ordering::Relaxed);
-        failures += 1;
-        if failures.is_power_of_two() {
-            tracing::error!(error = %e, target, failures, "Sink write failed.");
-        }
-    };
-    // The writer never blocks on the channel: when it runs dry it flushes and
-    // sleeps, backing off from 1 ms to 10 ms while idle. Blocking in `recv`
-    // would make nearly every hand-off wake this thread through the channel's
-    // waker (a mutex and a futex): measured at ~28% of the server's CPU at
-    // 15k events/s. The cost is up to 10 ms before an idle sink writes.
-    let mut idle = Duration::from_millis(1);
-    loop {
-        let msg = match rx.try_recv() {
-            Ok(m) => {
-                idle = Duration::from_millis(1);
-                m
-            }
-            Err(TryRecvError::Empty) => {
-                if let Err(e) = out.flush() {
-                    report(&e, 0);
+/// The writer thread's state.
+struct Writer {
+    out: File,
+    /// The file's path (for reopening), `None` for stdout and stderr.
+    path: Option<PathBuf>,
+    /// stdout / stderr: a pipe whose reader can go away.
+    pipe: bool,
+    coalesce: bool,
+    queue: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    offset: usize,
+    counters: Counters,
+    shared: Arc<Shared>,
+    target: String,
+    failures: u64,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+/// What one write attempt did.
+enum Attempt {
+    Progress,
+    Retry,
+    Gone,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        // The writer never blocks on the channel: when it runs dry it sleeps,
+        // backing off from 1 ms to 10 ms while idle. Blocking in `recv`
+        // would make nearly every hand-off wake this thread through the
+        // channel's waker (a mutex and a futex): measured at ~28% of the
+        // server's CPU at 15k events/s. The cost is up to 10 ms before an
+        // idle sink writes.
+        let mut idle = Duration::from_millis(1);
+        let mut close = None;
+        loop {
+            let mut disconnected = false;
+            while close.is_none() {
+                match rx.try_recv() {
+                    Ok(Msg::Lines(chunk)) => self.queue.push_back(chunk),
+                    Ok(Msg::Close(done)) => close = Some((done, Instant::now() + CLOSE_RETRY)),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
                 }
-                std::thread::sleep(idle);
-                idle = (idle * 2).min(Duration::from_millis(10));
+            }
+            if self.offset == 0 && self.shared.reopen.swap(false, Ordering::AcqRel) {
+                self.reopen();
+            }
+            if self.shared.gone.is_cancelled() {
+                self.give_up("the output is closed");
+            } else if !self.queue.is_empty() {
+                if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                    match self.write_some() {
+                        Attempt::Progress => {
+                            idle = Duration::from_millis(1);
+                            continue;
+                        }
+                        Attempt::Gone => continue,
+                        Attempt::Retry => {}
+                    }
+                }
+            } else if self.pipe && self.reader_gone() {
+                self.output_gone("its reader went away");
                 continue;
             }
-            Err(TryRecvError::Disconnected) => return,
-        };
-        match msg {
-            Msg::Lines { bytes, events, .. } => {
-                match out.write_all(&bytes) {
-                    Ok(()) => {
-                        written.fetch_add(events, Ordering::Relaxed);
-                    }
-                    Err(e) => report(&e, events),
+            if let Some((done, deadline)) = close.take() {
+                if self.queue.is_empty() || Instant::now() >= deadline {
+                    let _ = done.send(self.finish());
+                    return;
                 }
-                if flush_each && let Err(e) = out.flush() {
-                    report(&e, 0);
-                }
+                close = Some((done, deadline));
             }
-            Msg::Close(done) => {
-                let mut result = out.flush().map_err(|e| format!("flushing {target}: {e}"));
-                if let (Ok(()), Some(file)) = (&result, &sync) {
-                    result = file
-                        .sync_data()
-                        .map_err(|e| format!("fsync of {target}: {e}"));
-                }
-                let _ = done.send(result);
+            if disconnected && self.queue.is_empty() {
                 return;
+            }
+            let sleep = match self.retry_at {
+                Some(t) if !self.queue.is_empty() => t
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10)),
+                _ => {
+                    let s = idle;
+                    idle = (idle * 2).min(Duration::from_millis(10));
+                    s
+                }
+            };
+            std::thread::sleep(sleep.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Writes from the front of the queue (one `writev`), giving back the
+    /// room of every chunk written completely.
+    fn write_some(&mut self) -> Attempt {
+        let n = if self.coalesce { MAX_SLICES } else { 1 };
+        let mut slices = Vec::with_capacity(n.min(self.queue.len()));
+        for (i, chunk) in self.queue.iter().take(n).enumerate() {
+            let from = if i == 0 { self.offset } else { 0 };
+            slices.push(IoSlice::new(&chunk.bytes[from..]));
+        }
+        let result = match slices.len() {
+            1 => self.out.write(&slices[0]),
+            _ => self.out.write_vectored(&slices),
+        };
+        match result {
+            Ok(0) => self.failed(&io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the output took no bytes",
+            )),
+            Ok(mut written) => {
+                while written > 0 {
+                    let Some(front) = self.queue.front() else {
+                        break;
+                    };
+                    let left = front.bytes.len() - self.offset;
+                    if written < left {
+                        self.offset += written;
+                        break;
+                    }
+                    written -= left;
+                    self.offset = 0;
+                    if let Some(chunk) = self.queue.pop_front() {
+                        self.counters
+                            .written
+                            .fetch_add(chunk.events, Ordering::Relaxed);
+                    }
+                }
+                if self.failures > 0 {
+                    tracing::info!(
+                        target = %self.target,
+                        failures = self.failures,
+                        "Sink writes work again; taking events again."
+                    );
+                    self.failures = 0;
+                    self.shared.set_failing(None);
+                }
+                self.backoff = BACKOFF_MIN;
+                self.retry_at = None;
+                Attempt::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Attempt::Progress,
+            // A non-blocking stdout whose reader is slow: not a failure.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.retry_at = Some(Instant::now() + Duration::from_millis(1));
+                Attempt::Retry
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.output_gone(&e.to_string());
+                Attempt::Gone
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, error: &io::Error) -> Attempt {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.failures += 1;
+        if self.failures.is_power_of_two() {
+            tracing::error!(
+                %error,
+                target = %self.target,
+                failures = self.failures,
+                events = self.queue.iter().map(|c| c.events).sum::<u64>(),
+                "Sink write failed; the events are kept and retried, new ones are refused (503)."
+            );
+        }
+        self.shared.set_failing(Some(error.to_string()));
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        Attempt::Retry
+    }
+
+    /// Whether the pipe's reader has gone away (`POLLERR` on the write end).
+    fn reader_gone(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.out, PollFlags::OUT)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
+    }
+
+    fn output_gone(&mut self, why: &str) {
+        if !self.shared.gone.is_cancelled() {
+            tracing::error!(
+                target = %self.target,
+                why,
+                "The event output is gone for good; refusing events and shutting down."
+            );
+            self.shared.gone.cancel();
+        }
+        self.give_up("the output is closed");
+    }
+
+    /// Counts what is queued as lost and drops it.
+    fn give_up(&mut self, why: &str) {
+        let events: u64 = self.queue.drain(..).map(|c| c.events).sum();
+        self.offset = 0;
+        if events > 0 {
+            self.counters.lost.fetch_add(events, Ordering::Relaxed);
+            tracing::error!(target = %self.target, events, why, "Events could not be written: lost.");
+        }
+    }
+
+    /// The end of `close`: fsync, and the truth about what was left.
+    fn finish(&mut self) -> Result<(), String> {
+        if self.shared.gone.is_cancelled() {
+            return Err(format!(
+                "{} is closed; {} events were lost",
+                self.target,
+                self.counters.lost.load(Ordering::Relaxed)
+            ));
+        }
+        let left: u64 = self.queue.iter().map(|c| c.events).sum();
+        if left > 0 {
+            let error = self.shared.failing().unwrap_or_default();
+            self.give_up("still failing at shutdown");
+            return Err(format!(
+                "{left} events could not be written to {} within {CLOSE_RETRY:?}: {error}",
+                self.target
+            ));
+        }
+        if self.path.is_some() && is_regular(&self.out) {
+            self.out
+                .sync_data()
+                .map_err(|e| format!("fsync of {}: {e}", self.target))?;
+        }
+        Ok(())
+    }
+
+    /// Finishes with the current file and continues in a new one at the
+    /// same path (called between whole chunks only).
+    fn reopen(&mut self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        if is_regular(&self.out)
+            && let Err(error) = self.out.sync_data()
+        {
+            tracing::warn!(%error, path = %path.display(), "fsync before reopening failed.");
+        }
+        match open_append(&path) {
+            Ok(file) => {
+                self.out = file;
+                tracing::info!(path = %path.display(), "Reopened the output file.");
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot reopen the output file; still writing to the old one.");
             }
         }
     }
 }
 
 impl EventSink for NdjsonSink {
-    fn try_admit(&self, n: usize) -> Result<Admission, SinkError> {
-        if self.tx.lock().map_or(true, |tx| tx.is_none()) {
-            return Err(SinkError::Closed);
+    fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
-        self.budget.try_acquire(n).ok_or(SinkError::Full {
-            limit: self.budget.limit(),
-        })
+        self.budget
+            .try_acquire(n, bytes + CHUNK_OVERHEAD)
+            .ok_or(SinkError::Full {
+                limit: self.budget.limit(),
+                limit_bytes: self.budget.limit_bytes(),
+            })
     }
 
-    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission) {
-        let n = events.len() as u64;
-        self.push(serialize_lines(&events), n, admission);
+    fn send(&self, events: Vec<EnrichedEvent>, mut admission: Admission) {
+        let bytes = serialize_lines(&events);
+        admission.set_bytes(bytes.capacity() + CHUNK_OVERHEAD);
+        self.push(Chunk {
+            bytes,
+            events: events.len() as u64,
+            _admission: admission,
+        });
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         self.close_inner()
+    }
+
+    fn healthy(&self) -> bool {
+        !self.shared.gone.is_cancelled() && !self.shared.failing_flag.load(Ordering::Acquire)
+    }
+
+    fn gone(&self) -> BoxFuture<'static, ()> {
+        Box::pin(self.shared.gone.clone().cancelled_owned())
+    }
+
+    fn reopen(&self) {
+        self.reopen_inner();
     }
 }
 
 impl DeadLetterSink for NdjsonSink {
     fn reject(&self, letter: DeadLetter) -> bool {
-        let Some(admission) = self.budget.try_acquire(1) else {
+        let mut bytes = Vec::with_capacity(letter.raw.len() + letter.error.len() + 256);
+        // Serializing our own types into memory cannot fail.
+        if serde_json::to_writer(&mut bytes, &letter).is_ok() {
+            bytes.push(b'\n');
+        }
+        let admission = match self.refusal() {
+            None => self
+                .budget
+                .try_acquire(1, bytes.capacity() + CHUNK_OVERHEAD),
+            Some(_) => None,
+        };
+        let Some(admission) = admission else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         };
-        self.push(serialize_lines(std::slice::from_ref(&letter)), 1, admission)
+        self.push(Chunk {
+            bytes,
+            events: 1,
+            _admission: admission,
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         self.close_inner()
+    }
+
+    fn reopen(&self) {
+        self.reopen_inner();
     }
 }
 
@@ -297,7 +681,14 @@ mod tests {
             reason: "invalid_type",
             error: "bad".into(),
             index: Some(i),
-            raw: format!("{{\"n\":{i}}}"),
+            raw: format!("{{\"n\":{i},\n\"s\":\"\u{2028}\"}}"),
+        }
+    }
+
+    fn bounds(events: usize) -> Bounds {
+        Bounds {
+            events,
+            bytes: usize::MAX,
         }
     }
 
@@ -305,14 +696,9 @@ mod tests {
     async fn writes_lines_flushes_on_close_and_then_refuses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.ndjson");
-        let written = Arc::new(AtomicU64::new(0));
-        let sink = NdjsonSink::start(
-            Target::File(path.clone()),
-            3,
-            Arc::clone(&written),
-            Arc::default(),
-        )
-        .expect("start");
+        let counters = Counters::default();
+        let sink = NdjsonSink::start(Target::File(path.clone()), bounds(3), counters.clone())
+            .expect("start");
         for i in 0..3 {
             assert!(DeadLetterSink::reject(&sink, letter(i)));
         }
@@ -324,14 +710,15 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["index"], 2);
-        assert_eq!(written.load(Ordering::Relaxed), 3);
+        assert_eq!(lines[2]["raw"], letter(2).raw, "raw is one escaped string");
+        assert_eq!(counters.written.load(Ordering::Relaxed), 3);
         assert_eq!(
-            sink.budget().used(),
-            0,
+            (sink.budget().used(), sink.budget().used_bytes()),
+            (0, 0),
             "written lines give their room back"
         );
         assert!(matches!(
-            EventSink::try_admit(&sink, 1),
+            EventSink::try_admit(&sink, 1, 0),
             Err(SinkError::Closed)
         ));
     }
@@ -341,20 +728,47 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = NdjsonSink::start(
             Target::File(dir.path().join("d.ndjson")),
-            2,
-            Arc::default(),
-            Arc::default(),
+            Bounds {
+                events: 2,
+                bytes: 4096,
+            },
+            Counters::default(),
         )
         .expect("start");
-        let held = sink.budget().try_acquire(2).expect("fill the queue");
+        let held = sink.budget().try_acquire(2, 0).expect("fill the queue");
         assert!(!DeadLetterSink::reject(&sink, letter(0)));
         assert_eq!(sink.dropped(), 1);
         assert!(matches!(
-            EventSink::try_admit(&sink, 1),
-            Err(SinkError::Full { limit: 2 })
+            EventSink::try_admit(&sink, 1, 0),
+            Err(SinkError::Full { limit: 2, .. })
         ));
         drop(held);
+        let mut big = letter(1);
+        big.raw = "x".repeat(8192);
+        assert!(!DeadLetterSink::reject(&sink, big), "past the byte bound");
+        assert_eq!(sink.dropped(), 2);
         assert!(DeadLetterSink::reject(&sink, letter(1)));
         DeadLetterSink::close(&sink).await.expect("close");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_when_the_file_is_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (before, after) in [
+            ("", ""),
+            ("{\"a\":1}\n", "{\"a\":1}\n"),
+            ("{\"a\":1}\n{\"b\":", "{\"a\":1}\n"),
+            ("{\"b\":", ""),
+        ] {
+            let path = dir.path().join("t.ndjson");
+            std::fs::write(&path, before).expect("write");
+            drop(open_append(&path).expect("open"));
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), after);
+        }
+        let path = dir.path().join("long.ndjson");
+        let long = format!("{}\n{}", "x".repeat(100_000), "y".repeat(70_000));
+        std::fs::write(&path, &long).expect("write");
+        drop(open_append(&path).expect("open"));
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 100_001);
     }
 }

@@ -42,7 +42,7 @@ impl CollectingSink {
     pub fn new(capacity: usize, holding: bool) -> Self {
         Self {
             events: Mutex::new(Vec::new()),
-            budget: Budget::new(capacity),
+            budget: Budget::new(capacity, usize::MAX),
             hold: Mutex::new(Vec::new()),
             holding,
         }
@@ -54,9 +54,10 @@ impl CollectingSink {
 }
 
 impl EventSink for CollectingSink {
-    fn try_admit(&self, n: usize) -> Result<Admission, SinkError> {
-        self.budget.try_acquire(n).ok_or(SinkError::Full {
+    fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError> {
+        self.budget.try_acquire(n, bytes).ok_or(SinkError::Full {
             limit: self.budget.limit(),
+            limit_bytes: self.budget.limit_bytes(),
         })
     }
 

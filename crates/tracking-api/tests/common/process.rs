@@ -17,6 +17,8 @@ pub struct ApiProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Collects `stderr` until the process closes it.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ApiProcess {
@@ -29,6 +31,12 @@ impl ApiProcess {
     /// Starts another of the workspace's servers (migration-proxy) the same
     /// way: it logs `Listening.` with its address.
     pub fn start_program(program: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with_stdout(program, env, Stdio::null())
+    }
+
+    /// [`start_program`](Self::start_program) with its standard output
+    /// going to `stdout` (`Stdio::piped()`: take it from `child.stdout`).
+    pub fn start_with_stdout(program: &Path, env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,7 +44,7 @@ impl ApiProcess {
             .env("MIGRATION_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -46,19 +54,9 @@ impl ApiProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = BufReader::new(child.stderr.take().expect("stderr"));
         let keep = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                // The "Listening." line: `addr=…` (text) or `"addr":"…"` (JSON).
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|a| a.split_whitespace().next())
-                    .or_else(|| {
-                        line.split("\"addr\":\"")
-                            .nth(1)
-                            .and_then(|a| a.split('"').next())
-                    });
-                if let Some(addr) = addr {
+                if let Some(addr) = test_support::listen_addr(&line) {
                     let _ = tx.send(addr.to_owned());
                 }
                 keep.lock().unwrap().push(line);
@@ -79,20 +77,36 @@ impl ApiProcess {
             child,
             addr,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(within)
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `KILL`, …).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .expect("kill");
         assert!(ok.success());
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                // Every line it wrote is in `stderr` once the reader has
+                // seen the pipe close.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
@@ -163,6 +177,40 @@ pub async fn request(
     })
 }
 
+/// `POST /v1/events` with a JSON body.
+pub async fn post_json(addr: SocketAddr, body: &str) -> std::io::Result<RawResponse> {
+    request(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A `503` that tells the client when to retry.
+pub fn assert_503_with_retry_after(r: &RawResponse) {
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.head.to_ascii_lowercase().contains("retry-after:"),
+        "503 without Retry-After: {}",
+        r.head
+    );
+}
+
+/// Fails with the accepted ids for which `arrived` is false.
+pub fn assert_all_arrived(accepted: &[String], arrived: impl Fn(&str) -> bool, what: &str) {
+    let missing: Vec<_> = accepted.iter().filter(|id| !arrived(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} accepted events missing, e.g. {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 /// One value of the process's `/metrics`: the sample named exactly `name`
 /// (labels included).
 pub async fn metric(api: &ApiProcess, name: &str) -> f64 {
@@ -173,6 +221,15 @@ pub async fn metric(api: &ApiProcess, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Requests refused with `503` for `reason` (`tracking_requests_shed_total`).
+pub async fn shed(api: &ApiProcess, reason: &str) -> f64 {
+    metric(
+        api,
+        &format!("tracking_requests_shed_total{{reason=\"{reason}\"}}"),
+    )
+    .await
 }
 
 /// [`metric`] once it reaches `at_least`, or its value when `within` has
