@@ -232,10 +232,10 @@ const SNIPPET: &str = "window.tracking = window.tracking || function () { (track
 const NONCE: &str = "t3st";
 
 /// What every tracker page runs first: reports to the test, CSP violations
-/// and errors (script load failures included) reported, and `firstAnswer`,
-/// the outcome of the tracker's first request (an HTTP status, 0 for a
-/// network error), seen through a `fetch` wrapper that hands every promise
-/// on unchanged.
+/// and errors (script load failures included) reported, and, seen through a
+/// `fetch` wrapper that hands every promise on unchanged, `firstSent` (the
+/// tracker's first request has left) and `firstAnswer` (its outcome: an HTTP
+/// status, 0 for a network error).
 const HARNESS: &str = r#"
 const realFetch = window.fetch;
 const report = (what, data) => realFetch('/report/' + what, {method: 'POST', body: JSON.stringify(data || {})});
@@ -248,9 +248,11 @@ const addTracker = src => {
   s.src = src;
   document.head.appendChild(s);
 };
-let answered;
+let sent, answered;
+const firstSent = new Promise(r => (sent = r));
 const firstAnswer = new Promise(r => (answered = r));
 window.fetch = function (url) {
+  if (String(url).endsWith('/v1/events')) sent();
   const p = realFetch.apply(this, arguments);
   if (String(url).endsWith('/v1/events')) p.then(r => answered(r.status), () => answered(0));
   return p;
@@ -384,14 +386,17 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
             r#"<!doctype html><script nonce="{NONCE}">location.href = '/p/p1?utm_source=browser_test';</script>"#
         ),
     );
-    // First visit: a page view; once it is answered (the cookie is set),
-    // 300 events of ~500 bytes are queued and the page navigates away.
+    // First visit, the API slow: a page view, and 20 events while it is on
+    // its way (they must wait for its answer, which sets the cookie); once
+    // answered, 300 events of ~500 bytes are queued as the page navigates
+    // away.
     pages.insert(
         "p1",
         tracker_page(
             "tracking('page_view');",
             Some(&tracker),
-            r#"firstAnswer.then(async status => {
+            r#"firstSent.then(() => { for (let i = 0; i < 20; i++) tracking('early', {i}); });
+firstAnswer.then(async status => {
   await report('p1', {status});
   for (let i = 0; i < 300; i++) tracking('bulk', {i, pad: 'x'.repeat(300)});
   location.href = '/p/p2';
@@ -458,12 +463,14 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
         &["--host-resolver-rules=MAP *.shop.test 127.0.0.1"],
     );
 
-    // Page 1, then page 2: the page view and all 300 events arrive, with
-    // page 2's page view, one visitor (the cookie), one session.
+    // Page 1, then page 2: the page view, the early events and all 300
+    // arrive, with page 2's page view, one visitor (the cookie), one session.
+    gate.set_delay(Duration::from_millis(300));
     assert_eq!(expect(&mut reports, "p1").await["status"], 204);
+    gate.set_delay(Duration::ZERO);
     expect(&mut reports, "p2").await;
-    let events = events_when(&sink, 302).await;
-    assert_eq!(events.len(), 302, "page view, 300 events, page view");
+    let events = events_when(&sink, 322).await;
+    assert_eq!(events.len(), 322, "page view, 20 + 300 events, page view");
     let view = &events[0];
     assert_eq!(view["type"], "page_view", "{view}");
     assert_eq!(
@@ -482,6 +489,8 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
         .collect();
     bulk.sort_unstable();
     assert_eq!(bulk, (0..300).collect::<Vec<_>>(), "each of the 300 once");
+    let early = events.iter().filter(|e| e["type"] == "early").count();
+    assert_eq!(early, 20);
     let second_view = events
         .iter()
         .find(|e| e["type"] == "page_view" && e["url"] == format!("{site_origin}/p/p2"))
@@ -518,14 +527,14 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
     // Page 3 is gone (page 4 runs); now the API is back.
     assert_eq!(
         read_ndjson(&sink).len(),
-        302,
+        322,
         "nothing of page 3 got through"
     );
     gate.open();
     release("p4");
     assert_eq!(expect(&mut reports, "p4_sent").await["status"], 204);
 
-    let events = events_when(&sink, 309).await;
+    let events = events_when(&sink, 329).await;
     let offline: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["url"] == format!("{site_origin}/p/p3"))
@@ -548,11 +557,11 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
         .iter()
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 309, "no event twice");
-    assert_eq!(events.len(), 309);
+    assert_eq!(ids.len(), 329, "no event twice");
+    assert_eq!(events.len(), 329);
     assert_eq!(
         metric(&api, "tracking_events_accepted_total").await,
-        309.0,
+        329.0,
         "no event accepted twice"
     );
     for e in &events {
