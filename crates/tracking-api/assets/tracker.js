@@ -168,8 +168,9 @@
   // Takes the events (and the count of dropped ones) earlier pages left.
   const load = () => {
     try {
-      const o = JSON.parse(localStorage.getItem(KEY));
-      localStorage.removeItem(KEY);
+      const v = localStorage.getItem(KEY);
+      localStorage.removeItem(KEY); // even when damaged
+      const o = JSON.parse(v);
       if (o) {
         dropped += o.d | 0;
         return o.e.map(e => item(JSON.stringify(e)));

@@ -526,6 +526,48 @@ test('a failure answered after the tab was hidden is kept, not dropped', async (
   assert.deepEqual(types(b.arrived), ['a']);
 });
 
+test('back from the back/forward cache, the page takes its stored events back', async () => {
+  const b = new Browser();
+  const page = b.open({calls: [['a']]});
+  await b.advance(500);
+  b.requests[0].fail();
+  await settle();
+  page.document.visibilityState = 'hidden';
+  page.fire('window', 'pagehide', {persisted: true}); // frozen, not gone
+  assert.deepEqual(types(stored(b).e), ['a']);
+  page.document.visibilityState = 'visible';
+  page.fire('window', 'pageshow', {persisted: true});
+  assert.equal(b.storage.getItem('_tracking'), null);
+  await b.serve(2000);
+  assert.deepEqual(types(b.arrived), ['a']);
+});
+
+test('two tabs share localStorage: each stored event is sent by one of them, once', async () => {
+  const b = new Browser();
+  const one = b.open({calls: [['one_a'], ['one_b']]});
+  const two = b.open({calls: [['two_a']]});
+  await b.advance(500);
+  b.pending().forEach(r => r.fail()); // both failed: the API is unreachable
+  await settle();
+  one.hideTab();
+  two.hideTab();
+  assert.deepEqual(types(stored(b).e), ['one_a', 'one_b', 'two_a'], 'merged, not overwritten');
+  one.showTab(); // takes all three
+  two.showTab(); // finds nothing
+  await b.serve(3000);
+  assert.deepEqual(types(b.arrived).sort(), ['one_a', 'one_b', 'two_a']);
+  assert.equal(new Set(b.ids()).size, 3);
+});
+
+test('a damaged localStorage value is discarded, not fatal', async () => {
+  const b = new Browser();
+  b.storage.setItem('_tracking', '{"d":1,"e":[{"type":');
+  b.open({calls: [['page_view']]});
+  assert.equal(b.storage.getItem('_tracking'), null);
+  await b.serve(1000);
+  assert.deepEqual(types(b.arrived), ['page_view']);
+});
+
 test('events tracked after the page was hidden leave at once', () => {
   const b = new Browser();
   const page = b.open();
