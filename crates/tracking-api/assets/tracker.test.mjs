@@ -271,6 +271,15 @@ class Page {
   }
 }
 
+// A page whose first request (carrying `calls`) fails: the API is unreachable.
+const unreachable = async (b, calls) => {
+  const page = b.open({calls});
+  await b.advance(500);
+  b.requests.at(-1).fail();
+  await settle();
+  return page;
+};
+
 const bigProps = i => ({i, blob: 'x'.repeat(400)}); // an event of about 500 bytes
 const types = events => events.map(e => e.type);
 const stored = b => JSON.parse(b.storage.getItem('_tracking') || '{"d":0,"e":[]}');
@@ -491,10 +500,7 @@ test('a beacon the browser refuses is kept in localStorage', async () => {
 
 test('API unreachable: nothing is beaconed into the void; the next page sends it all once', async () => {
   const b = new Browser();
-  const page = b.open({calls: [['page_view']]});
-  await b.advance(500);
-  b.requests[0].fail();
-  await settle();
+  const page = await unreachable(b, [['page_view']]);
   for (let i = 0; i < 5; i++) page.call('offline', {i});
   await b.advance(1000); // the retry is in flight when the page goes
   assert.equal(b.pending().length, 1);
@@ -528,10 +534,7 @@ test('a failure answered after the tab was hidden is kept, not dropped', async (
 
 test('back from the back/forward cache, the page takes its stored events back', async () => {
   const b = new Browser();
-  const page = b.open({calls: [['a']]});
-  await b.advance(500);
-  b.requests[0].fail();
-  await settle();
+  const page = await unreachable(b, [['a']]);
   page.document.visibilityState = 'hidden';
   page.fire('window', 'pagehide', {persisted: true}); // frozen, not gone
   assert.deepEqual(types(stored(b).e), ['a']);
@@ -580,10 +583,7 @@ test('events tracked after the page was hidden leave at once', () => {
 
 test('held events are bounded: the oldest go first, counted and reported', async () => {
   const b = new Browser();
-  const page = b.open({calls: [['page_view']]});
-  await b.advance(500);
-  b.requests[0].fail(); // unreachable: everything is kept
-  await settle();
+  const page = await unreachable(b, [['page_view']]); // everything is kept
   for (let i = 0; i < 1200; i++) page.call('e', {i});
   page.leave();
   const s = stored(b);
@@ -601,11 +601,7 @@ test('held events are bounded: the oldest go first, counted and reported', async
 
 test('held bytes are bounded too', async () => {
   const b = new Browser();
-  const page = b.open();
-  page.call('x');
-  await b.advance(500);
-  b.requests[0].fail();
-  await settle();
+  const page = await unreachable(b, [['x']]);
   for (let i = 0; i < 150; i++) page.call('huge', {i, blob: 'y'.repeat(5000)});
   page.leave();
   const s = stored(b);
@@ -618,10 +614,7 @@ test('held bytes are bounded too', async () => {
 test('a full localStorage keeps the newest half that fits; a disabled one breaks nothing', async () => {
   const b = new Browser();
   b.storage.limit = 20000;
-  const page = b.open({calls: [['x']]});
-  await b.advance(500);
-  b.requests[0].fail();
-  await settle();
+  const page = await unreachable(b, [['x']]);
   for (let i = 0; i < 100; i++) page.call('e', {i, pad: 'z'.repeat(300)});
   page.leave();
   const s = stored(b);
@@ -631,10 +624,7 @@ test('a full localStorage keeps the newest half that fits; a disabled one breaks
 
   const c = new Browser();
   c.storage.broken = true;
-  const p = c.open({calls: [['a']]});
-  await c.advance(500);
-  c.requests[0].fail();
-  await settle();
+  const p = await unreachable(c, [['a']]);
   p.hideTab(); // cannot be stored: stays in memory
   p.showTab();
   await c.serve(3000);

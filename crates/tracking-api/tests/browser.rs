@@ -242,12 +242,13 @@ const report = (what, data) => realFetch('/report/' + what, {method: 'POST', bod
 const go = what => realFetch('/go/' + what);
 addEventListener('securitypolicyviolation', e => report('csp', {directive: e.violatedDirective, blocked: e.blockedURI}));
 addEventListener('error', e => report('error', {message: String(e.message || (e.target && e.target.src))}), true);
-const addTracker = src => {
+const trackerAfter = (name, src) => report(name).then(() => go(name)).then(() => {
   const s = document.createElement('script');
   s.async = true;
   s.src = src;
   document.head.appendChild(s);
-};
+  return firstAnswer;
+});
 let sent, answered;
 const firstSent = new Promise(r => (sent = r));
 const firstAnswer = new Promise(r => (answered = r));
@@ -260,8 +261,9 @@ window.fetch = function (url) {
 "#;
 
 /// A page: the harness, the snippet with `calls`, the tracker tag when
-/// `tracker` is given, then the page's own `script`. `addTracker(src)`
-/// adds the tag later, as the async tag would.
+/// `tracker` is given, then the page's own `script`. `trackerAfter(name,
+/// src)` reports `name`, waits for the test to release it, then adds the
+/// tracker tag (as the async tag would) and resolves with `firstAnswer`.
 fn tracker_page(calls: &str, tracker: Option<&str>, script: &str) -> String {
     let tag = tracker
         .map(|src| format!(r#"<script async src="{src}"></script>"#))
@@ -419,10 +421,7 @@ firstAnswer.then(async status => {
             "tracking('page_view'); for (let i = 0; i < 5; i++) tracking('offline', {i});",
             None,
             &format!(
-                r#"report('p3').then(() => go('p3')).then(() => {{
-  addTracker('{tracker}');
-  return firstAnswer;
-}}).then(async status => {{
+                r#"trackerAfter('p3', '{tracker}').then(async status => {{
   await report('p3_failed', {{status}});
   await go('p3_failed');
   location.href = '/p/p4';
@@ -437,10 +436,7 @@ firstAnswer.then(async status => {
             "tracking('page_view');",
             None,
             &format!(
-                r#"report('p4').then(() => go('p4')).then(() => {{
-  addTracker('{tracker}');
-  return firstAnswer;
-}}).then(status => report('p4_sent', {{status}}));"#
+                r#"trackerAfter('p4', '{tracker}').then(status => report('p4_sent', {{status}}));"#
             ),
         ),
     );
