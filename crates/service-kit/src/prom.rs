@@ -147,8 +147,8 @@ pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
 
 /// Status codes the services answer with, as the bounded `status` label;
 /// anything else counts as `other`.
-pub const STATUSES: [u16; 16] = [
-    200, 204, 400, 401, 403, 404, 405, 408, 413, 415, 500, 502, 503, 504, 429, 0,
+pub const STATUSES: [u16; 17] = [
+    200, 204, 304, 400, 401, 403, 404, 405, 408, 413, 415, 500, 502, 503, 504, 429, 0,
 ];
 
 fn status_slot(code: u16) -> usize {

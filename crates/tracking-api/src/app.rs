@@ -400,6 +400,13 @@ impl App {
                 Route::Pixel,
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),
             ),
+            ("/v1/tracker.js", &Method::GET | &Method::HEAD) => {
+                (Route::Tracker, crate::tracker::response(req.headers()))
+            }
+            ("/v1/tracker.js", _) => (
+                Route::Tracker,
+                ApiError::MethodNotAllowed("GET, HEAD").into_response(),
+            ),
             ("/healthz", &Method::GET) => (Route::Healthz, text(StatusCode::OK, "ok\n")),
             ("/readyz", &Method::GET) => (
                 Route::Readyz,

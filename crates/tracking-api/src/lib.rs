@@ -20,6 +20,7 @@ pub mod overload;
 pub mod server;
 pub mod sink;
 pub mod store;
+pub mod tracker;
 pub mod ua;
 
 use std::sync::Arc;

@@ -59,6 +59,7 @@ pub enum Route {
     Events,
     Pixel,
     Preflight,
+    Tracker,
     Healthz,
     Readyz,
     Metrics,
@@ -66,10 +67,11 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 7] = [
+    const ALL: [Route; 8] = [
         Self::Events,
         Self::Pixel,
         Self::Preflight,
+        Self::Tracker,
         Self::Healthz,
         Self::Readyz,
         Self::Metrics,
@@ -81,6 +83,7 @@ impl Route {
             Self::Events => "events",
             Self::Pixel => "pixel",
             Self::Preflight => "preflight",
+            Self::Tracker => "tracker",
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",

@@ -245,10 +245,15 @@ pub async fn wait_metric(api: &ApiProcess, name: &str, at_least: f64, within: Du
     }
 }
 
-/// The NDJSON lines of a file, parsed.
+/// The complete NDJSON lines of a file, parsed (a last line without its
+/// newline is still being written, and left out).
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let complete = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(&[][..], |end| &bytes[..end]);
+    String::from_utf8_lossy(complete)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line ({e}): {l}")))
         .collect()
