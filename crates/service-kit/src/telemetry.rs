@@ -10,24 +10,23 @@
 //!
 //! Spans are exported in batches from a thread of their own (the SDK's batch
 //! processor, bounded queue: when full, spans are dropped, never waited for);
-//! the exporter's HTTP calls are plain blocking HTTP/1.1 on that thread with a
-//! short timeout. A dead agent costs dropped spans, never a request. Both
-//! `traceparent` and `x-datadog-*` headers are read and written.
+//! the exporter's HTTP calls are made on that thread by reqwest's blocking
+//! client (HTTP/1.1, `http://` or `https://` with rustls, trusting the
+//! system's CA certificates or `SSL_CERT_FILE`) with a short timeout. A dead
+//! or slow agent costs dropped spans, never a request. Both `traceparent`
+//! and `x-datadog-*` headers are read and written.
 //!
 //! Logs are JSON lines on stderr (text on a terminal), filtered by `RUST_LOG`;
 //! spans carry `trace_id`/`span_id` fields so each line names its trace.
 
 #![allow(deprecated)] // opentelemetry-datadog is deprecated, see DEPENDENCIES.md
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags, TracerProvider as _};
-use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -148,69 +147,47 @@ impl Telemetry {
     }
 }
 
-/// A minimal blocking HTTP/1.1 client for the exporters: they call it from
-/// the batch processor's own thread, outside any async runtime.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BlockingHttp;
-
-impl BlockingHttp {
-    fn post(request: &http::Request<Bytes>) -> Result<http::Response<Bytes>, HttpError> {
-        let uri = request.uri();
-        if uri.scheme_str() != Some("http") {
-            return Err("only http:// exporter endpoints are supported".into());
-        }
-        let host = uri.host().ok_or("no host in the exporter endpoint")?;
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = (host, port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or("the exporter endpoint does not resolve")?;
-        let mut stream = TcpStream::connect_timeout(&addr, EXPORT_TIMEOUT)?;
-        stream.set_read_timeout(Some(EXPORT_TIMEOUT))?;
-        stream.set_write_timeout(Some(EXPORT_TIMEOUT))?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = format!(
-            "{} {path} HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            request.method(),
-            request.body().len()
-        );
-        for (name, value) in request.headers() {
-            if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
-                head.push_str(name.as_str());
-                head.push_str(": ");
-                head.push_str(value.to_str().unwrap_or_default());
-                head.push_str("\r\n");
-            }
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(request.body())?;
-        // The answer: its status line is all the exporters look at; read a
-        // bounded amount.
-        let mut answer = Vec::with_capacity(512);
-        stream.take(64 * 1024).read_to_end(&mut answer)?;
-        let text = String::from_utf8_lossy(&answer);
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("no HTTP status in the answer")?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| Bytes::from(b.to_owned()))
-            .unwrap_or_default();
-        Ok(http::Response::builder().status(status).body(body)?)
+/// The exporters' HTTP client: reqwest's blocking client (HTTP/1.1; TLS by
+/// rustls with ring), called from the batch processor's own thread, outside
+/// any async runtime, and built before one starts. It trusts the system's
+/// CA certificates, or those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set
+/// (rustls-native-certs, as OpenSSL reads them). One call (connect,
+/// handshake, request, answer) may take [`EXPORT_TIMEOUT`]. No proxy: the
+/// agent or collector is reached directly. Returns the client and what
+/// could not be loaded (to log once logging is set up).
+fn http_client(endpoint: &str) -> Result<(reqwest::blocking::Client, Vec<String>), String> {
+    let native = rustls_native_certs::load_native_certs();
+    let mut problems: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        problems.push(format!("{ignored} CA certificates could not be parsed"));
     }
-}
-
-#[async_trait::async_trait]
-impl HttpClient for BlockingHttp {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        Self::post(&request)
+    if roots.is_empty() && endpoint.starts_with("https://") {
+        let mut message = format!("no CA certificate to check {endpoint} with");
+        for problem in &problems {
+            message.push_str("; ");
+            message.push_str(problem);
+        }
+        return Err(format!(
+            "{message} (set SSL_CERT_FILE to the file of the collector's CA)"
+        ));
     }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(EXPORT_TIMEOUT)
+        .timeout(EXPORT_TIMEOUT)
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("cannot build the exporter's HTTP client: {e}"))?;
+    Ok((client, problems))
 }
 
 /// The batch processor, given only what is exported: the root span of an
@@ -261,7 +238,12 @@ fn sampled(exporter: impl SpanExporter + 'static) -> Sampled {
     }
 }
 
-fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvider>, String> {
+/// The tracer provider of the chosen exporter (none for `none`), and the
+/// problems met loading CA certificates (to log once logging is set up).
+fn provider(
+    cfg: &TelemetryArgs,
+    service: &str,
+) -> Result<(Option<SdkTracerProvider>, Vec<String>), String> {
     let resource = {
         let mut r = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned());
         if let Some(env) = &cfg.dd_env {
@@ -281,14 +263,16 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
     let builder = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_sampler(Sampler::AlwaysOn);
-    let builder = match cfg.traces_exporter {
-        ExporterKind::None => return Ok(None),
+    let (processor, problems) = match cfg.traces_exporter {
+        ExporterKind::None => return Ok((None, Vec::new())),
         ExporterKind::Datadog => {
+            let endpoint = cfg.dd_trace_agent_url.trim_end_matches('/');
+            let (client, problems) = http_client(endpoint)?;
             let mut p = opentelemetry_datadog::new_pipeline()
                 .with_service_name(service.to_owned())
-                .with_agent_endpoint(cfg.dd_trace_agent_url.trim_end_matches('/'))
+                .with_agent_endpoint(endpoint)
                 .with_api_version(opentelemetry_datadog::ApiVersion::Version05)
-                .with_http_client(BlockingHttp);
+                .with_http_client(client);
             if let Some(env) = &cfg.dd_env {
                 p = p.with_env(env.clone());
             }
@@ -296,22 +280,26 @@ fn provider(cfg: &TelemetryArgs, service: &str) -> Result<Option<SdkTracerProvid
                 p = p.with_version(v.clone());
             }
             let exporter = p.build_exporter().map_err(|e| e.to_string())?;
-            builder.with_span_processor(sampled(exporter))
+            (sampled(exporter), problems)
         }
         ExporterKind::Otlp => {
             use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
             let endpoint = format!("{}/v1/traces", cfg.otlp_endpoint.trim_end_matches('/'));
+            let (client, problems) = http_client(&endpoint)?;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_http_client(BlockingHttp)
+                .with_http_client(client)
                 .with_endpoint(endpoint)
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|e| e.to_string())?;
-            builder.with_span_processor(sampled(exporter))
+            (sampled(exporter), problems)
         }
     };
-    Ok(Some(builder.build()))
+    Ok((
+        Some(builder.with_span_processor(processor).build()),
+        problems,
+    ))
 }
 
 /// Log lines as text, on a terminal.
@@ -410,7 +398,7 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
         .dd_service
         .clone()
         .unwrap_or_else(|| default_service.to_owned());
-    let provider = provider(cfg, &service)?;
+    let (provider, problems) = provider(cfg, &service)?;
     // Both formats are written; on reading, the last that finds a trace wins:
     // W3C after Datadog, so a 128-bit trace id is not cut to Datadog's 64.
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
@@ -461,6 +449,9 @@ pub fn init(cfg: &TelemetryArgs, default_service: &str) -> Result<Telemetry, Str
         THRESHOLD.store(threshold(cfg.traces_sample_ratio), Ordering::Relaxed);
         EXPORTING.store(true, Ordering::Relaxed);
         opentelemetry::global::set_tracer_provider(p.clone());
+        for problem in problems {
+            tracing::warn!(%problem, "A CA certificate for trace export could not be loaded.");
+        }
         tracing::info!(
             exporter = ?cfg.traces_exporter,
             %service,
