@@ -41,6 +41,16 @@ fn event(client_id: &str) -> Vec<u8> {
     format!(r#"{{"type":"page_view","client_id":"{client_id}"}}"#).into_bytes()
 }
 
+/// Posts one event of `client_id` in the trace of `traceparent`; returns
+/// the status.
+async fn post_traced(api: &ApiProcess, traceparent: &str, client_id: &str) -> u16 {
+    let headers = [("content-type", "text/plain"), ("traceparent", traceparent)];
+    request(api.addr, "POST", "/v1/events", &headers, &event(client_id))
+        .await
+        .unwrap()
+        .status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_crosses_tracking_api_and_migration_proxy() {
     let agent = TraceReceiver::datadog();
@@ -208,19 +218,7 @@ async fn otlp_export_keeps_the_128_bit_trace_id() {
         ("DD_SERVICE", "tracking-api-otlp"),
     ]);
     let traceparent = format!("00-{TRACE}-{PARENT}-01");
-    let r = request(
-        api.addr,
-        "POST",
-        "/v1/events",
-        &[
-            ("content-type", "text/plain"),
-            ("traceparent", &traceparent),
-        ],
-        &event("otlp-1"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 204);
+    assert_eq!(post_traced(&api, &traceparent, "otlp-1").await, 204);
     assert!(api.terminate(Duration::from_secs(15)).success());
     let spans = receiver.wait_for(Duration::from_secs(10), |s| !s.is_empty());
     assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
@@ -276,19 +274,7 @@ async fn otlp_over_tls_trusts_the_private_ca_in_ssl_cert_file() {
         env.extend(ssl_cert_file.map(|f| ("SSL_CERT_FILE", f)));
         let mut api = ApiProcess::start(&env);
         async move {
-            let r = request(
-                api.addr,
-                "POST",
-                "/v1/events",
-                &[
-                    ("content-type", "text/plain"),
-                    ("traceparent", &traceparent),
-                ],
-                &event("tls-1"),
-            )
-            .await
-            .unwrap();
-            assert_eq!(r.status, 204);
+            assert_eq!(post_traced(&api, &traceparent, "tls-1").await, 204);
             assert!(api.terminate(Duration::from_secs(15)).success());
         }
     };
@@ -359,29 +345,17 @@ async fn a_stalled_collector_costs_spans_and_export_resumes_when_it_answers() {
         ("OTEL_TRACES_EXPORTER", "otlp"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
     ]);
-    let post = |traceparent: String| {
-        let addr = api.addr;
-        async move {
-            let headers = [
-                ("content-type", "text/plain"),
-                ("traceparent", traceparent.as_str()),
-            ];
-            request(addr, "POST", "/v1/events", &headers, &event("stalled-1"))
-                .await
-                .unwrap()
-                .status
-        }
-    };
     let stalled = "00-0000000000000000000000000000a11a-00000000000000aa-01";
-    assert_eq!(post(stalled.into()).await, 204);
+    assert_eq!(post_traced(&api, stalled, "stalled-1").await, 204);
     assert!(
         wait_until(Duration::from_secs(30), || !gate.seen().is_empty()),
         "the exporter never sent to the collector"
     );
     // The export is stuck in the gate; requests are answered all the same.
-    assert_eq!(post(stalled.into()).await, 204);
+    assert_eq!(post_traced(&api, stalled, "stalled-1").await, 204);
     gate.set_delay(Duration::ZERO);
-    assert_eq!(post(format!("00-{TRACE}-{PARENT}-01")).await, 204);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(post_traced(&api, &traceparent, "stalled-1").await, 204);
     let spans = receiver.wait_for(Duration::from_secs(30), |s| {
         s.iter()
             .any(|s| s.name == "POST /v1/events" && s.trace_id == TRACE_LOW)
