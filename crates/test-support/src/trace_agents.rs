@@ -1,7 +1,9 @@
 //! Stand-ins for the receivers of traces, so tests see what the services
 //! export: a Datadog agent (`/v0.4/traces` and `/v0.5/traces`, msgpack) and
-//! an OTLP/HTTP receiver (`/v1/traces`, protobuf). Each listens on a free
-//! loopback port, answers `200`, and keeps the spans it decoded.
+//! an OTLP/HTTP receiver (`/v1/traces`, protobuf), the latter also over TLS
+//! with a certificate from a private CA made for it (as an in-cluster
+//! collector has). Each listens on a free loopback port, answers `200`, and
+//! keeps the spans it decoded.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,35 +38,70 @@ pub struct TraceReceiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// TLS handshakes that failed (TLS receivers only).
+    refused: Arc<Mutex<Vec<String>>>,
+    /// The private CA that signed the certificate (TLS receivers only).
+    ca_pem: Option<String>,
     stop: Arc<AtomicBool>,
 }
 
 impl TraceReceiver {
     /// A Datadog agent stand-in (`DD_TRACE_AGENT_URL` = [`TraceReceiver::url`]).
     pub fn datadog() -> Self {
-        Self::start(decode_datadog)
+        Self::start(decode_datadog, None)
     }
 
     /// An OTLP/HTTP receiver stand-in (`OTEL_EXPORTER_OTLP_ENDPOINT` = [`TraceReceiver::url`]).
     pub fn otlp() -> Self {
-        Self::start(decode_otlp)
+        Self::start(decode_otlp, None)
     }
 
-    fn start(decode: Decoder) -> Self {
+    /// An OTLP/HTTP receiver stand-in behind TLS: its certificate (for
+    /// `127.0.0.1` and `localhost`) is signed by a private CA made for it,
+    /// whose certificate is [`TraceReceiver::ca_pem`]; [`TraceReceiver::url`]
+    /// is `https://…`.
+    pub fn otlp_tls() -> Self {
+        let (config, ca_pem) = private_ca_server();
+        Self::start(decode_otlp, Some((config, ca_pem)))
+    }
+
+    fn start(decode: Decoder, tls: Option<(Arc<rustls::ServerConfig>, String)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind trace receiver");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("address");
         let spans = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (sp, er, st) = (Arc::clone(&spans), Arc::clone(&errors), Arc::clone(&stop));
+        let (config, ca_pem) = tls.unzip();
+        let (sp, er, re, st) = (
+            Arc::clone(&spans),
+            Arc::clone(&errors),
+            Arc::clone(&refused),
+            Arc::clone(&stop),
+        );
         std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (sp, er) = (Arc::clone(&sp), Arc::clone(&er));
+                        let (sp, er, re) = (Arc::clone(&sp), Arc::clone(&er), Arc::clone(&re));
+                        let config = config.clone();
                         std::thread::spawn(move || {
-                            if let Err(e) = serve(stream, decode, &sp) {
+                            if let Err(e) = stream.set_read_timeout(Some(IDLE)) {
+                                er.lock().expect("errors").push(e.to_string());
+                                return;
+                            }
+                            let served = match config {
+                                None => serve(stream, decode, &sp),
+                                Some(config) => match handshake(stream, config) {
+                                    Ok(tls) => serve(tls, decode, &sp),
+                                    Err(e) => {
+                                        re.lock().expect("refused").push(e);
+                                        return;
+                                    }
+                                },
+                            };
+                            if let Err(e) = served {
                                 er.lock().expect("errors").push(e);
                             }
                         });
@@ -77,12 +114,33 @@ impl TraceReceiver {
             addr,
             spans,
             errors,
+            refused,
+            ca_pem,
             stop,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The private CA's certificate (PEM) of a TLS receiver: what a client
+    /// must trust, e.g. through `SSL_CERT_FILE`.
+    pub fn ca_pem(&self) -> &str {
+        self.ca_pem
+            .as_deref()
+            .expect("only a TLS receiver has a CA")
+    }
+
+    /// TLS handshakes that failed, with the reason (a client that does not
+    /// trust the CA ends its handshake with an alert).
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().expect("refused").clone()
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -117,21 +175,85 @@ impl Drop for TraceReceiver {
     }
 }
 
+/// A server configuration whose certificate (for `127.0.0.1` and
+/// `localhost`) is signed by a CA made here; returns it and the CA's PEM.
+fn private_ca_server() -> (Arc<rustls::ServerConfig>, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test-support private CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server parameters");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "trace receiver");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = server.signed_by(&key, &issuer).expect("server certificate");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server certificate and key");
+    (Arc::new(config), ca_pem)
+}
+
+/// The server side of a TLS handshake on `tcp`.
+fn handshake(
+    mut tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<rustls::StreamOwned<rustls::ServerConnection, TcpStream>, String> {
+    let mut conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// How long a read may wait: a kept-alive connection idle this long is
+/// closed (quietly, as a server does).
+const IDLE: Duration = Duration::from_secs(60);
+
 /// Reads requests on one connection (keep-alive or not) and answers each.
-fn serve(
-    stream: TcpStream,
+/// A connection closed or left idle between requests ends quietly.
+fn serve<S: Read + Write>(
+    stream: S,
     decode: Decoder,
     spans: &Mutex<Vec<ReceivedSpan>>,
 ) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Ok(());
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if line.is_empty()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
         }
         let path = line
             .split_whitespace()
@@ -168,8 +290,10 @@ fn serve(
         let answer = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
         );
+        let writer = reader.get_mut();
         writer
             .write_all(answer.as_bytes())
+            .and_then(|()| writer.flush())
             .map_err(|e| e.to_string())?;
         result?;
         if close {

@@ -1,7 +1,8 @@
 //! Traces from the real binaries into stand-in receivers: one trace crosses
 //! tracking-api and migration-proxy (Datadog agent, msgpack v0.5), both
 //! propagation formats continue a trace in migration-proxy, OTLP/HTTP
-//! export, and a dead agent costs requests nothing.
+//! export (also over TLS to a collector with a private CA), and a dead
+//! agent costs requests nothing.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -38,6 +39,16 @@ fn by<'a>(spans: &'a [ReceivedSpan], service: &str, resource: &str) -> Vec<&'a R
 
 fn event(client_id: &str) -> Vec<u8> {
     format!(r#"{{"type":"page_view","client_id":"{client_id}"}}"#).into_bytes()
+}
+
+/// Posts one event of `client_id` in the trace of `traceparent`; returns
+/// the status.
+async fn post_traced(api: &ApiProcess, traceparent: &str, client_id: &str) -> u16 {
+    let headers = [("content-type", "text/plain"), ("traceparent", traceparent)];
+    request(api.addr, "POST", "/v1/events", &headers, &event(client_id))
+        .await
+        .unwrap()
+        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,19 +218,7 @@ async fn otlp_export_keeps_the_128_bit_trace_id() {
         ("DD_SERVICE", "tracking-api-otlp"),
     ]);
     let traceparent = format!("00-{TRACE}-{PARENT}-01");
-    let r = request(
-        api.addr,
-        "POST",
-        "/v1/events",
-        &[
-            ("content-type", "text/plain"),
-            ("traceparent", &traceparent),
-        ],
-        &event("otlp-1"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 204);
+    assert_eq!(post_traced(&api, &traceparent, "otlp-1").await, 204);
     assert!(api.terminate(Duration::from_secs(15)).success());
     let spans = receiver.wait_for(Duration::from_secs(10), |s| !s.is_empty());
     assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
@@ -237,6 +236,138 @@ async fn otlp_export_keeps_the_128_bit_trace_id() {
             .iter()
             .any(|s| s.name == "session" && s.trace_id == TRACE_LOW)
     );
+}
+
+/// Waits (bounded) until `done()`; returns whether it happened.
+fn wait_until(within: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// An in-cluster collector speaks TLS with a certificate from a private
+/// CA. With that CA in `SSL_CERT_FILE` the spans arrive; without it the
+/// exporter refuses the handshake (the certificate is checked, not just
+/// encrypted against) and the spans are lost, requests unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_tls_trusts_the_private_ca_in_ssl_cert_file() {
+    let receiver = TraceReceiver::otlp_tls();
+    let url = receiver.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca, receiver.ca_pem()).unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let run = |ssl_cert_file: Option<&str>, traceparent: String| {
+        let mut env = vec![
+            ("TRACKING_SINK", "file"),
+            ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("DD_SERVICE", "tracking-api-tls"),
+        ];
+        env.extend(ssl_cert_file.map(|f| ("SSL_CERT_FILE", f)));
+        let mut api = ApiProcess::start(&env);
+        async move {
+            assert_eq!(post_traced(&api, &traceparent, "tls-1").await, 204);
+            assert!(api.terminate(Duration::from_secs(15)).success());
+        }
+    };
+
+    // The system's roots only: the handshake fails on the unknown CA.
+    run(
+        None,
+        "00-000000000000000000000000000bad00-00000000000000bb-01".into(),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || !receiver.refused().is_empty()),
+        "the exporter never tried the collector"
+    );
+    for refusal in receiver.refused() {
+        assert_eq!(refusal, "received fatal alert: UnknownCA");
+    }
+    assert_eq!(receiver.spans(), vec![]);
+
+    // The collector's CA in SSL_CERT_FILE: the spans arrive.
+    let ca = ca.to_str().unwrap();
+    run(Some(ca), format!("00-{TRACE}-{PARENT}-01")).await;
+    let spans = receiver.wait_for(Duration::from_secs(10), |s| {
+        s.iter().any(|s| s.name == "POST /v1/events")
+    });
+    assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
+    let requests: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "POST /v1/events")
+        .collect();
+    assert_eq!(requests.len(), 1, "{spans:#?}");
+    assert_eq!(requests[0].service, "tracking-api-tls");
+    assert_eq!(
+        (
+            requests[0].trace_id_high,
+            requests[0].trace_id,
+            requests[0].parent_id
+        ),
+        (TRACE_HIGH, TRACE_LOW, PARENT_ID)
+    );
+    // Every span is of that request's trace: none from the untrusted run,
+    // none of the exporter's own HTTP calls.
+    for s in &spans {
+        assert_eq!(
+            (s.trace_id_high, s.trace_id),
+            (TRACE_HIGH, TRACE_LOW),
+            "{s:?}"
+        );
+    }
+    assert!(spans.iter().any(|s| s.name == "session"), "{spans:#?}");
+}
+
+/// A collector that accepts and then stalls holds one export for at most
+/// the export timeout: requests are answered meanwhile, and once it
+/// answers again the spans of later requests reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_costs_spans_and_export_resumes_when_it_answers() {
+    let receiver = TraceReceiver::otlp();
+    let gate = test_support::Gate::start(receiver.addr);
+    // Everything the exporter sends is held for two minutes.
+    gate.set_delay(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let url = format!("http://{}", gate.host());
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+    ]);
+    let stalled = "00-0000000000000000000000000000a11a-00000000000000aa-01";
+    assert_eq!(post_traced(&api, stalled, "stalled-1").await, 204);
+    assert!(
+        wait_until(Duration::from_secs(30), || !gate.seen().is_empty()),
+        "the exporter never sent to the collector"
+    );
+    // The export is stuck in the gate; requests are answered all the same.
+    assert_eq!(post_traced(&api, stalled, "stalled-1").await, 204);
+    gate.set_delay(Duration::ZERO);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(post_traced(&api, &traceparent, "stalled-1").await, 204);
+    let spans = receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .any(|s| s.name == "POST /v1/events" && s.trace_id == TRACE_LOW)
+    });
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "POST /v1/events" && s.trace_id == TRACE_LOW),
+        "no span of the request after the stall: {spans:#?}"
+    );
+    assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
+    assert!(api.terminate(Duration::from_secs(20)).success());
 }
 
 fn rss_kib(pid: u32) -> u64 {
