@@ -23,6 +23,8 @@ pub const SINK_WRITE_ERRORS: &str = "tracking_sink_write_errors_total";
 pub const SINK_QUEUE_DEPTH: &str = "tracking_sink_queue_events";
 pub const SINK_QUEUE_LIMIT: &str = "tracking_sink_queue_limit_events";
 pub const INFLIGHT: &str = "tracking_inflight_requests";
+pub const BODY_MEMORY: &str = "tracking_body_memory_bytes";
+pub const BODY_MEMORY_LIMIT: &str = "tracking_body_memory_limit_bytes";
 pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
 pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
 pub const READY: &str = "tracking_ready";
@@ -93,15 +95,23 @@ pub enum ShedReason {
     QueueFull,
     /// Shutting down.
     Draining,
+    /// Request bodies fill their memory.
+    BodyMemory,
 }
 
 impl ShedReason {
-    const ALL: [ShedReason; 3] = [Self::Inflight, Self::QueueFull, Self::Draining];
+    const ALL: [ShedReason; 4] = [
+        Self::Inflight,
+        Self::QueueFull,
+        Self::Draining,
+        Self::BodyMemory,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             Self::Inflight => "inflight",
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
+            Self::BodyMemory => "body_memory",
         }
     }
 }
@@ -112,6 +122,9 @@ pub struct Gauges {
     pub sink_queue_depth: usize,
     pub sink_queue_limit: usize,
     pub inflight: usize,
+    /// Bytes of request bodies held, and their bound.
+    pub body_memory: usize,
+    pub body_memory_limit: usize,
     pub memory_store_visitors: Option<usize>,
     pub memory_store_evictions_expired: u64,
     pub memory_store_evictions_capacity: u64,
@@ -289,6 +302,18 @@ impl Metrics {
             INFLIGHT,
             "Event requests being processed.",
             g.inflight as f64,
+        );
+        gauge(
+            &mut out,
+            BODY_MEMORY,
+            "Bytes of request bodies held in memory (as sent and inflated).",
+            g.body_memory as f64,
+        );
+        gauge(
+            &mut out,
+            BODY_MEMORY_LIMIT,
+            "Bound of the request bodies held in memory (TRACKING_MAX_BODY_MEMORY).",
+            g.body_memory_limit as f64,
         );
         if let Some(n) = g.memory_store_visitors {
             gauge(

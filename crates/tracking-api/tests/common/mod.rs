@@ -103,7 +103,7 @@ pub struct Options {
     pub store: Option<Arc<dyn SessionStore>>,
     pub session_timeout: Duration,
     pub geo: Option<tracking_api::geo::GeoLookup>,
-    pub body_timeout: Duration,
+    pub body_memory: usize,
 }
 
 impl Default for Options {
@@ -120,7 +120,7 @@ impl Default for Options {
             store: None,
             session_timeout: Duration::from_millis(100),
             geo: None,
-            body_timeout: Duration::from_secs(5),
+            body_memory: 64 << 20,
         }
     }
 }
@@ -157,7 +157,7 @@ impl TestApp {
                 max_decompressed_bytes: o.max_decompressed,
                 max_batch_events: o.max_batch,
                 max_inflight: o.max_inflight,
-                body_timeout: o.body_timeout,
+                body_memory: o.body_memory,
                 session_timeout: o.session_timeout,
             },
             store: o.store.unwrap_or_else(|| memory.clone()),
@@ -209,6 +209,18 @@ impl TestApp {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
         let peer: SocketAddr = "203.0.113.77:5555".parse().unwrap();
         let resp = self.app.handle(req, peer).await;
+        let (parts, body) = resp.into_parts();
+        #[allow(clippy::disallowed_methods)] // the app's own bounded answer
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(parts, ()), bytes)
+    }
+
+    /// `GET /metrics` on the admin listener.
+    pub async fn metrics(&self) -> (Response<()>, Bytes) {
+        let req = Request::get("/metrics")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.app.handle_admin(req).await;
         let (parts, body) = resp.into_parts();
         #[allow(clippy::disallowed_methods)] // the app's own bounded answer
         let bytes = body.collect().await.unwrap().to_bytes();

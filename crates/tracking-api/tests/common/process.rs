@@ -16,24 +16,29 @@ use tokio::net::TcpStream;
 pub struct ApiProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl ApiProcess {
-    /// Starts the binary on a free loopback port with `env` (plus
-    /// `TRACKING_LISTEN=127.0.0.1:0`) and waits until it listens.
+    /// Starts the binary on free loopback ports with `env` (plus
+    /// `TRACKING_LISTEN` and `TRACKING_ADMIN_LISTEN` at `127.0.0.1:0`) and
+    /// waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Self {
         Self::start_program(Path::new(env!("CARGO_BIN_EXE_tracking-api")), env)
     }
 
     /// Starts another of the workspace's servers (migration-proxy) the same
-    /// way: it logs `Listening.` with its address.
+    /// way: it logs `Listening.` with its address and its admin address.
     pub fn start_program(program: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TRACKING_LISTEN", "127.0.0.1:0")
             .env("MIGRATION_LISTEN", "127.0.0.1:0")
+            .env("TRACKING_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MIGRATION_ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -48,24 +53,30 @@ impl ApiProcess {
         let keep = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                // The "Listening." line: `addr=…` (text) or `"addr":"…"` (JSON).
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|a| a.split_whitespace().next())
-                    .or_else(|| {
-                        line.split("\"addr\":\"")
-                            .nth(1)
-                            .and_then(|a| a.split('"').next())
-                    });
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr.to_owned());
+                // The "Listening." line: `addr=… admin=…` (text) or
+                // `"addr":"…","admin":"…"` (JSON).
+                let field = |name: &str| {
+                    line.split(&format!(" {name}="))
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .or_else(|| {
+                            line.split(&format!("\"{name}\":\""))
+                                .nth(1)
+                                .and_then(|a| a.split('"').next())
+                        })
+                        .map(str::to_owned)
+                };
+                if let (Some(addr), Some(admin)) = (field("addr"), field("admin")) {
+                    let _ = tx.send((addr, admin));
                 }
                 keep.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().expect("listen address"),
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((a, b)) => (
+                a.parse().expect("listen address"),
+                b.parse().expect("admin address"),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -78,6 +89,7 @@ impl ApiProcess {
         Self {
             child,
             addr,
+            admin,
             stderr,
         }
     }
@@ -163,10 +175,10 @@ pub async fn request(
     })
 }
 
-/// One value of the process's `/metrics`: the sample named exactly `name`
-/// (labels included).
+/// One value of the process's `/metrics` (on its admin listener): the
+/// sample named exactly `name` (labels included).
 pub async fn metric(api: &ApiProcess, name: &str) -> f64 {
-    let r = request(api.addr, "GET", "/metrics", &[], b"")
+    let r = request(api.admin, "GET", "/metrics", &[], b"")
         .await
         .unwrap();
     let text = String::from_utf8(r.body).unwrap();
