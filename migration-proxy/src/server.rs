@@ -197,18 +197,13 @@ impl Proxy {
         resp
     }
 
-    /// Takes a slot for a session request, or answers 503.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Resp> {
-        Arc::clone(&self.inflight).try_acquire_owned().map_err(|_| {
+    /// Takes a slot for a session request (`None`: counted as shed).
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.inflight).try_acquire_owned().ok();
+        if permit.is_none() {
             self.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
-            r
-        })
+        }
+        permit
     }
 
     async fn sessions<B>(self: &Arc<Self>, req: Request<B>, id: &str) -> Resp
@@ -237,9 +232,8 @@ impl Proxy {
             );
         };
         if req.method() == Method::GET {
-            let permit = match self.admit() {
-                Ok(p) => p,
-                Err(r) => return r,
+            let Some(permit) = self.admit() else {
+                return overloaded("too many requests in flight");
             };
             let result = self.legacy.get(&client_id).await;
             drop(permit);
@@ -263,10 +257,7 @@ impl Proxy {
             }
             Err(e @ ReadError::NoMemory) => {
                 self.metrics.shed.fetch_add(1, Ordering::Relaxed);
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                r.headers_mut()
-                    .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
-                return r;
+                return overloaded(&e.to_string());
             }
             Err(ReadError::Io(e)) => {
                 return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
@@ -277,9 +268,8 @@ impl Proxy {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad session JSON: {e}")),
         };
         drop(body);
-        let permit = match self.admit() {
-            Ok(p) => p,
-            Err(r) => return r,
+        let Some(permit) = self.admit() else {
+            return overloaded("too many requests in flight");
         };
         // The write runs as its own task: a caller that hangs up (its
         // deadline passed) does not cut it off half-way.
@@ -299,6 +289,14 @@ impl Proxy {
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
+}
+
+/// `503` with `Retry-After: 1`: ours, retry later.
+fn overloaded(message: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
 }
 
 fn legacy_error(e: &LegacyError) -> Resp {

@@ -121,6 +121,7 @@ async fn trickle(addr: SocketAddr, head: Vec<u8>, drip: u8, give_up: Duration) -
 
 /// One beacon on a new connection: its status (0: the connection failed,
 /// said on stderr) and how long it took.
+#[allow(clippy::print_stderr)] // why a connection failed, for the test's log
 async fn beacon(addr: SocketAddr) -> (u16, Duration) {
     let started = Instant::now();
     let mut s = match TcpStream::connect(addr).await {
