@@ -449,7 +449,7 @@ pub struct Config {
     pub max_inflight: usize,
 
     /// Most open client connections; further ones wait in the listen backlog.
-    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "16384", value_parser = positive, global = true)]
+    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "8192", value_parser = positive, global = true)]
     pub max_connections: usize,
 
     /// Time allowed to receive a request's headers; also the longest a

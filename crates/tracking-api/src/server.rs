@@ -30,7 +30,7 @@ impl Default for ServeOptions {
         Self {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
-            max_connections: 16_384,
+            max_connections: 8192,
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             flush_timeout: Duration::from_secs(5),
