@@ -28,7 +28,7 @@ use tracking_core::{
     SinkError, StoreError, anonymize_ip, enrich, parse_body,
 };
 
-use service_kit::server::BodyMemory;
+use service_kit::server::{BodyMemory, ReadError};
 use service_kit::telemetry::Incoming;
 use tracing::Instrument;
 
@@ -231,17 +231,19 @@ impl ApiError {
     /// The one place where errors become status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Read(BodyReadError::TooLarge(_) | BodyReadError::InflatedTooLarge(_)) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::Read(
+                BodyReadError::Read(ReadError::TooLarge(_)) | BodyReadError::InflatedTooLarge(_),
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Read(
                 BodyReadError::UnsupportedType(_) | BodyReadError::UnsupportedEncoding(_),
             ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Io(_)) => StatusCode::BAD_REQUEST,
+            Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Read(ReadError::Io(_))) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
-            Self::Read(BodyReadError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
-            Self::Read(BodyReadError::NoMemory) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Read(BodyReadError::Read(ReadError::TimedOut(_))) => StatusCode::REQUEST_TIMEOUT,
+            Self::Read(BodyReadError::Read(ReadError::NoMemory)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::QueueFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -529,7 +531,7 @@ impl App {
     /// A body that could not be read or inflated; counted as shed when it
     /// is our memory that ran out.
     fn body_error(&self, e: BodyReadError) -> ApiError {
-        if matches!(e, BodyReadError::NoMemory) {
+        if matches!(e, BodyReadError::Read(ReadError::NoMemory)) {
             self.state.parts.overload.record_shed();
             self.state.parts.metrics.record_shed(ShedReason::BodyMemory);
         }

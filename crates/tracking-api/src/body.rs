@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -21,8 +20,10 @@ pub enum Encoding {
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyReadError {
-    #[error("body exceeds {0} bytes")]
-    TooLarge(usize),
+    /// As sent: too large, too late, no memory left (ours), or the
+    /// connection failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("decompressed body exceeds {0} bytes")]
     InflatedTooLarge(usize),
     #[error("body is not valid gzip: {0}")]
@@ -31,13 +32,6 @@ pub enum BodyReadError {
     UnsupportedType(String),
     #[error("unsupported Content-Encoding `{0}`: send gzip or nothing")]
     UnsupportedEncoding(String),
-    #[error("the request body did not arrive within {0:?}")]
-    TimedOut(Duration),
-    /// Ours, not the client's: retry later.
-    #[error("request bodies fill the memory set aside for them; retry later")]
-    NoMemory,
-    #[error("could not read body: {0}")]
-    Io(String),
 }
 
 /// Checks `Content-Type` (JSON or sendBeacon's text/plain; absent is read as
@@ -74,21 +68,9 @@ pub fn check_headers(headers: &HeaderMap, max_body: usize) -> Result<Encoding, B
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(BodyReadError::TooLarge(max_body));
+        return Err(ReadError::TooLarge(max_body).into());
     }
     Ok(encoding)
-}
-
-impl BodyReadError {
-    /// `too_large`: which limit a [`ReadError::TooLarge`] passed.
-    fn from_read(e: ReadError, too_large: fn(usize) -> Self) -> Self {
-        match e {
-            ReadError::TooLarge(n) => too_large(n),
-            ReadError::TimedOut(t) => Self::TimedOut(t),
-            ReadError::NoMemory => Self::NoMemory,
-            ReadError::Io(m) => Self::Io(m),
-        }
-    }
 }
 
 /// Reads a whole body into `memory`, refusing it as soon as it passes
@@ -102,9 +84,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    service_kit::server::read_body(body, limit, memory)
-        .await
-        .map_err(|e| BodyReadError::from_read(e, BodyReadError::TooLarge))
+    Ok(service_kit::server::read_body(body, limit, memory).await?)
 }
 
 /// Inflates gzip (one or more members) into at most `limit` bytes of
@@ -126,8 +106,10 @@ pub fn inflate_bounded(
         if n == 0 {
             return Ok(out);
         }
-        out.extend(&chunk[..n])
-            .map_err(|e| BodyReadError::from_read(e, BodyReadError::InflatedTooLarge))?;
+        out.extend(&chunk[..n]).map_err(|e| match e {
+            ReadError::TooLarge(n) => BodyReadError::InflatedTooLarge(n),
+            e => BodyReadError::Read(e),
+        })?;
     }
 }
 
@@ -172,7 +154,7 @@ mod tests {
         let small = BodyMemory::new(1 << 20);
         assert!(matches!(
             inflate_bounded(&gzip(&vec![1u8; 800 << 10]), 1 << 20, &small),
-            Err(BodyReadError::NoMemory)
+            Err(BodyReadError::Read(ReadError::NoMemory))
         ));
     }
 

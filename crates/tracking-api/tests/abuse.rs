@@ -173,6 +173,21 @@ fn steady_client(
     })
 }
 
+/// A 1 MiB body sent at once but for its last byte, then nothing: the
+/// status the server answers (read to the end of the connection).
+async fn stalled_body(addr: SocketAddr) -> Option<u16> {
+    let mut s = connect(addr).await;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b' '; (1 << 20) - 1]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    status_of(&out)
+}
+
 /// Slow clients of one wave: `bodies` send their headers and then one body
 /// byte a second, `heads` trickle their headers; they arrive over a second
 /// or two (100 every 50 ms: a flood of connects is not what this is about).
@@ -251,18 +266,7 @@ async fn slow_senders_cost_a_connection_not_the_service() {
     let rss_during = rss_bytes(pid);
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
-        stalled.push(tokio::spawn(async move {
-            let mut s = connect(addr).await;
-            let head = format!(
-                "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-                1 << 20
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(&vec![b' '; (1 << 20) - 1]).await.unwrap();
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out).await;
-            status_of(&out)
-        }));
+        stalled.push(tokio::spawn(stalled_body(addr)));
     }
     let ended = ends(slow).await;
     let heads_ended = ends(heads).await;
@@ -474,21 +478,7 @@ async fn stalled_large_bodies_stay_within_the_body_memory() {
     }
     let rss_before = rss_bytes(pid);
     let stalled: Vec<_> = (0..STALLED)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut s = connect(addr).await;
-                let head = format!(
-                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-                    1 << 20
-                );
-                s.write_all(head.as_bytes()).await.unwrap();
-                // All but the last byte; a refused one is read and discarded.
-                s.write_all(&vec![b' '; (1 << 20) - 1]).await.unwrap();
-                let mut out = Vec::new();
-                let _ = s.read_to_end(&mut out).await;
-                status_of(&out)
-            })
-        })
+        .map(|_| tokio::spawn(stalled_body(addr)))
         .collect();
     // Every stalled body is in (or refused).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -541,7 +531,7 @@ async fn stalled_large_bodies_stay_within_the_body_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_only_on_the_admin_listeners() {
     let api = ApiProcess::start(&[]);
-    let aerospike = standin().await;
+    let aerospike = common::standin().await;
     let proxy = start_proxy(&[("MIGRATION_AEROSPIKE_HOSTS", &aerospike)]).await;
     for (p, family) in [
         (&api, "tracking_http_requests_total"),
@@ -569,17 +559,6 @@ async fn metrics_only_on_the_admin_listeners() {
     assert_eq!(r.status, 404);
 }
 
-/// An in-process Aerospike stand-in on a free port.
-async fn standin() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(aerospike_standin::serve(
-        listener,
-        aerospike_standin::Store::new(vec!["tracking".into()]),
-    ));
-    addr.to_string()
-}
-
 /// The migration-proxy binary with `env`, once it is ready (connected).
 async fn start_proxy(env: &[(&str, &str)]) -> ApiProcess {
     let proxy = ApiProcess::start_program(&workspace_binary("migration-proxy"), env);
@@ -604,7 +583,7 @@ async fn start_proxy(env: &[(&str, &str)]) -> ApiProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_puts_leave_migration_proxy_lookups_working() {
     open_files(1_000);
-    let aerospike = standin().await;
+    let aerospike = common::standin().await;
     let proxy = start_proxy(&[
         ("MIGRATION_AEROSPIKE_HOSTS", &aerospike),
         ("MIGRATION_MAX_INFLIGHT", "64"),
@@ -684,7 +663,7 @@ async fn stalled_puts_leave_migration_proxy_lookups_working() {
 /// closes one, then is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_proxy_bounds_its_connections() {
-    let aerospike = standin().await;
+    let aerospike = common::standin().await;
     let proxy = start_proxy(&[
         ("MIGRATION_AEROSPIKE_HOSTS", &aerospike),
         ("MIGRATION_MAX_CONNECTIONS", "32"),

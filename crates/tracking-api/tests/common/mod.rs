@@ -237,6 +237,18 @@ impl TestApp {
     }
 }
 
+/// An in-process Aerospike stand-in (namespace `tracking`) on a free
+/// port; its `host:port`.
+pub async fn standin() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    addr.to_string()
+}
+
 /// A POST /v1/events builder with `text/plain` (what sendBeacon sends).
 pub fn post(_body: &str) -> http::request::Builder {
     Request::post("/v1/events").header("content-type", "text/plain;charset=UTF-8")
