@@ -10,6 +10,10 @@
   grace period and the sidecar's drain; the HPA targets the Rollout; images
   were set by the overlay; prod uses Bigtable, Pub/Sub with a spool volume and
   a migration mode; the load test's rates and report count add up.
+* The admin port (container port `admin`: /metrics, /healthz, /readyz) is
+  where the probes and the scrape go, the admin listen variable binds it,
+  and no Service exposes it; the public gateway's routes forward only
+  `/v1/`.
 
 Exit 1 with one line per problem.
 """
@@ -168,6 +172,8 @@ def main():
                     not_read_yet.add(f"{binary}: {var}")
 
 
+    check_admin_ports(ck, workloads, by_kind, configmaps)
+
     rollout = by_kind.get("Rollout", {}).get("tracking-api")
     if args.expect in ("staging", "prod"):
         if rollout is None:
@@ -254,6 +260,61 @@ def check_rollout(ck, rollout, by_kind, configmaps, overlay):
         vol = volumes.get(mounts.get(spool, ""), {})
         if not spool or "sizeLimit" not in vol.get("emptyDir", {}):
             ck.fail(where, f"TRACKING_SPOOL_DIR ({spool}) must be an emptyDir with a sizeLimit")
+
+
+ADMIN_ENV = {"tracking-api": "TRACKING_ADMIN_LISTEN", "migration-proxy": "MIGRATION_ADMIN_LISTEN"}
+
+
+def check_admin_ports(ck, workloads, by_kind, configmaps):
+    """Operator endpoints stay off the public path: probes and scrapes on the
+    `admin` container port, no Service targeting it, public routes `/v1/` only."""
+    admin_ports = {}  # workload labels -> set of (name, number)
+    for w in workloads:
+        spec = pod_spec(w)
+        for c in spec.get("containers", []):
+            var = ADMIN_ENV.get(c["name"])
+            if var is None:
+                continue
+            where = f"{name_of(w)} container {c['name']}"
+            admin = [p for p in c.get("ports", []) if p.get("name") == "admin"]
+            if not admin:
+                ck.fail(where, "no container port named admin (its /metrics and probes)")
+                continue
+            number = admin[0]["containerPort"]
+            listen = container_env(c, configmaps).get(var) or ""
+            if listen != f"0.0.0.0:{number}":
+                ck.fail(where, f"{var} must be 0.0.0.0:{number} (the admin port, reachable by the "
+                               f"kubelet and Prometheus), not {listen!r}")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                port = c.get(probe, {}).get("httpGet", {}).get("port")
+                if port is not None and port not in ("admin", number):
+                    ck.fail(where, f"{probe} must use the admin port, not {port}")
+            annotations = w["spec"]["template"]["metadata"].get("annotations", {})
+            if annotations.get("prometheus.io/port") != str(number):
+                ck.fail(where, f"prometheus.io/port must be the admin port {number}")
+            labels = w["spec"]["template"]["metadata"].get("labels", {})
+            admin_ports.setdefault(tuple(sorted(labels.items())), set()).update({"admin", number})
+    for svc in by_kind.get("Service", {}).values():
+        selector = svc.get("spec", {}).get("selector") or {}
+        for labels, ports in admin_ports.items():
+            if not selector or not all(dict(labels).get(k) == v for k, v in selector.items()):
+                continue
+            for p in svc["spec"].get("ports", []):
+                if p.get("targetPort", p.get("port")) in ports:
+                    ck.fail(name_of(svc), f"exposes the admin port ({p.get('targetPort')}): "
+                                          "/metrics must not be reachable through a Service")
+    public = {g["metadata"]["name"] for g in by_kind.get("Gateway", {}).values()
+              if g.get("spec", {}).get("selector", {}).get("istio") == "ingressgateway"}
+    for vs in by_kind.get("VirtualService", {}).values():
+        if not public & set(vs.get("spec", {}).get("gateways", [])):
+            continue
+        for route in vs["spec"].get("http", []):
+            matches = route.get("match") or [{}]
+            for m in matches:
+                prefix = m.get("uri", {}).get("prefix", "")
+                if not prefix.startswith("/v1/"):
+                    ck.fail(name_of(vs), f"route {route.get('name')} on the public gateway must match "
+                                         f"only uri prefix /v1/, not {m or 'everything'}")
 
 
 def check_loadtest(ck, by_kind, configmaps):

@@ -11,6 +11,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 /// HTTP front of the legacy Aerospike session store for the parallel run:
 /// `GET`/`PUT /v1/sessions/{client_id}` over the legacy layout, and `copy`,
 /// the bulk copy of the legacy sets into Bigtable.
@@ -66,13 +70,28 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "MIGRATION_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
+    /// Operator listen address: /metrics, /healthz and /readyz (the API
+    /// listener answers 404 for /metrics). Never expose it.
+    #[arg(long, env = "MIGRATION_ADMIN_LISTEN", default_value = "127.0.0.1:9465")]
+    pub admin_listen: SocketAddr,
     /// Shared bearer token required on /v1 requests (health, readiness and
     /// metrics stay open). Unset: no check — only for a closed network.
     #[arg(long, env = "MIGRATION_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// Session requests served at once; beyond it a fast 503 with Retry-After.
-    #[arg(long, env = "MIGRATION_MAX_INFLIGHT", default_value_t = 1024)]
+    /// Session requests served at once, counted from when a PUT's body has
+    /// arrived; beyond it a fast 503 with Retry-After.
+    #[arg(long, env = "MIGRATION_MAX_INFLIGHT", default_value_t = 1024, value_parser = at_least_one())]
     pub max_inflight: usize,
+    /// Most open connections; further ones wait in the listen backlog.
+    #[arg(long, env = "MIGRATION_MAX_CONNECTIONS", default_value_t = 4096, value_parser = at_least_one())]
+    pub max_connections: usize,
+    /// Time allowed to receive a request's headers; also the longest a
+    /// keep-alive connection stays idle.
+    #[arg(long, env = "MIGRATION_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// Time allowed to receive a PUT's body (408 past it).
+    #[arg(long, env = "MIGRATION_BODY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub body_timeout: Duration,
     /// Time allowed after SIGTERM for open requests and started writes.
     #[arg(long, env = "MIGRATION_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,

@@ -9,4 +9,4 @@ pub mod metrics;
 pub mod server;
 
 pub use legacy::{Legacy, LegacyError};
-pub use server::{Proxy, ServeOptions, serve};
+pub use server::{Proxy, ServeOptions, serve, serve_admin};

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use migration_proxy::config::{Cli, Command};
 use migration_proxy::metrics::Metrics;
-use migration_proxy::{Legacy, Proxy, ServeOptions, copy, serve};
+use migration_proxy::{Legacy, Proxy, ServeOptions, copy, serve, serve_admin};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,8 +59,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(cli.serve.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cli.serve.listen))?;
+            let admin = tokio::net::TcpListener::bind(cli.serve.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cli.serve.admin_listen))?;
+            let open_files = service_kit::server::raise_open_files_limit(cli.serve.max_connections);
             tracing::info!(
                 addr = %listener.local_addr()?,
+                admin = %admin.local_addr()?,
+                open_files,
                 aerospike = %cli.aerospike.aerospike_hosts,
                 namespace = %cli.aerospike.aerospike_namespace,
                 auth = cli.serve.auth_token.is_some(),
@@ -80,11 +86,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ServeOptions {
                     auth_token: cli.serve.auth_token.clone(),
                     max_inflight: cli.serve.max_inflight,
-                    header_timeout: std::time::Duration::from_secs(10),
+                    max_connections: cli.serve.max_connections,
+                    header_timeout: cli.serve.header_timeout,
+                    body_timeout: cli.serve.body_timeout,
                     drain_timeout: cli.serve.drain_timeout,
                 },
             );
+            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+            let admin = tokio::spawn(serve_admin(admin, Arc::clone(&proxy), async {
+                let _ = admin_stopped.await;
+            }));
             let clean = serve(listener, proxy, service_kit::shutdown_signal()).await;
+            // The admin listener answers probes until the drain is over.
+            let _ = admin_stop.send(());
+            let _ = admin.await;
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {

@@ -1,8 +1,10 @@
 //! The HTTP API: `GET`/`PUT /v1/sessions/{client_id}`, `/healthz`,
-//! `/readyz`, `/metrics`; a bearer token when configured, bounded
-//! concurrency, and a graceful shutdown that finishes started writes.
+//! `/readyz` (and, on the admin listener, `/metrics`); a bearer token when
+//! configured, bounded concurrency (counted once a `PUT`'s body has
+//! arrived), service-kit's server loop (connection limit, header and body
+//! timeouts, lingering close), and a graceful shutdown that finishes
+//! started writes.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +14,10 @@ use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use service_kit::ReadError;
+use service_kit::server::{BodyMemory, ReadError, ServerOptions, read_body};
 use service_kit::telemetry::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{ClientId, LegacyVisitor};
@@ -30,16 +28,36 @@ use crate::metrics::{Gauges, Metrics, Route};
 /// Largest `PUT` body accepted.
 const MAX_BODY: usize = 16 * 1024;
 
+/// Memory for `PUT` bodies being read, all requests together: a thousand
+/// of the largest.
+pub const BODY_MEMORY: usize = 1024 * MAX_BODY;
+
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Bearer token every `/v1` request must carry (`None`: no check).
     pub auth_token: Option<String>,
     /// Session requests served at once; more get a fast 503.
     pub max_inflight: usize,
+    /// Open connections at most.
+    pub max_connections: usize,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     /// Time allowed, after shutdown is requested, for open requests and
     /// started writes.
     pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            auth_token: None,
+            max_inflight: 1024,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,6 +66,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     opts: ServeOptions,
     inflight: Arc<Semaphore>,
+    body_memory: Arc<BodyMemory>,
     writes: TaskTracker,
     draining: AtomicBool,
 }
@@ -77,6 +96,7 @@ impl Proxy {
     pub fn new(legacy: Arc<Legacy>, metrics: Arc<Metrics>, opts: ServeOptions) -> Arc<Self> {
         Arc::new(Self {
             inflight: Arc::new(Semaphore::new(opts.max_inflight)),
+            body_memory: BodyMemory::new(BODY_MEMORY),
             legacy,
             metrics,
             opts,
@@ -113,14 +133,6 @@ impl Proxy {
                 } else {
                     respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
                 },
-            ),
-            "/metrics" => (
-                Route::Metrics,
-                respond(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    self.metrics_text(),
-                ),
             ),
             p if p.starts_with("/v1/sessions/")
                 && matches!(*req.method(), Method::GET | Method::PUT) =>
@@ -160,6 +172,40 @@ impl Proxy {
         resp
     }
 
+    /// Answers one request on the admin listener (`MIGRATION_ADMIN_LISTEN`):
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub async fn handle_admin<B>(self: &Arc<Self>, req: Request<B>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let (route, resp) = match req.uri().path() {
+            "/healthz" | "/readyz" => return self.handle(req).await,
+            "/metrics" => (
+                Route::Metrics,
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics_text(),
+                ),
+            ),
+            _ => (Route::Other, error(StatusCode::NOT_FOUND, "no such route")),
+        };
+        self.metrics
+            .record_request(route, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    /// Takes a slot for a session request (`None`: counted as shed).
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.inflight).try_acquire_owned().ok();
+        if permit.is_none() {
+            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
     async fn sessions<B>(self: &Arc<Self>, req: Request<B>, id: &str) -> Resp
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -185,17 +231,10 @@ impl Proxy {
                 "client_id must be 1-128 characters of [A-Za-z0-9._:-]",
             );
         };
-        let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
-            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
-            return r;
-        };
         if req.method() == Method::GET {
+            let Some(permit) = self.admit() else {
+                return overloaded("too many requests in flight");
+            };
             let result = self.legacy.get(&client_id).await;
             drop(permit);
             return match result {
@@ -207,10 +246,18 @@ impl Proxy {
                 Err(e) => legacy_error(&e),
             };
         }
-        let body = match service_kit::read_limited(req.into_body(), MAX_BODY).await {
+        // The body before the slot: a slow body holds its connection only.
+        let body = match read_body(req.into_body(), MAX_BODY, &self.body_memory).await {
             Ok(b) => b,
             Err(ReadError::TooLarge(_)) => {
                 return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB");
+            }
+            Err(e @ ReadError::TimedOut(_)) => {
+                return error(StatusCode::REQUEST_TIMEOUT, &e.to_string());
+            }
+            Err(e @ ReadError::NoMemory) => {
+                self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                return overloaded(&e.to_string());
             }
             Err(ReadError::Io(e)) => {
                 return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
@@ -219,6 +266,10 @@ impl Proxy {
         let visitor: LegacyVisitor = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad session JSON: {e}")),
+        };
+        drop(body);
+        let Some(permit) = self.admit() else {
+            return overloaded("too many requests in flight");
         };
         // The write runs as its own task: a caller that hangs up (its
         // deadline passed) does not cut it off half-way.
@@ -240,6 +291,14 @@ impl Proxy {
     }
 }
 
+/// `503` with `Retry-After: 1`: ours, retry later.
+fn overloaded(message: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}
+
 fn legacy_error(e: &LegacyError) -> Resp {
     match e {
         LegacyError::NotConnected => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -256,47 +315,22 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
-    let header_timeout = proxy.opts.header_timeout;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::warn!(%error, "Accept failed.");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let proxy = Arc::clone(&proxy);
-                let service = service_fn(move |req| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, %peer, "Connection ended with an error.");
-                    }
-                });
-            }
+    let server = ServerOptions {
+        max_connections: proxy.opts.max_connections,
+        header_timeout: proxy.opts.header_timeout,
+        body_timeout: proxy.opts.body_timeout,
+    };
+    let handler = {
+        let proxy = Arc::clone(&proxy);
+        move |req, _peer| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.handle(req).await }
         }
-    }
+    };
+    let open = service_kit::server::serve(listener, server, handler, shutdown).await;
     proxy.draining.store(true, Ordering::Relaxed);
-    drop(listener);
     let deadline = tokio::time::Instant::now() + proxy.opts.drain_timeout;
-    let connections = tokio::time::timeout_at(deadline, graceful.shutdown())
-        .await
-        .is_ok();
+    let connections = open.drain(deadline).await;
     proxy.writes.close();
     let writes = tokio::time::timeout_at(deadline, proxy.writes.wait())
         .await
@@ -309,4 +343,14 @@ pub async fn serve(
         );
     }
     connections && writes
+}
+
+/// Serves the operator endpoints (see [`Proxy::handle_admin`]) on
+/// `listener` until `stop` resolves.
+pub async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>, stop: impl Future<Output = ()>) {
+    let handler = move |req, _peer| {
+        let proxy = Arc::clone(&proxy);
+        async move { proxy.handle_admin(req).await }
+    };
+    service_kit::server::serve_admin(listener, handler, stop).await;
 }

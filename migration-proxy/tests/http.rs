@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, Value, as_key};
 use migration_proxy::metrics::Metrics;
-use migration_proxy::{Legacy, Proxy, ServeOptions, serve};
+use migration_proxy::{Legacy, Proxy, ServeOptions, serve, serve_admin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn http(
@@ -50,6 +50,15 @@ async fn standin() -> SocketAddr {
 }
 
 async fn proxy(aerospike: SocketAddr, token: Option<&str>, connect: bool) -> SocketAddr {
+    proxy_with_admin(aerospike, token, connect).await.0
+}
+
+/// The proxy's API and admin addresses.
+async fn proxy_with_admin(
+    aerospike: SocketAddr,
+    token: Option<&str>,
+    connect: bool,
+) -> (SocketAddr, SocketAddr) {
     let metrics = Arc::new(Metrics::default());
     let legacy = Legacy::new(
         "tracking".into(),
@@ -67,12 +76,16 @@ async fn proxy(aerospike: SocketAddr, token: Option<&str>, connect: bool) -> Soc
             max_inflight: 64,
             header_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(2),
+            ..Default::default()
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(serve_admin(admin, Arc::clone(&p), std::future::pending()));
     tokio::spawn(serve(listener, p, std::future::pending()));
-    addr
+    (addr, admin_addr)
 }
 
 fn now_ms() -> u64 {
@@ -85,7 +98,7 @@ fn now_ms() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_round_trip_over_the_legacy_layout() {
     let aerospike = standin().await;
-    let addr = proxy(aerospike, Some("secret"), true).await;
+    let (addr, admin) = proxy_with_admin(aerospike, Some("secret"), true).await;
     // Ready once the client has connected.
     let mut ready = 0;
     for _ in 0..100 {
@@ -167,7 +180,7 @@ async fn sessions_round_trip_over_the_legacy_layout() {
     assert_eq!(http(addr, "GET", "/nope", t, "").await.0, 404);
     assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
 
-    let (_, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
     for line in [
         "migration_http_requests_total{route=\"get_session\",status=\"401\"} 2",
         "migration_http_requests_total{route=\"put_session\",status=\"204\"} 1",

@@ -1,8 +1,9 @@
-//! What both services (tracking-api, migration-proxy) share: the Prometheus
-//! text format and process metrics, telemetry (logs and traces) and the
-//! shutdown signal.
+//! What both services (tracking-api, migration-proxy) share: the HTTP/1.1
+//! server loop and bounded body reading, the Prometheus text format and
+//! process metrics, telemetry (logs and traces) and the shutdown signal.
 
 pub mod prom;
+pub mod server;
 pub mod telemetry;
 
 /// Resolves on SIGTERM or SIGINT.

@@ -37,11 +37,17 @@ pub fn undocumented_env<'a>(help: &'a str, doc: &str) -> Vec<&'a str> {
 /// The address in a server's `Listening.` log line: `addr=…` (text logs)
 /// or `"addr":"…"` (JSON logs).
 pub fn listen_addr(line: &str) -> Option<&str> {
-    line.split("addr=")
+    log_field(line, "addr")
+}
+
+/// The value of the field `name` in one log line, text (` name=value`) or
+/// JSON (`"name":"value"`).
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(&format!(" {name}="))
         .nth(1)
         .and_then(|a| a.split_whitespace().next())
         .or_else(|| {
-            line.split("\"addr\":\"")
+            line.split(&format!("\"{name}\":\""))
                 .nth(1)
                 .and_then(|a| a.split('"').next())
         })

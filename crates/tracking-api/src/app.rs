@@ -28,10 +28,11 @@ use tracking_core::{
     SinkError, StoreError, anonymize_ip, enrich, enriched_size_hint, parse_body,
 };
 
+use service_kit::server::{BodyMemory, ReadError};
 use service_kit::telemetry::Incoming;
 use tracing::Instrument;
 
-use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_limited};
+use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_body};
 use crate::client_ip::ClientIp;
 use crate::cookie::VisitorCookie;
 use crate::cors::Cors;
@@ -60,7 +61,8 @@ pub struct Limits {
     pub max_decompressed_bytes: usize,
     pub max_batch_events: usize,
     pub max_inflight: usize,
-    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, as sent and inflated.
+    pub body_memory: usize,
     pub session_timeout: Duration,
 }
 
@@ -71,6 +73,7 @@ pub struct AppState {
     pub parts: Parts,
     pub ua: UaParser,
     inflight: Arc<Semaphore>,
+    body_memory: Arc<BodyMemory>,
     tracker: TaskTracker,
     ready: AtomicBool,
     store_warned: OncePerSecond,
@@ -127,6 +130,7 @@ impl AppState {
     pub fn new(parts: Parts) -> Arc<Self> {
         Arc::new(Self {
             inflight: Arc::new(Semaphore::new(parts.limits.max_inflight)),
+            body_memory: BodyMemory::new(parts.limits.body_memory),
             ua: UaParser::new(4096),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
@@ -168,6 +172,8 @@ impl AppState {
             sink_queue_bytes: bytes,
             sink_queue_limit_bytes: limit_bytes,
             inflight: self.parts.limits.max_inflight - self.inflight.available_permits(),
+            body_memory: self.body_memory.used(),
+            body_memory_limit: self.body_memory.limit(),
             memory_store_visitors: self.parts.memory_store.as_ref().map(|m| m.len()),
             memory_store_evictions_expired: expired,
             memory_store_evictions_capacity: capacity,
@@ -199,7 +205,8 @@ pub struct Rejected {
 /// helps decide the status, in [`ApiError::status`] only.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The body could not be read as sent (client's fault, except `Io`).
+    /// The body could not be read as sent (client's fault, except `Io` and
+    /// `NoMemory`, which is ours).
     #[error("{0}")]
     Read(#[from] BodyReadError),
     /// The body is not a valid envelope (client's fault).
@@ -208,12 +215,10 @@ pub enum ApiError {
     /// Every event was invalid (client's fault).
     #[error("every event was rejected")]
     AllRejected(Vec<Rejected>),
-    /// The body did not arrive in time (client's or network's fault).
-    #[error("the request body did not arrive within {0:?}")]
-    BodyTimeout(Duration),
     /// Too many requests in flight (ours; retry later).
     #[error("too many requests in flight; retry later")]
     Overloaded,
+
     /// The sink cannot take more events now (ours; retry later).
     #[error("the event queue is full; retry later")]
     QueueFull,
@@ -238,16 +243,19 @@ impl ApiError {
     /// The one place where errors become status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Read(BodyReadError::TooLarge(_) | BodyReadError::InflatedTooLarge(_)) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::Read(
+                BodyReadError::Read(ReadError::TooLarge(_)) | BodyReadError::InflatedTooLarge(_),
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Read(
                 BodyReadError::UnsupportedType(_) | BodyReadError::UnsupportedEncoding(_),
             ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Io(_)) => StatusCode::BAD_REQUEST,
+            Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Read(ReadError::Io(_))) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Read(BodyReadError::Read(ReadError::TimedOut(_))) => StatusCode::REQUEST_TIMEOUT,
+            Self::Read(BodyReadError::Read(ReadError::NoMemory)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::QueueFull | Self::OutputFailing(_) | Self::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -407,17 +415,45 @@ impl App {
                 Route::Tracker,
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),
             ),
-            ("/healthz", &Method::GET) => (Route::Healthz, text(StatusCode::OK, "ok\n")),
-            ("/readyz", &Method::GET) => (
+            // `/metrics` is served on the admin listener only.
+            (path, &Method::GET) => self
+                .probe(path)
+                .unwrap_or_else(|| (Route::Other, ApiError::NotFound.into_response())),
+            _ => (Route::Other, ApiError::NotFound.into_response()),
+        }
+    }
+
+    /// Answers one request on the admin listener (`TRACKING_ADMIN_LISTEN`):
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub async fn handle_admin<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        let start = Instant::now();
+        let (route, resp) = match (req.uri().path(), req.method()) {
+            ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
+            (path, &Method::GET) => self
+                .probe(path)
+                .unwrap_or_else(|| (Route::Other, ApiError::NotFound.into_response())),
+            _ => (Route::Other, ApiError::NotFound.into_response()),
+        };
+        self.state
+            .parts
+            .metrics
+            .record_request(route, resp.status().as_u16(), start.elapsed());
+        resp
+    }
+
+    /// `GET /healthz` and `GET /readyz`, served on both listeners.
+    fn probe(&self, path: &str) -> Option<(Route, Response<Full<Bytes>>)> {
+        match path {
+            "/healthz" => Some((Route::Healthz, text(StatusCode::OK, "ok\n"))),
+            "/readyz" => Some((
                 Route::Readyz,
                 if self.state.is_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 },
-            ),
-            ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
-            _ => (Route::Other, ApiError::NotFound.into_response()),
+            )),
+            _ => None,
         }
     }
 
@@ -488,23 +524,39 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = self.state.parts.limits;
-        let _permit = self.admit()?;
         let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
         let (parts, body) = req.into_parts();
-        let raw = tokio::time::timeout(
-            limits.body_timeout,
-            read_limited(body, limits.max_body_bytes),
-        )
-        .await
-        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
-        let body = match encoding {
-            Encoding::Identity => raw,
+        // The body first: a slow one holds its connection and the bytes it
+        // sent, never an in-flight slot.
+        let memory = &self.state.body_memory;
+        let raw = read_body(body, limits.max_body_bytes, memory)
+            .await
+            .map_err(|e| self.body_error(e))?;
+        let _permit = self.admit()?;
+        let inflated = match encoding {
+            Encoding::Identity => None,
             Encoding::Gzip => {
                 let _span = tracing::debug_span!("gunzip", bytes = raw.len()).entered();
-                Bytes::from(inflate_bounded(&raw, limits.max_decompressed_bytes)?)
+                Some(
+                    inflate_bounded(&raw, limits.max_decompressed_bytes, memory)
+                        .map_err(|e| self.body_error(e))?,
+                )
             }
         };
-        self.ingest(&body, &parts.headers, peer).await
+        let body = inflated.as_deref().unwrap_or(&raw);
+        // Boxed: the ingest state is allocated only once a body has arrived,
+        // so a connection waiting for one keeps a small future.
+        Box::pin(self.ingest(body, &parts.headers, peer)).await
+    }
+
+    /// A body that could not be read or inflated; counted as shed when it
+    /// is our memory that ran out.
+    fn body_error(&self, e: BodyReadError) -> ApiError {
+        if matches!(e, BodyReadError::Read(ReadError::NoMemory)) {
+            self.state.parts.overload.record_shed();
+            self.state.parts.metrics.record_shed(ShedReason::BodyMemory);
+        }
+        ApiError::Read(e)
     }
 
     /// Takes an in-flight slot, or sheds the request.

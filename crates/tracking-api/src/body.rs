@@ -1,12 +1,14 @@
-//! Reading request bodies within bounds: size as sent, time to arrive, and
-//! size after decompression.
+//! Reading request bodies within bounds: size as sent, time to arrive (the
+//! deadline of service-kit's `RequestBody`), size after decompression, and
+//! the process's memory for bodies ([`BodyMemory`]).
 
 use std::io::Read;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body::Body;
+use service_kit::server::{BodyBuf, BodyMemory, ReadError};
 
 /// What a body's headers say about how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +20,10 @@ pub enum Encoding {
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyReadError {
-    #[error("body exceeds {0} bytes")]
-    TooLarge(usize),
+    /// As sent: too large, too late, no memory left (ours), or the
+    /// connection failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("decompressed body exceeds {0} bytes")]
     InflatedTooLarge(usize),
     #[error("body is not valid gzip: {0}")]
@@ -28,8 +32,6 @@ pub enum BodyReadError {
     UnsupportedType(String),
     #[error("unsupported Content-Encoding `{0}`: send gzip or nothing")]
     UnsupportedEncoding(String),
-    #[error("could not read body: {0}")]
-    Io(String),
 }
 
 /// Checks `Content-Type` (JSON or sendBeacon's text/plain; absent is read as
@@ -66,40 +68,49 @@ pub fn check_headers(headers: &HeaderMap, max_body: usize) -> Result<Encoding, B
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(BodyReadError::TooLarge(max_body));
+        return Err(ReadError::TooLarge(max_body).into());
     }
     Ok(encoding)
 }
 
-/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, BodyReadError>
+/// Reads a whole body into `memory`, refusing it as soon as it passes
+/// `limit` bytes.
+pub async fn read_body<B>(
+    body: B,
+    limit: usize,
+    memory: &Arc<BodyMemory>,
+) -> Result<BodyBuf, BodyReadError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    service_kit::read_limited(body, limit)
-        .await
-        .map_err(|e| match e {
-            service_kit::ReadError::TooLarge(n) => BodyReadError::TooLarge(n),
-            service_kit::ReadError::Io(m) => BodyReadError::Io(m),
-        })
+    Ok(service_kit::server::read_body(body, limit, memory).await?)
 }
 
-/// Inflates gzip (one or more members) into at most `limit` bytes; a larger
-/// output is refused after reading `limit + 1` bytes, so a gzip bomb costs no
-/// more memory than an honest body.
-pub fn inflate_bounded(gz: &[u8], limit: usize) -> Result<Vec<u8>, BodyReadError> {
-    let mut out = Vec::with_capacity((gz.len() * 4).min(limit + 1));
-    #[allow(clippy::disallowed_methods)] // bounded by `take` just below
-    let decoder = flate2::read::MultiGzDecoder::new(gz);
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| BodyReadError::BadGzip(e.to_string()))?;
-    if out.len() > limit {
-        return Err(BodyReadError::InflatedTooLarge(limit));
+/// Inflates gzip (one or more members) into at most `limit` bytes of
+/// `memory`; a larger output is refused as soon as it passes `limit`, so a
+/// gzip bomb costs no more memory than an honest body.
+pub fn inflate_bounded(
+    gz: &[u8],
+    limit: usize,
+    memory: &Arc<BodyMemory>,
+) -> Result<BodyBuf, BodyReadError> {
+    let mut out = BodyBuf::new(memory, limit, None);
+    #[allow(clippy::disallowed_methods)] // bounded by `out`'s limit just below
+    let mut decoder = flate2::read::MultiGzDecoder::new(gz);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| BodyReadError::BadGzip(e.to_string()))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend(&chunk[..n]).map_err(|e| match e {
+            ReadError::TooLarge(n) => BodyReadError::InflatedTooLarge(n),
+            e => BodyReadError::Read(e),
+        })?;
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -115,23 +126,36 @@ mod tests {
     }
 
     #[test]
-    fn inflates_within_the_limit() {
+    fn inflates_within_the_limit_and_the_memory() {
+        let memory = BodyMemory::new(8 << 20);
+        let inflate = |gz: &[u8], limit| inflate_bounded(gz, limit, &memory);
         let data = b"{\"type\":\"t\"}".repeat(10);
-        assert_eq!(
-            inflate_bounded(&gzip(&data), data.len()).expect("fits"),
-            data
-        );
+        assert_eq!(&inflate(&gzip(&data), data.len()).expect("fits")[..], data);
         assert!(matches!(
-            inflate_bounded(&gzip(&data), data.len() - 1),
+            inflate(&gzip(&data), data.len() - 1),
             Err(BodyReadError::InflatedTooLarge(_))
         ));
         assert!(matches!(
-            inflate_bounded(b"not gzip", 100),
+            inflate(b"not gzip", 100),
             Err(BodyReadError::BadGzip(_))
         ));
         let mut two = gzip(b"ab");
         two.extend(gzip(b"cd"));
-        assert_eq!(inflate_bounded(&two, 10).expect("two members"), b"abcd");
+        assert_eq!(&inflate(&two, 10).expect("two members")[..], b"abcd");
+        // A bomb: 4 MiB of zeros in about 4 KiB, refused at 1 MiB.
+        let bomb = gzip(&vec![0u8; 4 << 20]);
+        assert!(bomb.len() < 8 << 10);
+        assert!(matches!(
+            inflate(&bomb, 1 << 20),
+            Err(BodyReadError::InflatedTooLarge(_))
+        ));
+        assert_eq!(memory.used(), 0, "every buffer gave its bytes back");
+        // Inflated bytes count in the memory: a quarter is kept for small bodies.
+        let small = BodyMemory::new(1 << 20);
+        assert!(matches!(
+            inflate_bounded(&gzip(&vec![1u8; 800 << 10]), 1 << 20, &small),
+            Err(BodyReadError::Read(ReadError::NoMemory))
+        ));
     }
 
     #[test]

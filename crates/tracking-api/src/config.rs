@@ -138,6 +138,16 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// Operator listen address: /metrics, /healthz and /readyz (the public
+    /// listener answers 404 for /metrics). Never expose it publicly.
+    #[arg(
+        long,
+        env = "TRACKING_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub admin_listen: SocketAddr,
+
     /// Where sessions and via records live.
     #[arg(
         long,
@@ -435,19 +445,28 @@ pub struct Config {
     #[arg(long, env = "TRACKING_MAX_DECOMPRESSED_BYTES", default_value = "1048576", value_parser = positive, global = true)]
     pub max_decompressed_bytes: usize,
 
+    /// Memory for request bodies being read or processed, all requests
+    /// together (as sent and inflated); beyond it 503 with Retry-After. A body
+    /// above 64 KiB may use three quarters of it, the rest is kept for small
+    /// ones. Units B, KiB, MiB, GiB.
+    #[arg(long, env = "TRACKING_MAX_BODY_MEMORY", default_value = "128MiB", value_parser = bytes, global = true)]
+    pub max_body_memory: u64,
+
     /// Most events in one batch.
     #[arg(long, env = "TRACKING_MAX_BATCH_EVENTS", default_value = "500", value_parser = positive, global = true)]
     pub max_batch_events: usize,
 
-    /// Most event requests processed at once; beyond it 503 with Retry-After.
+    /// Most event requests processed at once, counted from when their body
+    /// has arrived; beyond it 503 with Retry-After.
     #[arg(long, env = "TRACKING_MAX_INFLIGHT", default_value = "4096", value_parser = positive, global = true)]
     pub max_inflight: usize,
 
     /// Most open client connections; further ones wait in the listen backlog.
-    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "16384", value_parser = positive, global = true)]
+    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "8192", value_parser = positive, global = true)]
     pub max_connections: usize,
 
-    /// Time allowed to receive a request's headers.
+    /// Time allowed to receive a request's headers; also the longest a
+    /// keep-alive connection stays idle.
     #[arg(long, env = "TRACKING_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub header_timeout: Duration,
 
@@ -594,6 +613,14 @@ impl Config {
                 "TRACKING_MIGRATION_FORWARD_HEADERS entry `{h}` is not a header name"
             ));
         }
+        let largest_body = self.max_body_bytes as u64 + self.max_decompressed_bytes as u64;
+        if self.max_body_memory - self.max_body_memory / 4 < largest_body {
+            return fail(format!(
+                "TRACKING_MAX_BODY_MEMORY ({} bytes) must hold one largest body, as sent and inflated \
+                 (TRACKING_MAX_BODY_BYTES + TRACKING_MAX_DECOMPRESSED_BYTES = {largest_body} bytes), in three quarters of it",
+                self.max_body_memory
+            ));
+        }
         if self.session_timeout.is_zero()
             || self.body_timeout.is_zero()
             || self.header_timeout.is_zero()
@@ -685,6 +712,12 @@ mod tests {
         check(&["--trusted-proxies", "10.0.0.0/8,::1/128"], Ok(()));
         check(&["--trusted-proxies", "10.0.0.0"], Err("invalid"));
         check(&["--max-inflight", "0"], Err("at least 1"));
+        check(&["--max-body-memory", "8MiB"], Ok(()));
+        check(
+            &["--max-body-memory", "2MiB"],
+            Err("must hold one largest body"),
+        );
+        check(&["--admin-listen", "0.0.0.0:9464"], Ok(()));
         check(&["--session-store", "cassandra"], Err("invalid value"));
         check(
             &["--migration-mode", "legacy"],

@@ -26,7 +26,7 @@ pub mod ua;
 use std::sync::Arc;
 
 pub use app::{App, AppState, Limits, Parts, SpanLabels, app};
-pub use server::{DrainReport, ServeOptions, serve};
+pub use server::{DrainReport, ServeOptions, serve, serve_admin};
 use tracking_core::{
     DeadLetterSink, EventSink, RandomIds, SessionPolicy, SessionStore, SystemClock, Ttls,
 };
@@ -51,7 +51,7 @@ impl Config {
             max_decompressed_bytes: self.max_decompressed_bytes,
             max_batch_events: self.max_batch_events,
             max_inflight: self.max_inflight,
-            body_timeout: self.body_timeout,
+            body_memory: usize::try_from(self.max_body_memory).unwrap_or(usize::MAX),
             session_timeout: self.session_timeout,
         }
     }
@@ -67,6 +67,7 @@ impl Config {
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             max_connections: self.max_connections,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,

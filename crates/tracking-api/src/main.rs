@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tracking_api::config::{Cli, Command, Config};
-use tracking_api::{app, bootstrap, build_state, serve};
+use tracking_api::{app, bootstrap, build_state, serve, serve_admin};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,8 +83,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let admin = tokio::net::TcpListener::bind(config.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+            let open_files = service_kit::server::raise_open_files_limit(config.max_connections);
             tracing::info!(
                 addr = %listener.local_addr()?,
+                admin = %admin.local_addr()?,
+                open_files,
                 store = ?config.session_store,
                 sink = ?config.sink,
                 "Listening."
@@ -100,7 +106,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            let report = serve(listener, app(state), shutdown, config.serve_options()).await;
+            let app = app(state);
+            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+            let admin = tokio::spawn(serve_admin(admin, app.clone(), async {
+                let _ = admin_stopped.await;
+            }));
+            let report = serve(listener, app, shutdown, config.serve_options()).await;
+            // The admin listener answers probes (readiness 503) until the drain is over.
+            let _ = admin_stop.send(());
+            let _ = admin.await;
             Ok(if report.clean() {
                 ExitCode::SUCCESS
             } else {

@@ -26,6 +26,8 @@ pub const SINK_QUEUE_BYTES: &str = "tracking_sink_queue_bytes";
 pub const SINK_QUEUE_LIMIT_BYTES: &str = "tracking_sink_queue_limit_bytes";
 pub const SINK_LOST: &str = "tracking_sink_lost_total";
 pub const INFLIGHT: &str = "tracking_inflight_requests";
+pub const BODY_MEMORY: &str = "tracking_body_memory_bytes";
+pub const BODY_MEMORY_LIMIT: &str = "tracking_body_memory_limit_bytes";
 pub const MEMORY_STORE_VISITORS: &str = "tracking_memory_store_visitors";
 pub const MEMORY_STORE_EVICTIONS: &str = "tracking_memory_store_evictions_total";
 pub const READY: &str = "tracking_ready";
@@ -103,6 +105,8 @@ pub enum ShedReason {
     Draining,
     /// The event output is failing (write errors, a full disk).
     OutputFailing,
+    /// Request bodies fill their memory.
+    BodyMemory,
 }
 
 impl ShedReason {
@@ -111,6 +115,7 @@ impl ShedReason {
         Self::QueueFull,
         Self::Draining,
         Self::OutputFailing,
+        Self::BodyMemory,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -118,6 +123,7 @@ impl ShedReason {
             Self::QueueFull => "queue_full",
             Self::Draining => "draining",
             Self::OutputFailing => "output_failing",
+            Self::BodyMemory => "body_memory",
         }
     }
 }
@@ -130,6 +136,9 @@ pub struct Gauges {
     pub sink_queue_bytes: usize,
     pub sink_queue_limit_bytes: usize,
     pub inflight: usize,
+    /// Bytes of request bodies held, and their bound.
+    pub body_memory: usize,
+    pub body_memory_limit: usize,
     pub memory_store_visitors: Option<usize>,
     pub memory_store_evictions_expired: u64,
     pub memory_store_evictions_capacity: u64,
@@ -326,6 +335,18 @@ impl Metrics {
             INFLIGHT,
             "Event requests being processed.",
             g.inflight as f64,
+        );
+        gauge(
+            &mut out,
+            BODY_MEMORY,
+            "Bytes of request bodies held in memory (as sent and inflated).",
+            g.body_memory as f64,
+        );
+        gauge(
+            &mut out,
+            BODY_MEMORY_LIMIT,
+            "Bound of the request bodies held in memory (TRACKING_MAX_BODY_MEMORY).",
+            g.body_memory_limit as f64,
         );
         if let Some(n) = g.memory_store_visitors {
             gauge(

@@ -1,18 +1,14 @@
-//! Serving HTTP/1.1 with hyper, and the shutdown sequence:
+//! Serving HTTP/1.1 through service-kit's server loop (public and admin
+//! listeners), and the shutdown sequence:
 //! readiness 503 → (shutdown delay, still serving) → stop accepting → drain
 //! in-flight requests and event tasks → close the sinks → return.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use service_kit::server::ServerOptions;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -20,6 +16,7 @@ use crate::app::App;
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
@@ -32,7 +29,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
-            max_connections: 16_384,
+            body_timeout: Duration::from_secs(10),
+            max_connections: 8192,
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             flush_timeout: Duration::from_secs(5),
@@ -64,8 +62,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     opts: ServeOptions,
 ) -> DrainReport {
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(opts.max_connections));
     let state = Arc::clone(app.state());
     state.set_ready(true);
     // Readiness under sustained overload is judged once a second.
@@ -79,58 +75,30 @@ pub async fn serve(
             overload.tick();
         }
     });
-    tokio::pin!(shutdown);
-
-    let mut stop_at: Option<Instant> = None;
-    loop {
-        let until_stop = async {
-            match stop_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut shutdown, if stop_at.is_none() => {
-                state.set_ready(false);
-                tracing::info!(delay = ?opts.shutdown_delay, "Shutdown requested; readiness is now 503.");
-                stop_at = Some(Instant::now() + opts.shutdown_delay);
-            }
-            () = until_stop => break,
-            accepted = accept(&listener, &connections) => {
-                let Some((stream, peer, permit)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-                });
-                // half_close: a client that shuts down its write side right after
-                // sending (EOF while its request is in flight) still gets its
-                // request read and processed; without it hyper drops the request.
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .half_close(true)
-                    .header_read_timeout(opts.header_timeout)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, %peer, "Connection ended with an error.");
-                    }
-                    drop(permit);
-                });
-            }
+    let stop = {
+        let state = Arc::clone(&state);
+        async move {
+            shutdown.await;
+            state.set_ready(false);
+            tracing::info!(delay = ?opts.shutdown_delay, "Shutdown requested; readiness is now 503.");
+            tokio::time::sleep(opts.shutdown_delay).await;
         }
-    }
-    drop(listener);
+    };
+    let server = ServerOptions {
+        max_connections: opts.max_connections,
+        header_timeout: opts.header_timeout,
+        body_timeout: opts.body_timeout,
+    };
+    let handler = move |req, peer| {
+        let app = app.clone();
+        async move { app.handle(req, peer).await }
+    };
+    let open = service_kit::server::serve(listener, server, handler, stop).await;
     ticker.abort();
     tracing::info!("Listener closed; draining in-flight requests.");
 
     let deadline = Instant::now() + opts.drain_timeout;
-    let connections_cut = tokio::time::timeout_at(deadline, graceful.shutdown())
-        .await
-        .is_err();
+    let connections_cut = !open.drain(deadline).await;
     if connections_cut {
         tracing::warn!("Connections were still open at the drain deadline.");
     }
@@ -186,22 +154,12 @@ pub async fn serve(
     report
 }
 
-async fn accept(
-    listener: &TcpListener,
-    connections: &Arc<Semaphore>,
-) -> Option<(
-    tokio::net::TcpStream,
-    std::net::SocketAddr,
-    tokio::sync::OwnedSemaphorePermit,
-)> {
-    let permit = Arc::clone(connections).acquire_owned().await.ok()?;
-    match listener.accept().await {
-        Ok((stream, peer)) => Some((stream, peer, permit)),
-        Err(error) => {
-            // Out of file descriptors and the like: back off instead of spinning.
-            tracing::warn!(%error, "Accept failed.");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
-    }
+/// Serves the operator endpoints (`/metrics`, `/healthz`, `/readyz`, see
+/// [`App::handle_admin`]) on `listener` until `stop` resolves.
+pub async fn serve_admin(listener: TcpListener, app: App, stop: impl Future<Output = ()>) {
+    let handler = move |req, _peer| {
+        let app = app.clone();
+        async move { app.handle_admin(req).await }
+    };
+    service_kit::server::serve_admin(listener, handler, stop).await;
 }

@@ -108,7 +108,7 @@ async fn sessions_live_in_bigtable_and_survive_its_outages() {
         "{:?}",
         &events[2..]
     );
-    let metrics = request(api.addr, "GET", "/metrics", &[], b"")
+    let metrics = request(api.admin, "GET", "/metrics", &[], b"")
         .await
         .unwrap();
     let metrics = String::from_utf8(metrics.body).unwrap();

@@ -212,7 +212,7 @@ async fn beacons_and_credentialed_fetches_from_another_origin() {
     assert_eq!(dead[0]["reason"], "invalid_type");
 
     // The JSON fetch was preflighted.
-    let metrics = request(api.addr, "GET", "/metrics", &[], b"")
+    let metrics = request(api.admin, "GET", "/metrics", &[], b"")
         .await
         .unwrap();
     let metrics = String::from_utf8(metrics.body).unwrap();

@@ -53,6 +53,7 @@ async fn legacy() -> Legacy {
             max_inflight: 256,
             header_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(2),
+            ..Default::default()
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

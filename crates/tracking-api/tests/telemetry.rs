@@ -20,16 +20,6 @@ const TRACE_HIGH: u64 = 0x0af7_6519_16cd_43dd;
 const PARENT: &str = "b7ad6b7169203331";
 const PARENT_ID: u64 = 0xb7ad_6b71_6920_3331;
 
-async fn standin() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(aerospike_standin::serve(
-        listener,
-        aerospike_standin::Store::new(vec!["tracking".into()]),
-    ));
-    addr.to_string()
-}
-
 fn by<'a>(spans: &'a [ReceivedSpan], service: &str, resource: &str) -> Vec<&'a ReceivedSpan> {
     spans
         .iter()
@@ -54,7 +44,7 @@ async fn post_traced(api: &ApiProcess, traceparent: &str, client_id: &str) -> u1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_crosses_tracking_api_and_migration_proxy() {
     let agent = TraceReceiver::datadog();
-    let aerospike = standin().await;
+    let aerospike = common::standin().await;
     let url = agent.url();
     let mut proxy = ApiProcess::start_program(
         &workspace_binary("migration-proxy"),
@@ -527,7 +517,7 @@ async fn the_publish_result_span_is_linked_to_its_request_and_marks_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_share_zero_only_callers_decisions_and_errors_are_exported() {
     let agent = TraceReceiver::datadog();
-    let aerospike = standin().await;
+    let aerospike = common::standin().await;
     let url = agent.url();
     let mut proxy = ApiProcess::start_program(
         &workspace_binary("migration-proxy"),

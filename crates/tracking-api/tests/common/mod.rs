@@ -104,7 +104,7 @@ pub struct Options {
     pub store: Option<Arc<dyn SessionStore>>,
     pub session_timeout: Duration,
     pub geo: Option<tracking_api::geo::GeoLookup>,
-    pub body_timeout: Duration,
+    pub body_memory: usize,
 }
 
 impl Default for Options {
@@ -121,7 +121,7 @@ impl Default for Options {
             store: None,
             session_timeout: Duration::from_millis(100),
             geo: None,
-            body_timeout: Duration::from_secs(5),
+            body_memory: 64 << 20,
         }
     }
 }
@@ -158,7 +158,7 @@ impl TestApp {
                 max_decompressed_bytes: o.max_decompressed,
                 max_batch_events: o.max_batch,
                 max_inflight: o.max_inflight,
-                body_timeout: o.body_timeout,
+                body_memory: o.body_memory,
                 session_timeout: o.session_timeout,
             },
             store: o.store.unwrap_or_else(|| memory.clone()),
@@ -216,6 +216,18 @@ impl TestApp {
         (Response::from_parts(parts, ()), bytes)
     }
 
+    /// `GET /metrics` on the admin listener.
+    pub async fn metrics(&self) -> (Response<()>, Bytes) {
+        let req = Request::get("/metrics")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.app.handle_admin(req).await;
+        let (parts, body) = resp.into_parts();
+        #[allow(clippy::disallowed_methods)] // the app's own bounded answer
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(parts, ()), bytes)
+    }
+
     pub async fn post(&self, body: &str) -> (Response<()>, Bytes) {
         self.send(
             post(body)
@@ -224,6 +236,18 @@ impl TestApp {
         )
         .await
     }
+}
+
+/// An in-process Aerospike stand-in (namespace `tracking`) on a free
+/// port; its `host:port`.
+pub async fn standin() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    addr.to_string()
 }
 
 /// A POST /v1/events builder with `text/plain` (what sendBeacon sends).

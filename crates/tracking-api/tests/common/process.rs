@@ -16,20 +16,23 @@ use tokio::net::TcpStream;
 pub struct ApiProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
     /// Collects `stderr` until the process closes it.
     stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ApiProcess {
-    /// Starts the binary on a free loopback port with `env` (plus
-    /// `TRACKING_LISTEN=127.0.0.1:0`) and waits until it listens.
+    /// Starts the binary on free loopback ports with `env` (plus
+    /// `TRACKING_LISTEN` and `TRACKING_ADMIN_LISTEN` at `127.0.0.1:0`) and
+    /// waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Self {
         Self::start_program(Path::new(env!("CARGO_BIN_EXE_tracking-api")), env)
     }
 
     /// Starts another of the workspace's servers (migration-proxy) the same
-    /// way: it logs `Listening.` with its address.
+    /// way: it logs `Listening.` with its address and its admin address.
     pub fn start_program(program: &Path, env: &[(&str, &str)]) -> Self {
         Self::start_with_stdout(program, env, Stdio::null())
     }
@@ -42,6 +45,8 @@ impl ApiProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TRACKING_LISTEN", "127.0.0.1:0")
             .env("MIGRATION_LISTEN", "127.0.0.1:0")
+            .env("TRACKING_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MIGRATION_ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -56,14 +61,20 @@ impl ApiProcess {
         let keep = Arc::clone(&stderr);
         let stderr_reader = std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
-                if let Some(addr) = test_support::listen_addr(&line) {
-                    let _ = tx.send(addr.to_owned());
+                if let (Some(addr), Some(admin)) = (
+                    test_support::log_field(&line, "addr"),
+                    test_support::log_field(&line, "admin"),
+                ) {
+                    let _ = tx.send((addr.to_owned(), admin.to_owned()));
                 }
                 keep.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().expect("listen address"),
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((a, b)) => (
+                a.parse().expect("listen address"),
+                b.parse().expect("admin address"),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -76,6 +87,7 @@ impl ApiProcess {
         Self {
             child,
             addr,
+            admin,
             stderr,
             stderr_reader: Some(stderr_reader),
         }
@@ -211,10 +223,10 @@ pub fn assert_all_arrived(accepted: &[String], arrived: impl Fn(&str) -> bool, w
     );
 }
 
-/// One value of the process's `/metrics`: the sample named exactly `name`
-/// (labels included).
+/// One value of the process's `/metrics` (on its admin listener): the
+/// sample named exactly `name` (labels included).
 pub async fn metric(api: &ApiProcess, name: &str) -> f64 {
-    let r = request(api.addr, "GET", "/metrics", &[], b"")
+    let r = request(api.admin, "GET", "/metrics", &[], b"")
         .await
         .unwrap();
     let text = String::from_utf8(r.body).unwrap();
