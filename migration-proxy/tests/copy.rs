@@ -166,7 +166,7 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
     let resumed = store(&emu.host(), "sessions").await;
     let newer = VisitorState {
         short: Some(SessionRecord {
-            id: uuid::Uuid::from_u128(999_999),
+            id: uuid::Uuid::from_u128(999_999).into(),
             last_seen: SystemClock.now(),
         }),
         ..VisitorState::default()
@@ -247,13 +247,16 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
     assert_eq!(a.len(), VISITORS);
     assert!(a == b, "resumed and clean copies differ");
     // Legacy data arrived, the newer session was left alone.
-    assert_eq!(a[1].short.map(|s| s.id.to_string()), Some(uuid(1)));
+    assert_eq!(a[1].short.as_ref().map(|s| s.id.to_string()), Some(uuid(1)));
     assert_eq!(
         a[3].via.as_ref().and_then(|v| v.via.source.as_deref()),
         Some("s3")
     );
     assert_eq!(a[5].short, newer.short);
-    assert_eq!(a[5].long.map(|s| s.id.to_string()), Some(uuid(100_005)));
+    assert_eq!(
+        a[5].long.as_ref().map(|s| s.id.to_string()),
+        Some(uuid(100_005))
+    );
 
     // Idempotent: a full rerun (no checkpoint) writes nothing.
     let again = run_copy(&mut copy(

@@ -160,8 +160,9 @@ fn bigtable_without_its_location_is_a_configuration_error() {
 }
 
 /// The Bigtable calls of an event show in its trace: a read (one attempt)
-/// and the renewal write under the `session` span, which says whether the
-/// visitor had a live session.
+/// and the write under the `session` span, which says whether the visitor
+/// had a live session: the first event's conditional write (a mint), the
+/// second's plain renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bigtable_calls_are_traced_under_the_session_span() {
     let emu = BigtableEmulator::bigtable();
@@ -188,7 +189,9 @@ async fn bigtable_calls_are_traced_under_the_session_span() {
     }
     assert!(api.terminate(Duration::from_secs(10)).success());
     let spans = agent.wait_for(Duration::from_secs(10), |s| {
-        s.iter().filter(|s| s.resource == "bigtable.write").count() >= 2
+        ["bigtable.write", "bigtable.conditional_write"]
+            .iter()
+            .all(|name| s.iter().any(|s| s.resource == *name))
     });
     assert!(agent.errors().is_empty(), "{:?}", agent.errors());
     let mut sessions: Vec<_> = spans.iter().filter(|s| s.resource == "session").collect();
@@ -198,17 +201,23 @@ async fn bigtable_calls_are_traced_under_the_session_span() {
     // "hit" sorts before "miss": the second event found the first's session.
     assert_eq!(tag(sessions[0], "lookup"), "hit");
     assert_eq!(tag(sessions[1], "lookup"), "miss");
-    for session in &sessions {
+    let calls = [
+        [("bigtable.read", "ok"), ("bigtable.write", "ok")],
+        [("bigtable.read", "ok"), ("bigtable.conditional_write", "written")],
+    ];
+    for (session, calls) in sessions.iter().zip(calls) {
         assert_eq!(tag(session, "store"), "bigtable");
         assert_eq!(tag(session, "mode"), "cloud");
-        for call in ["bigtable.read", "bigtable.write"] {
-            let child: Vec<_> = spans
-                .iter()
-                .filter(|s| s.resource == call && s.parent_id == session.span_id)
-                .collect();
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.resource.starts_with("bigtable.") && s.parent_id == session.span_id)
+            .collect();
+        assert_eq!(children.len(), 2, "under {session:?}: {spans:#?}");
+        for (call, outcome) in calls {
+            let child: Vec<_> = children.iter().filter(|s| s.resource == call).collect();
             assert_eq!(child.len(), 1, "{call} under {session:?}: {spans:#?}");
             assert_eq!(tag(child[0], "attempts"), "1", "{:?}", child[0]);
-            assert_eq!(tag(child[0], "outcome"), "ok", "{:?}", child[0]);
+            assert_eq!(tag(child[0], "outcome"), outcome, "{:?}", child[0]);
         }
     }
 }

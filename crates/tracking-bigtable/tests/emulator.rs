@@ -16,8 +16,8 @@ use tracking_bigtable::admin::create_table;
 use tracking_bigtable::schema::{ID, LONG, SHORT, read_visitor, row_key};
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore, BootstrapOutcome, bootstrap};
 use tracking_core::{
-    ClientId, Clock, ManualClock, SequentialIds, SessionPolicy, SessionStore, StoreError,
-    Timestamp, Ttls, Via,
+    ClientId, Clock, ManualClock, SequentialIds, SessionId, SessionPolicy, SessionStore,
+    StoreError, Timestamp, Ttls, Via,
 };
 use uuid::Uuid;
 
@@ -89,7 +89,7 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     assert!(a.short_new && a.long_new);
     clock.advance(29 * MIN);
     let b = s.touch(&v, clock.now(), None).await.unwrap();
-    assert_eq!((b.short_id, b.long_id), (a.short_id, a.long_id));
+    assert_eq!((&b.short_id, &b.long_id), (&a.short_id, &a.long_id));
     assert!(!b.short_new && !b.long_new);
     assert_eq!(
         b.via.as_ref().map(|r| r.via.source.as_deref()),
@@ -109,13 +109,16 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     s.flush().await;
     let again = store(cfg).await;
     let d = again.touch(&v, clock.now(), None).await.unwrap();
-    assert_eq!((d.short_id, d.long_id), (c.short_id, c.long_id));
-    // One read and one write per event.
-    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
-    assert_eq!(counters["read"], 4);
+    assert_eq!((&d.short_id, &d.long_id), (&c.short_id, &c.long_id));
+    // One read and one write per event: the two that minted (the first,
+    // and the third's short session) wrote conditionally, the other two
+    // renewed with a plain write.
     s.flush().await;
     let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
-    assert_eq!(counters["write"], 4);
+    assert_eq!(
+        ["read", "write", "conditional_write", "conflict"].map(|op| counters[op]),
+        [4, 2, 2, 0]
+    );
 }
 
 /// The emulator garbage-collects old versions within a second or two under a
@@ -209,11 +212,15 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
         got.short_new,
         "the newest short cell is 45 minutes old: expired"
     );
-    assert!(![1, 2, 3].contains(&got.short_id.as_u128()));
+    assert!(
+        ![1, 2, 3]
+            .map(|n| SessionId::from(Uuid::from_u128(n)))
+            .contains(&got.short_id)
+    );
     assert!(!got.long_new);
     assert_eq!(
         got.long_id,
-        Uuid::from_u128(11),
+        SessionId::from(Uuid::from_u128(11)),
         "the newest long cell wins"
     );
 }
