@@ -203,7 +203,10 @@ async fn bigtable_calls_are_traced_under_the_session_span() {
     assert_eq!(tag(sessions[1], "lookup"), "miss");
     let calls = [
         [("bigtable.read", "ok"), ("bigtable.write", "ok")],
-        [("bigtable.read", "ok"), ("bigtable.conditional_write", "written")],
+        [
+            ("bigtable.read", "ok"),
+            ("bigtable.conditional_write", "written"),
+        ],
     ];
     for (session, calls) in sessions.iter().zip(calls) {
         assert_eq!(tag(session, "store"), "bigtable");
