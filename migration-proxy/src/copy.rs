@@ -254,7 +254,7 @@ impl Copier {
             return Err(Outcome::Expired);
         }
         let (state, invalid) = legacy.to_state(self.ttls, now);
-        if invalid > 0 {
+        if invalid.any() {
             return Err(Outcome::Invalid);
         }
         let via_recorded = state

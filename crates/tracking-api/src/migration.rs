@@ -306,20 +306,21 @@ impl MigrationClient {
         }
     }
 
-    /// Looks a visitor up (`GET`), within the lookup deadline.
+    /// Looks a visitor up (`GET`), within the lookup deadline; also names
+    /// the parts the legacy store holds but that could not be read.
     pub async fn get(
         &self,
         client_id: &ClientId,
         now: Timestamp,
         ctx: &CallContext,
-    ) -> LegacyLookup {
+    ) -> (LegacyLookup, StateParts) {
         let span = tracing::debug_span!(
             "migration.lookup",
             otel.kind = "client",
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
-        let lookup = self
+        let (lookup, unreadable) = self
             .lookup(client_id, now, ctx)
             .instrument(span.clone())
             .await;
@@ -332,7 +333,7 @@ impl MigrationClient {
         if matches!(lookup, LegacyLookup::Unavailable) {
             service_kit::telemetry::set_error(&span, "migration-proxy unavailable");
         }
-        lookup
+        (lookup, unreadable)
     }
 
     async fn lookup(
@@ -340,11 +341,11 @@ impl MigrationClient {
         client_id: &ClientId,
         now: Timestamp,
         ctx: &CallContext,
-    ) -> LegacyLookup {
+    ) -> (LegacyLookup, StateParts) {
         let s = &self.stats;
         if !self.breaker.allow() {
             s.get_breaker_open.fetch_add(1, Ordering::Relaxed);
-            return LegacyLookup::Unavailable;
+            return (LegacyLookup::Unavailable, StateParts::default());
         }
         let started = Instant::now();
         let mut result = Err(CallError::Timeout);
@@ -362,7 +363,7 @@ impl MigrationClient {
                 Err(e) => {
                     self.warn("lookup", &e);
                     s.get_error.fetch_add(1, Ordering::Relaxed);
-                    return LegacyLookup::Unavailable;
+                    return (LegacyLookup::Unavailable, StateParts::default());
                 }
             };
             result = self.call(req, left).await;
@@ -380,32 +381,39 @@ impl MigrationClient {
             Err(CallError::Timeout) => {
                 s.get_timeout.fetch_add(1, Ordering::Relaxed);
                 self.failed();
-                return LegacyLookup::Unavailable;
+                return (LegacyLookup::Unavailable, StateParts::default());
             }
             Err(CallError::Failed(e)) => Err(e),
         };
         match answer {
             Ok(visitor) => {
                 self.breaker.success();
-                let (state, invalid) = visitor.to_state(self.cfg.ttls, now);
-                if invalid > 0 {
-                    s.invalid_parts.fetch_add(invalid as u64, Ordering::Relaxed);
-                }
+                let (state, unreadable) = self.convert(&visitor, now);
                 if state == VisitorState::default() {
                     s.get_missing.fetch_add(1, Ordering::Relaxed);
-                    LegacyLookup::Missing
+                    (LegacyLookup::Missing, unreadable)
                 } else {
                     s.get_found.fetch_add(1, Ordering::Relaxed);
-                    LegacyLookup::Found(state)
+                    (LegacyLookup::Found(state), unreadable)
                 }
             }
             Err(e) => {
                 s.get_error.fetch_add(1, Ordering::Relaxed);
                 self.warn("lookup", &e);
                 self.failed();
-                LegacyLookup::Unavailable
+                (LegacyLookup::Unavailable, StateParts::default())
             }
         }
+    }
+
+    /// The cloud view of a legacy record at `now`, and the parts that could
+    /// not be read (left out and counted).
+    fn convert(&self, visitor: &LegacyVisitor, now: Timestamp) -> (VisitorState, StateParts) {
+        let (state, unreadable) = visitor.to_state(self.cfg.ttls, now);
+        self.stats
+            .invalid_parts
+            .fetch_add(unreadable.count() as u64, Ordering::Relaxed);
+        (state, unreadable)
     }
 
     /// Writes a renewal (`PUT`) now, within the write deadline, in a
@@ -620,7 +628,7 @@ impl LegacySessions for MigrationClient {
         now: Timestamp,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, LegacyLookup> {
-        Box::pin(self.get(client_id, now, ctx))
+        Box::pin(async move { self.get(client_id, now, ctx).await.0 })
     }
 
     fn renew(&self, client_id: &ClientId, state: &VisitorState, ctx: &CallContext) {
@@ -693,7 +701,7 @@ impl SessionStore for LegacySessionStore {
             // Before the lookup: a renewal landing in between is then in
             // one of the two.
             let pending = self.in_flight.snapshot(hash, client_id);
-            let lookup = self.client.get(client_id, now, ctx).await;
+            let (lookup, mut unreadable) = self.client.get(client_id, now, ctx).await;
             // The caller's `session` span, when traced.
             let label = match lookup {
                 LegacyLookup::Found(_) => "hit",
@@ -719,15 +727,18 @@ impl SessionStore for LegacySessionStore {
                     prev.merge_newer(p);
                 }
                 let (mut sessions, next) = self.policy.resolve(Some(&prev), now, via);
+                // A part the legacy store holds but that cannot be read is
+                // overwritten: created only-if-absent it would never be.
                 let create = StateParts {
-                    short: sessions.short_new,
-                    long: sessions.long_new,
+                    short: sessions.short_new && !unreadable.short,
+                    long: sessions.long_new && !unreadable.long,
                     via: false,
                 };
+                let minting = sessions.short_new || sessions.long_new;
                 sessions.short_new |= minted.contains(&sessions.short_id);
                 sessions.long_new |= minted.contains(&sessions.long_id);
                 let body = LegacyVisitor::from_state(&next, ttls);
-                if !create.any() {
+                if !minting {
                     let landing = self.in_flight.begin(hash, client_id, &next);
                     let client = Arc::clone(&self.client);
                     let (id, headers) = (client_id.clone(), ctx.headers.clone());
@@ -738,23 +749,16 @@ impl SessionStore for LegacySessionStore {
                     });
                     return Ok(sessions);
                 }
-                if create.short {
+                if sessions.short_new {
                     minted.push(sessions.short_id.clone());
                 }
-                if create.long {
+                if sessions.long_new {
                     minted.push(sessions.long_id.clone());
                 }
                 match self.client.create(client_id, &body, create, ctx).await {
                     Minted::Created => return Ok(sessions),
                     Minted::Taken(current) => {
-                        let (state, invalid) = current.to_state(ttls, now);
-                        if invalid > 0 {
-                            self.client
-                                .stats
-                                .invalid_parts
-                                .fetch_add(invalid as u64, Ordering::Relaxed);
-                        }
-                        stored = state;
+                        (stored, unreadable) = self.client.convert(&current, now);
                     }
                     Minted::Unavailable => {
                         return Err(StoreError::Unavailable(

@@ -524,3 +524,211 @@ async fn legacy_mode_reads_and_renews_through_the_proxy_only() {
     let events = wait_for_lines(&sink, 4, Duration::from_secs(10));
     assert_eq!(events[3]["session"]["status"], "unavailable");
 }
+
+/// Legacy session ids of the shapes the old system mints, none of them a
+/// UUID in canonical form, each carried verbatim: hex of other lengths,
+/// base64url, dots and colons, 16 characters (a binary UUID's length), an
+/// uppercase UUID, spaces, the longest accepted (128 bytes).
+fn legacy_ids() -> Vec<String> {
+    [
+        "4f9c2a",
+        "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4",
+        "dGhpcyBpcyBiYXNlNjR1cmw_-w",
+        "sess.2019-04-01.17:03:12.000042",
+        "0123456789ABCDEF",
+        "0192F5A4-7B3C-7D2E-9F10-1A2B3C4D5E6F",
+        "legacy id 7",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([format!("{}:end", "k".repeat(124))])
+    .collect()
+}
+
+/// Ids that cannot be carried safely: refused, counted, replaced.
+fn refused_ids() -> [String; 2] {
+    ["bell\u{7}ring".to_owned(), "k".repeat(129)]
+}
+
+/// The sid bin of a legacy record.
+async fn legacy_sid(l: &Legacy, set: &str, client_id: &str) -> Option<String> {
+    let record = l
+        .aerospike
+        .get(
+            &ReadPolicy::default(),
+            &as_key!("tracking", set, client_id),
+            Bins::All,
+        )
+        .await
+        .ok()?;
+    match record.bins.get("sid") {
+        Some(aerospike::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Seeds a visitor per carried id (short = that id, long = the next one)
+/// and per refused id (short refused, long readable), sends two events per
+/// visitor through `api`, and checks what the events carry, what stays
+/// on-prem, and the count of refused parts. Returns the visitors' ids as
+/// `(client_id, short, long)` for the carried ones.
+async fn legacy_ids_round_trip(rig: &Rig) -> Vec<(String, String, String)> {
+    let ids = legacy_ids();
+    let carried: Vec<_> = (0..ids.len())
+        .map(|i| {
+            (
+                format!("shape-{i}"),
+                ids[i].clone(),
+                ids[(i + 1) % ids.len()].clone(),
+            )
+        })
+        .collect();
+    for (client_id, short, long) in &carried {
+        seed(&rig.l, client_id, (short, 600), (long, 86_400), None).await;
+    }
+    let refused = refused_ids();
+    for (j, bad) in refused.iter().enumerate() {
+        seed(
+            &rig.l,
+            &format!("refused-{j}"),
+            (bad, 600),
+            ("long-ok", 86_400),
+            None,
+        )
+        .await;
+    }
+    let visitors: Vec<String> = carried
+        .iter()
+        .map(|(c, ..)| c.clone())
+        .chain((0..refused.len()).map(|j| format!("refused-{j}")))
+        .collect();
+    for round in 1..=2 {
+        for v in &visitors {
+            assert_eq!(send(&rig.api, v).await.0, 204);
+        }
+        let events = wait_for_lines(&rig.sink, round * visitors.len(), Duration::from_secs(10));
+        let events = &events[(round - 1) * visitors.len()..];
+        for ((client_id, short, long), e) in carried.iter().zip(events) {
+            assert_eq!(e["client_id"], client_id.as_str());
+            let s = &e["session"];
+            assert_eq!(
+                (
+                    &s["short_id"],
+                    &s["long_id"],
+                    &s["short_new"],
+                    &s["long_new"]
+                ),
+                (
+                    &short.as_str().into(),
+                    &long.as_str().into(),
+                    &false.into(),
+                    &false.into()
+                ),
+                "round {round}: {e}"
+            );
+        }
+        for e in &events[carried.len()..] {
+            let s = &e["session"];
+            assert_eq!(s["status"], "ok", "{e}");
+            // Refused: a new short session (then continued), the long kept.
+            assert_eq!(s["short_new"], round == 1, "round {round}: {e}");
+            assert_eq!(s["long_id"], "long-ok", "{e}");
+            assert!(
+                uuid::Uuid::parse_str(s["short_id"].as_str().unwrap()).is_ok(),
+                "{e}"
+            );
+        }
+    }
+    // The renewals went on-prem: the same ids, carried back verbatim; a
+    // refused id was replaced by the new session.
+    for (client_id, short, long) in &carried {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while legacy_ttl(&rig.l, "short_sessions", client_id)
+            .await
+            .unwrap_or(0)
+            < 1700
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{client_id} was not renewed on-prem"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            legacy_sid(&rig.l, "short_sessions", client_id)
+                .await
+                .as_ref(),
+            Some(short)
+        );
+        assert_eq!(
+            legacy_sid(&rig.l, "long_sessions", client_id)
+                .await
+                .as_ref(),
+            Some(long)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for j in 0..refused.len() {
+        let v = format!("refused-{j}");
+        loop {
+            let sid = legacy_sid(&rig.l, "short_sessions", &v)
+                .await
+                .unwrap_or_default();
+            if uuid::Uuid::parse_str(&sid).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{v}'s refused id was never replaced: {sid:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each refused id was counted when read, once per lookup that met it
+    // (once in parallel mode: Bigtable answers the second event).
+    assert!(
+        metric(&rig.api, "tracking_migration_invalid_parts_total").await >= refused.len() as f64
+    );
+    carried
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_mode_carries_legacy_ids_of_every_shape_verbatim() {
+    let rig = rig("parallel", &[]).await;
+    let carried = legacy_ids_round_trip(&rig).await;
+    // Backfilled into Bigtable as they are (the second events were Bigtable
+    // hits, which returned them through the cell encoding).
+    let bt = bigtable_store(&rig.emu.host()).await;
+    for (client_id, short, long) in &carried {
+        let state = bt
+            .read_state(&ClientId::parse(client_id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                state.short.map(|s| s.id.to_string()),
+                state.long.map(|s| s.id.to_string())
+            ),
+            (Some(short.clone()), Some(long.clone()))
+        );
+    }
+    assert_eq!(
+        metric(
+            &rig.api,
+            "tracking_migration_calls_total{op=\"get\",outcome=\"found\"}"
+        )
+        .await,
+        (carried.len() + refused_ids().len()) as f64,
+        "one lookup per visitor: the second events found both sessions in Bigtable"
+    );
+    assert_eq!(
+        metric(&rig.api, "tracking_migration_invalid_parts_total").await,
+        refused_ids().len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_mode_carries_legacy_ids_of_every_shape_verbatim() {
+    let rig = rig("legacy", &[]).await;
+    legacy_ids_round_trip(&rig).await;
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Via;
 use crate::ids::SessionId;
-use crate::session::{SessionRecord, Ttls, ViaRecord, VisitorState};
+use crate::session::{SessionRecord, StateParts, Ttls, ViaRecord, VisitorState};
 use crate::time::Timestamp;
 
 /// One legacy session: its id (the string the legacy system minted, or one
@@ -76,14 +76,13 @@ impl LegacyVisitor {
 
     /// The cloud view at `now`. A part without an expiry counts as touched
     /// `now`. Parts that cannot be read (an id outside the accepted set of
-    /// [`SessionId`], a via with no field) are left out and counted in the
+    /// [`SessionId`], a via with no field) are left out and named in the
     /// second value.
-    pub fn to_state(&self, ttls: Ttls, now: Timestamp) -> (VisitorState, usize) {
-        let mut invalid = 0;
-        let mut session = |s: &Option<LegacySession>, ttl: Duration| {
+    pub fn to_state(&self, ttls: Ttls, now: Timestamp) -> (VisitorState, StateParts) {
+        let session = |s: &Option<LegacySession>, ttl: Duration, invalid: &mut bool| {
             let s = s.as_ref()?;
             let Some(id) = SessionId::parse(&s.id) else {
-                invalid += 1;
+                *invalid = true;
                 return None;
             };
             let last_seen = match s.expires_at {
@@ -92,17 +91,16 @@ impl LegacyVisitor {
             };
             Some(SessionRecord { id, last_seen })
         };
-        let short = session(&self.short, ttls.short);
-        let long = session(&self.long, ttls.long);
+        let mut invalid = StateParts::default();
+        let short = session(&self.short, ttls.short, &mut invalid.short);
+        let long = session(&self.long, ttls.long, &mut invalid.long);
         let via = self.via.as_ref().and_then(|v| {
             let via = Via::new(
                 v.source.as_deref(),
                 v.medium.as_deref(),
                 v.campaign.as_deref(),
             );
-            if via.is_none() {
-                invalid += 1;
-            }
+            invalid.via = via.is_none();
             Some(ViaRecord {
                 via: via?,
                 expires_at: v
@@ -178,7 +176,7 @@ mod tests {
         assert_eq!(legacy.invalid_id(), None);
         let json = serde_json::to_string(&legacy).expect("json");
         let back: LegacyVisitor = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back.to_state(TTLS, t), (state, 0));
+        assert_eq!(back.to_state(TTLS, t), (state, StateParts::default()));
     }
 
     #[test]
@@ -191,14 +189,19 @@ mod tests {
         .expect("parse");
         assert_eq!(legacy.invalid_id(), Some("short"));
         let (state, invalid) = legacy.to_state(TTLS, now);
-        assert_eq!((state, invalid), (VisitorState::default(), 2));
+        let short_and_via = StateParts {
+            short: true,
+            long: false,
+            via: true,
+        };
+        assert_eq!((state, invalid), (VisitorState::default(), short_and_via));
         let long = format!(
             r#"{{"long":{{"id":"{}","expires_at":null}}}}"#,
             "x".repeat(129)
         );
         let legacy: LegacyVisitor = serde_json::from_str(&long).expect("parse");
         assert_eq!(legacy.invalid_id(), Some("long"));
-        assert_eq!(legacy.to_state(TTLS, now).1, 1);
+        assert_eq!(legacy.to_state(TTLS, now).1.count(), 1);
         // No expiry: alive, as if touched now.
         let legacy: LegacyVisitor = serde_json::from_str(&format!(
             r#"{{"long":{{"id":"{}","expires_at":null}}}}"#,

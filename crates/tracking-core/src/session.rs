@@ -55,6 +55,11 @@ impl StateParts {
     pub fn any(self) -> bool {
         self.short || self.long || self.via
     }
+
+    /// How many parts.
+    pub fn count(self) -> usize {
+        usize::from(self.short) + usize::from(self.long) + usize::from(self.via)
+    }
 }
 
 impl VisitorState {
