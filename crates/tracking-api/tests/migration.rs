@@ -75,6 +75,27 @@ fn uuid(n: u128) -> String {
     uuid::Uuid::from_u128(n).to_string()
 }
 
+fn write_policy(ttl: u32) -> WritePolicy {
+    WritePolicy {
+        send_key: true,
+        expiration: Expiration::Seconds(ttl),
+        ..WritePolicy::default()
+    }
+}
+
+/// What the old system does when it creates or renews a session: writes
+/// `sid` with the TTL as the record's lifetime.
+async fn put_sid(l: &Legacy, set: &str, client_id: &str, sid: &str, ttl: u32) {
+    l.aerospike
+        .put(
+            &write_policy(ttl),
+            &as_key!("tracking", set, client_id),
+            &[as_bin!("sid", sid)],
+        )
+        .await
+        .unwrap();
+}
+
 /// A legacy visitor as the old system left it.
 async fn seed(
     l: &Legacy,
@@ -83,31 +104,12 @@ async fn seed(
     long: (&str, u32),
     via: Option<(&str, u32)>,
 ) {
-    let put = |ttl| WritePolicy {
-        send_key: true,
-        expiration: Expiration::Seconds(ttl),
-        ..WritePolicy::default()
-    };
-    l.aerospike
-        .put(
-            &put(short.1),
-            &as_key!("tracking", "short_sessions", client_id),
-            &[as_bin!("sid", short.0)],
-        )
-        .await
-        .unwrap();
-    l.aerospike
-        .put(
-            &put(long.1),
-            &as_key!("tracking", "long_sessions", client_id),
-            &[as_bin!("sid", long.0)],
-        )
-        .await
-        .unwrap();
+    put_sid(l, "short_sessions", client_id, short.0, short.1).await;
+    put_sid(l, "long_sessions", client_id, long.0, long.1).await;
     if let Some((source, ttl)) = via {
         l.aerospike
             .put(
-                &put(ttl),
+                &write_policy(ttl),
                 &as_key!("tracking", "via", client_id),
                 &[as_bin!("source", source), as_bin!("medium", "email")],
             )
@@ -731,4 +733,130 @@ async fn parallel_mode_carries_legacy_ids_of_every_shape_verbatim() {
 async fn legacy_mode_carries_legacy_ids_of_every_shape_verbatim() {
     let rig = rig("legacy", &[]).await;
     legacy_ids_round_trip(&rig).await;
+}
+
+/// The parallel run with traffic split between the two systems (short TTL
+/// 4 s on both). Split: event 1 here; the on-prem system renews the short
+/// session 3 s later; event 2 here at 5 s finds Bigtable's short session
+/// expired but the legacy one alive and newer, and keeps the id. Mirror: the
+/// short session has expired everywhere; the on-prem system mints a new one;
+/// the next event here adopts it. The long session continues in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_traffic_keeps_a_short_session_renewed_or_minted_on_prem() {
+    let rig = rig("parallel", &[("TRACKING_SHORT_TTL", "4s")]).await;
+    let started = Instant::now();
+    let at = |secs: f64| tokio::time::sleep_until((started + Duration::from_secs_f64(secs)).into());
+    assert_eq!(send(&rig.api, "split").await.0, 204);
+    assert_eq!(send(&rig.api, "mirror").await.0, 204);
+    let first = wait_for_lines(&rig.sink, 2, Duration::from_secs(10));
+    let id = |e: &serde_json::Value, part: &str| e["session"][part].as_str().unwrap().to_owned();
+    let (split_short, split_long) = (id(&first[0], "short_id"), id(&first[0], "long_id"));
+    let mirror_long = id(&first[1], "long_id");
+
+    // 3 s: the visitor is on the on-prem system, which renews the session.
+    at(3.0).await;
+    put_sid(&rig.l, "short_sessions", "split", &split_short, 4).await;
+    // 5 s: back here, never idle for 4 s.
+    at(5.0).await;
+    assert_eq!(send(&rig.api, "split").await.0, 204);
+    let e = &wait_for_lines(&rig.sink, 3, Duration::from_secs(10))[2];
+    assert_eq!(e["client_id"], "split");
+    assert_eq!(
+        (
+            id(e, "short_id"),
+            id(e, "long_id"),
+            &e["session"]["short_new"]
+        ),
+        (split_short, split_long, &false.into()),
+        "{e}"
+    );
+
+    // 6.5 s: "mirror"'s short session has ended everywhere (its on-prem
+    // copy, rounded up to whole seconds, at 6 s at the latest); the on-prem
+    // system starts a new one with its own kind of id.
+    at(6.5).await;
+    put_sid(&rig.l, "short_sessions", "mirror", "onprem:77.a1", 4).await;
+    at(7.0).await;
+    assert_eq!(send(&rig.api, "mirror").await.0, 204);
+    let e = &wait_for_lines(&rig.sink, 4, Duration::from_secs(10))[3];
+    assert_eq!(e["client_id"], "mirror");
+    assert_eq!(
+        (
+            id(e, "short_id"),
+            id(e, "long_id"),
+            &e["session"]["short_new"]
+        ),
+        ("onprem:77.a1".to_owned(), mirror_long, &false.into()),
+        "{e}"
+    );
+}
+
+/// `legacy` mode, two processes: 100 new visitors whose first events reach
+/// both at the same moment get one session each (the create-only PUT), the
+/// event that lost adopting the winner's ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_mode_two_processes_mint_one_session_per_visitor() {
+    let extra = [
+        ("TRACKING_MIGRATION_TIMEOUT", "5s"),
+        ("TRACKING_SESSION_TIMEOUT", "10s"),
+    ];
+    let rig = rig("legacy", &extra).await;
+    let sink_b = rig.dir.path().join("events-b.ndjson");
+    let api_b = start(
+        &env(&rig.emu.host(), &sink_b, &rig.gate.host(), "legacy"),
+        &extra,
+    );
+    const VISITORS: usize = 100;
+    let requests: Vec<_> = (0..VISITORS)
+        .flat_map(|v| {
+            [rig.api.addr, api_b.addr].map(|addr| {
+                (
+                    addr,
+                    format!(r#"{{"type":"page_view","client_id":"both-{v}"}}"#),
+                )
+            })
+        })
+        .collect();
+    let statuses = common::process::post_at_once(&requests).await;
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    let mut events = wait_for_lines(&rig.sink, VISITORS, Duration::from_secs(30));
+    events.extend(wait_for_lines(&sink_b, VISITORS, Duration::from_secs(30)));
+    let mut by_visitor: std::collections::BTreeMap<&str, Vec<&serde_json::Value>> =
+        Default::default();
+    for e in &events {
+        by_visitor
+            .entry(e["client_id"].as_str().unwrap())
+            .or_default()
+            .push(&e["session"]);
+    }
+    assert_eq!(by_visitor.len(), VISITORS);
+    let split: Vec<_> = by_visitor
+        .iter()
+        .filter(|(_, s)| {
+            s.iter().any(|s| s["status"] != "ok")
+                || s[0]["short_id"] != s[1]["short_id"]
+                || s[0]["long_id"] != s[1]["long_id"]
+                || s.iter().filter(|s| s["short_new"] == true).count() != 1
+        })
+        .collect();
+    assert!(
+        split.is_empty(),
+        "{} of {VISITORS} visitors split, e.g. {:?}",
+        split.len(),
+        &split[..split.len().min(2)]
+    );
+    assert!(
+        metric(
+            &rig.api,
+            "tracking_migration_calls_total{op=\"create\",outcome=\"conflict\"}"
+        )
+        .await
+            + metric(
+                &api_b,
+                "tracking_migration_calls_total{op=\"create\",outcome=\"conflict\"}"
+            )
+            .await
+            > 0.0,
+        "no race was lost: the test raced nothing"
+    );
 }
