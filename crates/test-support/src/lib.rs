@@ -340,6 +340,8 @@ pub struct Gate {
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Extra delay of the chunks the backend sends back only.
+    reply_delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The first bytes clients sent through the gate (up to 1 MiB).
     seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     live: LiveConnections,
@@ -365,13 +367,15 @@ impl Gate {
         let generation = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let reply_delay_ms = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let live: LiveConnections = Arc::default();
-        let (o, g, s, d, seen_all, live_all) = (
+        let (o, g, s, d, rd, seen_all, live_all) = (
             Arc::clone(&open),
             Arc::clone(&generation),
             Arc::clone(&stop),
             Arc::clone(&delay_ms),
+            Arc::clone(&reply_delay_ms),
             Arc::clone(&seen),
             Arc::clone(&live),
         );
@@ -415,6 +419,7 @@ impl Gate {
                         continue;
                     };
                     let (g, s, d) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&d));
+                    let rd = (!upstream).then(|| Arc::clone(&rd));
                     let seen = upstream.then(|| Arc::clone(&seen_all));
                     let (live, id) = (Arc::clone(&live_all), number);
                     std::thread::spawn(move || {
@@ -432,7 +437,8 @@ impl Gate {
                                         let room = GATE_SEEN_LIMIT.saturating_sub(seen.len());
                                         seen.extend_from_slice(&buf[..n.min(room)]);
                                     }
-                                    let delay = d.load(Ordering::Relaxed);
+                                    let delay = d.load(Ordering::Relaxed)
+                                        + rd.as_ref().map_or(0, |rd| rd.load(Ordering::Relaxed));
                                     if delay > 0 {
                                         std::thread::sleep(Duration::from_millis(delay));
                                     }
@@ -464,6 +470,7 @@ impl Gate {
             generation,
             stop,
             delay_ms,
+            reply_delay_ms,
             seen,
             live,
         }
@@ -503,6 +510,15 @@ impl Gate {
     pub fn set_delay(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Holds only the chunks the backend sends back for `d` more: requests
+    /// reach it at once, their answers late (a client that has been served
+    /// but has not heard back yet).
+    pub fn set_reply_delay(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.reply_delay_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
