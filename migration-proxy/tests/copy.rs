@@ -274,3 +274,87 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
     );
     assert!(snapshot(&resumed).await == a);
 }
+
+/// Legacy ids of every accepted shape arrive in Bigtable exactly as the
+/// legacy system wrote them; ids that cannot be carried are counted as
+/// invalid and not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_ids_of_every_shape_are_copied_verbatim() {
+    let emu = BigtableEmulator::bigtable();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let aerospike = listener.local_addr().unwrap().to_string();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    let client = Client::new(&ClientPolicy::default(), &aerospike)
+        .await
+        .unwrap();
+    let put = |set: &'static str, id: String, sid: String| {
+        let client = &client;
+        async move {
+            let policy = WritePolicy {
+                send_key: true,
+                expiration: Expiration::Seconds(3_600),
+                ..WritePolicy::default()
+            };
+            client
+                .put(
+                    &policy,
+                    &as_key!("tracking", set, id.as_str()),
+                    &[as_bin!("sid", sid)],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let ids = test_support::legacy_session_ids();
+    for (i, sid) in ids.iter().enumerate() {
+        put("short_sessions", format!("shape-{i}"), sid.clone()).await;
+        put(
+            "long_sessions",
+            format!("shape-{i}"),
+            ids[(i + 1) % ids.len()].clone(),
+        )
+        .await;
+    }
+    let refused = test_support::refused_session_ids();
+    for (j, sid) in refused.iter().enumerate() {
+        put("short_sessions", format!("refused-{j}"), sid.clone()).await;
+    }
+    let store = store(&emu.host(), "sessions").await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_copy(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "sessions",
+        &dir.path().join("copy.checkpoint"),
+        "0",
+    ));
+    assert_eq!(count(&report, "copied"), 2 * ids.len() as u64, "{report:?}");
+    assert_eq!(
+        count(&report, "invalid"),
+        refused.len() as u64,
+        "{report:?}"
+    );
+    for (i, sid) in ids.iter().enumerate() {
+        let state = store
+            .read_state(&ClientId::parse(&format!("shape-{i}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                state.short.map(|s| s.id.to_string()),
+                state.long.map(|s| s.id.to_string())
+            ),
+            (Some(sid.clone()), Some(ids[(i + 1) % ids.len()].clone()))
+        );
+    }
+    for j in 0..refused.len() {
+        let state = store
+            .read_state(&ClientId::parse(&format!("refused-{j}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(state, VisitorState::default());
+    }
+}

@@ -34,6 +34,32 @@ pub fn undocumented_env<'a>(help: &'a str, doc: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Session ids of the shapes a legacy system mints, none a UUID in
+/// canonical form, all in the accepted set (so carried verbatim): hex of
+/// other lengths, base64url, dots and colons, 16 characters (a binary UUID's
+/// length), an uppercase UUID, spaces, and the longest accepted (128 bytes).
+pub fn legacy_session_ids() -> Vec<String> {
+    [
+        "4f9c2a",
+        "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4",
+        "dGhpcyBpcyBiYXNlNjR1cmw_-w",
+        "sess.2019-04-01.17:03:12.000042",
+        "0123456789ABCDEF",
+        "0192F5A4-7B3C-7D2E-9F10-1A2B3C4D5E6F",
+        "legacy id 7",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([format!("{}:end", "k".repeat(124))])
+    .collect()
+}
+
+/// Legacy session ids that cannot be carried safely (a control character;
+/// 129 bytes): refused and counted.
+pub fn refused_session_ids() -> [String; 2] {
+    ["bell\u{7}ring".to_owned(), "k".repeat(129)]
+}
+
 /// A free loopback port (bound, read and released; the short window in
 /// which another process could take it is covered by retrying the start).
 pub fn free_port() -> u16 {

@@ -527,31 +527,6 @@ async fn legacy_mode_reads_and_renews_through_the_proxy_only() {
     assert_eq!(events[3]["session"]["status"], "unavailable");
 }
 
-/// Legacy session ids of the shapes the old system mints, none of them a
-/// UUID in canonical form, each carried verbatim: hex of other lengths,
-/// base64url, dots and colons, 16 characters (a binary UUID's length), an
-/// uppercase UUID, spaces, the longest accepted (128 bytes).
-fn legacy_ids() -> Vec<String> {
-    [
-        "4f9c2a",
-        "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4",
-        "dGhpcyBpcyBiYXNlNjR1cmw_-w",
-        "sess.2019-04-01.17:03:12.000042",
-        "0123456789ABCDEF",
-        "0192F5A4-7B3C-7D2E-9F10-1A2B3C4D5E6F",
-        "legacy id 7",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .chain([format!("{}:end", "k".repeat(124))])
-    .collect()
-}
-
-/// Ids that cannot be carried safely: refused, counted, replaced.
-fn refused_ids() -> [String; 2] {
-    ["bell\u{7}ring".to_owned(), "k".repeat(129)]
-}
-
 /// The sid bin of a legacy record.
 async fn legacy_sid(l: &Legacy, set: &str, client_id: &str) -> Option<String> {
     let record = l
@@ -575,7 +550,7 @@ async fn legacy_sid(l: &Legacy, set: &str, client_id: &str) -> Option<String> {
 /// on-prem, and the count of refused parts. Returns the visitors' ids as
 /// `(client_id, short, long)` for the carried ones.
 async fn legacy_ids_round_trip(rig: &Rig) -> Vec<(String, String, String)> {
-    let ids = legacy_ids();
+    let ids = test_support::legacy_session_ids();
     let carried: Vec<_> = (0..ids.len())
         .map(|i| {
             (
@@ -588,7 +563,7 @@ async fn legacy_ids_round_trip(rig: &Rig) -> Vec<(String, String, String)> {
     for (client_id, short, long) in &carried {
         seed(&rig.l, client_id, (short, 600), (long, 86_400), None).await;
     }
-    let refused = refused_ids();
+    let refused = test_support::refused_session_ids();
     for (j, bad) in refused.iter().enumerate() {
         seed(
             &rig.l,
@@ -720,12 +695,12 @@ async fn parallel_mode_carries_legacy_ids_of_every_shape_verbatim() {
             "tracking_migration_calls_total{op=\"get\",outcome=\"found\"}"
         )
         .await,
-        (carried.len() + refused_ids().len()) as f64,
+        (carried.len() + test_support::refused_session_ids().len()) as f64,
         "one lookup per visitor: the second events found both sessions in Bigtable"
     );
     assert_eq!(
         metric(&rig.api, "tracking_migration_invalid_parts_total").await,
-        refused_ids().len() as f64
+        test_support::refused_session_ids().len() as f64
     );
 }
 

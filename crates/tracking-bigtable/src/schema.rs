@@ -166,11 +166,27 @@ fn millis(micros: i64) -> Timestamp {
     Timestamp::from_millis(u64::try_from(micros / 1000).unwrap_or(0))
 }
 
+/// The latest cells [`decode`] could not read: they count as absent, and
+/// a session cell's time is kept so that a conditional write can tell it
+/// from a cell written after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unreadable {
+    pub short: Option<Timestamp>,
+    pub long: Option<Timestamp>,
+    pub via: bool,
+}
+
+impl Unreadable {
+    pub fn count(&self) -> usize {
+        usize::from(self.short.is_some()) + usize::from(self.long.is_some()) + usize::from(self.via)
+    }
+}
+
 /// The state in a row's cells. Unreadable cells count as absent (and are
-/// reported in `corrupt`), so one bad cell cannot lock a visitor out.
-pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
+/// reported), so one bad cell cannot lock a visitor out.
+pub fn decode(cells: &[RowCell]) -> (VisitorState, Unreadable) {
     let mut state = VisitorState::default();
-    let mut corrupt = 0;
+    let mut corrupt = Unreadable::default();
     // Newest first per column even if the filter were missing.
     let newest = |family: &str, qualifier: &[u8]| {
         cells
@@ -178,16 +194,15 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
             .filter(|c| c.family_name == family && c.qualifier == qualifier)
             .max_by_key(|c| c.timestamp_micros)
     };
-    for (family, slot) in [(SHORT, &mut state.short), (LONG, &mut state.long)] {
+    for (family, slot, bad) in [
+        (SHORT, &mut state.short, &mut corrupt.short),
+        (LONG, &mut state.long, &mut corrupt.long),
+    ] {
         if let Some(c) = newest(family, ID) {
+            let last_seen = millis(c.timestamp_micros);
             match id_of(&c.value) {
-                Some(id) => {
-                    *slot = Some(SessionRecord {
-                        id,
-                        last_seen: millis(c.timestamp_micros),
-                    })
-                }
-                None => corrupt += 1,
+                Some(id) => *slot = Some(SessionRecord { id, last_seen }),
+                None => *bad = Some(last_seen),
             }
         }
     }
@@ -204,7 +219,7 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
                     expires_at: Timestamp::from_millis(v.expires_at),
                 });
             }
-            Err(_) => corrupt += 1,
+            Err(_) => corrupt.via = true,
         }
     }
     (state, corrupt)
@@ -318,7 +333,7 @@ mod tests {
                 .collect()
         };
         let cells = as_cells(&muts);
-        assert_eq!(decode(&cells), (state.clone(), 0));
+        assert_eq!(decode(&cells), (state.clone(), Unreadable::default()));
 
         // Older versions present (no filter, lazy GC): the newest wins.
         let mut many = as_cells(&muts);
@@ -341,7 +356,12 @@ mod tests {
             cell(VIA, ROUTE, 1, b"{".to_vec()),
         ];
         let (s, corrupt) = decode(&bad);
-        assert_eq!((s, corrupt), (VisitorState::default(), 2));
+        let bad_short_and_via = Unreadable {
+            short: Some(Timestamp::from_millis(1)),
+            long: None,
+            via: true,
+        };
+        assert_eq!((s, corrupt), (VisitorState::default(), bad_short_and_via));
     }
 
     /// A cell value → the id it reads as (`None`: unreadable), and back: the

@@ -43,7 +43,8 @@ use tracking_core::{
 
 use crate::locks::{InFlight, VisitorLocks};
 use crate::schema::{
-    LONG, SHORT, decode, encode, key_hash, latest_since, read_visitor, row_key, row_key_with,
+    LONG, SHORT, Unreadable, decode, encode, key_hash, latest_since, read_visitor, row_key,
+    row_key_with,
 };
 use crate::{BigtableConfig, SetupError};
 
@@ -189,7 +190,7 @@ impl BigtableSessionStore {
         &self,
         client_id: &ClientId,
     ) -> Result<tracking_core::VisitorState, StoreError> {
-        self.inner.read(&row_key(client_id)).await
+        Ok(self.inner.read(&row_key(client_id)).await?.0)
     }
 
     /// Writes the parts of `state` that are present as cells at their own
@@ -262,8 +263,8 @@ impl BigtableSessionStore {
 
 impl Inner {
     /// Reads the row (retrying transient failures), in a `bigtable.read`
-    /// span when traced.
-    async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
+    /// span when traced: the state, and the latest cells it could not read.
+    async fn read(&self, key: &[u8]) -> Result<(VisitorState, Unreadable), StoreError> {
         let span = tracing::debug_span!(
             "bigtable.read",
             otel.kind = "client",
@@ -284,7 +285,7 @@ impl Inner {
         &self,
         key: &[u8],
         attempt: &mut u32,
-    ) -> Result<tracking_core::VisitorState, StoreError> {
+    ) -> Result<(VisitorState, Unreadable), StoreError> {
         let mut backoff = Duration::from_millis(2);
         loop {
             *attempt += 1;
@@ -300,14 +301,15 @@ impl Inner {
                         .next()
                         .map(|(_, cells)| cells)
                         .unwrap_or_default();
-                    let (state, corrupt) = decode(&cells);
+                    let (state, unreadable) = decode(&cells);
+                    let corrupt = unreadable.count();
                     if corrupt > 0 {
                         self.counters
                             .corrupt_cells
                             .fetch_add(corrupt as u64, Ordering::Relaxed);
                         tracing::warn!(corrupt, "Unreadable session cells ignored.");
                     }
-                    return Ok(state);
+                    return Ok((state, unreadable));
                 }
                 Ok(Err(e)) if transient(&e) && *attempt < READ_ATTEMPTS => e.to_string(),
                 Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
@@ -434,12 +436,15 @@ impl Inner {
     /// The parts of `sessions` (resolved from `prev` at `now`) whose cells
     /// must be written conditionally, each with the predicate's
     /// `(family, from)`: a minted part unless a live cell appeared (`from` =
-    /// the oldest timestamp still alive at `now`); a part renewed with less
-    /// than the write timeout left unless a newer cell appeared (`from` =
-    /// just after the cell it renews). Empty: a plain renewal.
+    /// the oldest timestamp still alive at `now`, or just after an
+    /// unreadable latest cell, which must not block the mint forever); a
+    /// part renewed with less than the write timeout left unless a newer
+    /// cell appeared (`from` = just after the cell it renews). Empty: a
+    /// plain renewal.
     fn guards(
         &self,
         prev: &VisitorState,
+        unreadable: &Unreadable,
         sessions: &Sessions,
         now: Timestamp,
     ) -> Vec<(&'static str, Timestamp)> {
@@ -447,14 +452,27 @@ impl Inner {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let guard = ms(self.cfg.write_timeout);
         [
-            (SHORT, sessions.short_new, &prev.short, ttls.short),
-            (LONG, sessions.long_new, &prev.long, ttls.long),
+            (
+                SHORT,
+                sessions.short_new,
+                &prev.short,
+                unreadable.short,
+                ttls.short,
+            ),
+            (
+                LONG,
+                sessions.long_new,
+                &prev.long,
+                unreadable.long,
+                ttls.long,
+            ),
         ]
         .into_iter()
-        .filter_map(|(family, new, rec, ttl)| {
+        .filter_map(|(family, new, rec, bad, ttl)| {
             if new {
                 let oldest_alive = now.as_millis().saturating_sub(ms(ttl)) + 1;
-                return Some((family, Timestamp::from_millis(oldest_alive)));
+                let after_bad = bad.map_or(0, |t| t.as_millis() + 1);
+                return Some((family, Timestamp::from_millis(oldest_alive.max(after_bad))));
             }
             let r = rec.as_ref()?;
             let left =
@@ -499,7 +517,7 @@ impl SessionStore for BigtableSessionStore {
             // Before the read: a renewal landing in between is then in one
             // of the two.
             let pending = inner.in_flight.snapshot(hash, client_id);
-            let mut stored = inner.read(&key).await?;
+            let (mut stored, mut unreadable) = inner.read(&key).await?;
             let mut prev = stored.clone();
             if let Some(p) = &pending {
                 prev.merge_newer(p);
@@ -547,7 +565,7 @@ impl SessionStore for BigtableSessionStore {
                     _ => None,
                 };
                 let (mut sessions, next) = inner.policy.resolve(Some(&prev), now, via);
-                let guards = inner.guards(&prev, &sessions, now);
+                let guards = inner.guards(&prev, &unreadable, &sessions, now);
                 sessions.short_new |= minted.contains(&sessions.short_id);
                 sessions.long_new |= minted.contains(&sessions.long_id);
                 let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
@@ -577,7 +595,7 @@ impl SessionStore for BigtableSessionStore {
                 if round == WRITE_ROUNDS {
                     break;
                 }
-                stored = inner.read(&key).await?;
+                (stored, unreadable) = inner.read(&key).await?;
             }
             Err(StoreError::Unavailable(format!(
                 "other writers won {WRITE_ROUNDS} conditional writes in a row"

@@ -522,3 +522,42 @@ async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
         "the next event lost the via: {missing:?}"
     );
 }
+
+/// An unreadable cell counts as absent, even when it is recent: the
+/// conditional write of the new session must not take it for a live
+/// session someone else wrote (it would never succeed, and the visitor
+/// would have no sessions until the cell aged out).
+#[tokio::test]
+async fn an_unreadable_live_cell_does_not_block_the_mint() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let (mut client, table) = raw(&emu, &cfg);
+    let now = clock().now();
+    let v = id("garbled");
+    client
+        .mutate_row(MutateRowRequest {
+            table_name: table,
+            row_key: row_key(&v),
+            mutations: vec![
+                set_cell(SHORT, now.as_millis() - 60_000, b"bad\x01id"),
+                set_cell(LONG, now.as_millis() - 60_000, &[0xff; 16][..15]),
+            ],
+            ..MutateRowRequest::default()
+        })
+        .await
+        .unwrap();
+    let s = store(cfg).await;
+    let first = s.touch(&v, now, None).await.unwrap();
+    assert!(first.short_new && first.long_new);
+    let next = s.touch(&v, now, None).await.unwrap();
+    assert_eq!(
+        (next.short_id, next.long_id),
+        (first.short_id, first.long_id)
+    );
+    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
+    assert_eq!(
+        ["corrupt_cell", "conditional_write", "conflict"].map(|op| counters[op]),
+        [2, 1, 0]
+    );
+}
