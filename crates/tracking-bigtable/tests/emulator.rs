@@ -329,7 +329,9 @@ async fn the_emulator_judges_the_conditional_write_predicate() {
     let (mut client, table) = raw(&emu, &cfg);
     let t = clock().now().as_millis();
     let short_ttl = 30 * 60_000;
-    let cases: [(&[(&str, i64)], &[(&str, i64)], bool); 8] = [
+    // (cells, guards, matches): (family, ms after `t`) pairs.
+    type Cells<'a> = &'a [(&'a str, i64)];
+    let cases: [(Cells, Cells, bool); 8] = [
         // Nothing there: written.
         (&[], &[(SHORT, -short_ttl + 1)], false),
         // A live short session (the latest cell within the TTL): not written.
