@@ -138,6 +138,20 @@ async fn seed(client: &Client) {
         .unwrap();
 }
 
+/// The Aerospike stand-in on a free port, and a client of it.
+async fn standin() -> (String, Client) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let aerospike = listener.local_addr().unwrap().to_string();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    let client = Client::new(&ClientPolicy::default(), &aerospike)
+        .await
+        .unwrap();
+    (aerospike, client)
+}
+
 async fn snapshot(store: &BigtableSessionStore) -> Vec<VisitorState> {
     let mut out = Vec::with_capacity(VISITORS);
     for i in 0..VISITORS {
@@ -150,15 +164,7 @@ async fn snapshot(store: &BigtableSessionStore) -> Vec<VisitorState> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_nothing() {
     let emu = BigtableEmulator::bigtable();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let aerospike = listener.local_addr().unwrap().to_string();
-    tokio::spawn(aerospike_standin::serve(
-        listener,
-        aerospike_standin::Store::new(vec!["tracking".into()]),
-    ));
-    let client = Client::new(&ClientPolicy::default(), &aerospike)
-        .await
-        .unwrap();
+    let (aerospike, client) = standin().await;
     seed(&client).await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -281,15 +287,7 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_ids_of_every_shape_are_copied_verbatim() {
     let emu = BigtableEmulator::bigtable();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let aerospike = listener.local_addr().unwrap().to_string();
-    tokio::spawn(aerospike_standin::serve(
-        listener,
-        aerospike_standin::Store::new(vec!["tracking".into()]),
-    ));
-    let client = Client::new(&ClientPolicy::default(), &aerospike)
-        .await
-        .unwrap();
+    let (aerospike, client) = standin().await;
     let put = |set: &'static str, id: String, sid: String| {
         let client = &client;
         async move {

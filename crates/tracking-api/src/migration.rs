@@ -505,10 +505,61 @@ impl MigrationClient {
             otel.kind = "client",
             outcome = tracing::field::Empty
         );
-        let minted = self
-            .create_now(client_id, body, create, ctx)
-            .instrument(span.clone())
-            .await;
+        let minted = async {
+            let s = &self.stats;
+            if !self.breaker.allow() {
+                s.create_breaker_open.fetch_add(1, Ordering::Relaxed);
+                return Minted::Unavailable;
+            }
+            let query = match (create.short, create.long) {
+                (true, true) => "?create=short,long",
+                (true, false) => "?create=short",
+                (false, true) => "?create=long",
+                (false, false) => "",
+            };
+            let result = match serde_json::to_vec(body) {
+                Ok(json) => {
+                    match self.request(Method::PUT, client_id, query, &ctx.headers, json.into()) {
+                        Ok(req) => self.call(req, self.cfg.timeout).await,
+                        Err(e) => Err(CallError::Failed(e)),
+                    }
+                }
+                Err(e) => Err(CallError::Failed(e.to_string())),
+            };
+            let error = match result {
+                Ok((StatusCode::NO_CONTENT | StatusCode::OK, _)) => {
+                    self.breaker.success();
+                    s.create_ok.fetch_add(1, Ordering::Relaxed);
+                    return Minted::Created;
+                }
+                Ok((StatusCode::CONFLICT, answer)) => {
+                    match serde_json::from_slice::<LegacyVisitor>(&answer) {
+                        Ok(current) => {
+                            self.breaker.success();
+                            s.create_conflict.fetch_add(1, Ordering::Relaxed);
+                            return Minted::Taken(current);
+                        }
+                        Err(e) => format!("unreadable conflict answer: {e}"),
+                    }
+                }
+                Ok((status, answer)) => format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                ),
+                Err(CallError::Timeout) => {
+                    s.create_timeout.fetch_add(1, Ordering::Relaxed);
+                    self.failed();
+                    return Minted::Unavailable;
+                }
+                Err(CallError::Failed(e)) => e,
+            };
+            s.create_error.fetch_add(1, Ordering::Relaxed);
+            self.warn("mint", &error);
+            self.failed();
+            Minted::Unavailable
+        }
+        .instrument(span.clone())
+        .await;
         span.record(
             "outcome",
             match &minted {
@@ -521,66 +572,6 @@ impl MigrationClient {
             service_kit::telemetry::set_error(&span, "migration-proxy unavailable");
         }
         minted
-    }
-
-    async fn create_now(
-        &self,
-        client_id: &ClientId,
-        body: &LegacyVisitor,
-        create: StateParts,
-        ctx: &CallContext,
-    ) -> Minted {
-        let s = &self.stats;
-        if !self.breaker.allow() {
-            s.create_breaker_open.fetch_add(1, Ordering::Relaxed);
-            return Minted::Unavailable;
-        }
-        let query = match (create.short, create.long) {
-            (true, true) => "?create=short,long",
-            (true, false) => "?create=short",
-            (false, true) => "?create=long",
-            (false, false) => "",
-        };
-        let result = match serde_json::to_vec(body) {
-            Ok(json) => {
-                match self.request(Method::PUT, client_id, query, &ctx.headers, json.into()) {
-                    Ok(req) => self.call(req, self.cfg.timeout).await,
-                    Err(e) => Err(CallError::Failed(e)),
-                }
-            }
-            Err(e) => Err(CallError::Failed(e.to_string())),
-        };
-        let error = match result {
-            Ok((StatusCode::NO_CONTENT | StatusCode::OK, _)) => {
-                self.breaker.success();
-                s.create_ok.fetch_add(1, Ordering::Relaxed);
-                return Minted::Created;
-            }
-            Ok((StatusCode::CONFLICT, answer)) => {
-                match serde_json::from_slice::<LegacyVisitor>(&answer) {
-                    Ok(current) => {
-                        self.breaker.success();
-                        s.create_conflict.fetch_add(1, Ordering::Relaxed);
-                        return Minted::Taken(current);
-                    }
-                    Err(e) => format!("unreadable conflict answer: {e}"),
-                }
-            }
-            Ok((status, answer)) => format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&answer[..answer.len().min(200)])
-            ),
-            Err(CallError::Timeout) => {
-                s.create_timeout.fetch_add(1, Ordering::Relaxed);
-                self.failed();
-                return Minted::Unavailable;
-            }
-            Err(CallError::Failed(e)) => e,
-        };
-        s.create_error.fetch_add(1, Ordering::Relaxed);
-        self.warn("mint", &error);
-        self.failed();
-        Minted::Unavailable
     }
 
     /// The queue's worker: sends renewals, a bounded number at once, until

@@ -286,38 +286,57 @@ impl Inner {
         key: &[u8],
         attempt: &mut u32,
     ) -> Result<(VisitorState, Unreadable), StoreError> {
+        let retries = Some(&self.counters.read_retries);
+        let rows = self
+            .attempts(attempt, retries, || {
+                let request = read_visitor(&self.table_name, key);
+                let mut client = self.client.clone();
+                self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                async move { client.read_rows(request).await }
+            })
+            .await?;
+        let cells = rows
+            .into_iter()
+            .next()
+            .map(|(_, cells)| cells)
+            .unwrap_or_default();
+        let (state, unreadable) = decode(&cells);
+        let corrupt = unreadable.count();
+        if corrupt > 0 {
+            self.counters
+                .corrupt_cells
+                .fetch_add(corrupt as u64, Ordering::Relaxed);
+            tracing::warn!(corrupt, "Unreadable session cells ignored.");
+        }
+        Ok((state, unreadable))
+    }
+
+    /// Runs `call` (one request-path RPC) up to `READ_ATTEMPTS` times, each
+    /// under the attempt timeout, retrying transient failures with backoff
+    /// (counted in `retries`); `attempt` counts the tries.
+    async fn attempts<T, F>(
+        &self,
+        attempt: &mut u32,
+        retries: Option<&AtomicU64>,
+        mut call: impl FnMut() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, BtError>>,
+    {
         let mut backoff = Duration::from_millis(2);
         loop {
             *attempt += 1;
-            let request = read_visitor(&self.table_name, key);
-            let mut client = self.client.clone();
-            self.counters.reads.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.cfg.attempt_timeout, client.read_rows(request)).await;
-            let error = match result {
-                Ok(Ok(rows)) => {
-                    let cells = rows
-                        .into_iter()
-                        .next()
-                        .map(|(_, cells)| cells)
-                        .unwrap_or_default();
-                    let (state, unreadable) = decode(&cells);
-                    let corrupt = unreadable.count();
-                    if corrupt > 0 {
-                        self.counters
-                            .corrupt_cells
-                            .fetch_add(corrupt as u64, Ordering::Relaxed);
-                        tracing::warn!(corrupt, "Unreadable session cells ignored.");
-                    }
-                    return Ok((state, unreadable));
-                }
+            let error = match tokio::time::timeout(self.cfg.attempt_timeout, call()).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if transient(&e) && *attempt < READ_ATTEMPTS => e.to_string(),
                 Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
                 Err(_) if *attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
                 Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
             };
-            self.counters.read_retries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, attempt, "Bigtable read failed; retrying.");
+            if let Some(retries) = retries {
+                retries.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%error, attempt, "Bigtable call failed; retrying.");
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
@@ -390,11 +409,9 @@ impl Inner {
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let mut backoff = Duration::from_millis(2);
         let mut attempt = 0;
-        let result = async {
-            loop {
-                attempt += 1;
+        let result = self
+            .attempts(&mut attempt, None, || {
                 let request = CheckAndMutateRowRequest {
                     table_name: self.table_name.clone(),
                     row_key: key.to_vec(),
@@ -406,21 +423,11 @@ impl Inner {
                 self.counters
                     .conditional_writes
                     .fetch_add(1, Ordering::Relaxed);
-                let call = client.check_and_mutate_row(request);
-                let error = match tokio::time::timeout(self.cfg.attempt_timeout, call).await {
-                    Ok(Ok(answer)) => return Ok(!answer.predicate_matched),
-                    Ok(Err(e)) if transient(&e) && attempt < READ_ATTEMPTS => e.to_string(),
-                    Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-                    Err(_) if attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
-                    Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
-                };
-                tracing::debug!(%error, attempt, "Bigtable conditional write failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-        }
-        .instrument(span.clone())
-        .await;
+                async move { client.check_and_mutate_row(request).await }
+            })
+            .instrument(span.clone())
+            .await
+            .map(|answer| !answer.predicate_matched);
         span.record("attempts", attempt);
         span.record(
             "outcome",

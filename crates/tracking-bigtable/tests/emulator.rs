@@ -145,17 +145,7 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
     let now = clock.now().as_millis() as i64;
     let v = id("versioned");
     let key = row_key(&v);
-    let conn = BigTableConnection::new_with_emulator(
-        &emu.host(),
-        &cfg.project,
-        &cfg.instance,
-        false,
-        1,
-        None,
-    )
-    .unwrap();
-    let mut raw = conn.client();
-    let table_name = raw.get_full_table_name(&cfg.table);
+    let (mut raw, table_name) = raw(&emu, &cfg);
     let cell = |family: &str, id: u128, at_ms: i64| Mutation {
         mutation: Some(Kind::SetCell(SetCell {
             family_name: family.into(),
@@ -400,16 +390,7 @@ async fn a_mint_that_loses_the_race_adopts_the_winners_sessions() {
     bootstrap(&cfg, ttls()).await.unwrap();
     let (a, b, gate) = racing_stores(&emu, &cfg).await;
     let now = clock().now();
-    let v = id("contested");
-    let slow = tokio::spawn({
-        let (b, v) = (b.clone(), v.clone());
-        async move { b.touch(&v, now, None).await.unwrap() }
-    });
-    // B's read is served at once and answered a second later at the
-    // earliest; its conditional write comes after that.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let won = a.touch(&v, now, None).await.unwrap();
-    let lost = slow.await.unwrap();
+    let (won, lost) = race(&a, &b, &id("contested"), now, now).await;
     drop(gate);
     assert!(won.short_new && won.long_new);
     assert_eq!(
@@ -440,19 +421,32 @@ async fn a_renewal_at_the_end_of_a_session_adopts_a_mint_it_raced() {
     let first = a.touch(&v, t0, None).await.unwrap();
     let before_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 - 1_000);
     let after_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 + 10);
-    let slow = tokio::spawn({
-        let (b, v) = (b.clone(), v.clone());
-        async move { b.touch(&v, before_end, None).await.unwrap() }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let minted = a.touch(&v, after_end, None).await.unwrap();
-    let renewed = slow.await.unwrap();
+    let (minted, renewed) = race(&a, &b, &v, after_end, before_end).await;
     drop(gate);
     assert!(minted.short_new && minted.short_id != first.short_id);
     assert_eq!(
         (&renewed.short_id, renewed.short_new, &renewed.long_id),
         (&minted.short_id, false, &first.long_id)
     );
+}
+
+/// B's event at `b_at` (B behind the slow gate) and, while B waits for its
+/// read's answer (served at once, answered a second later at the
+/// earliest), A's event at `a_at`; then B writes. Returns (A's, B's).
+async fn race(
+    a: &BigtableSessionStore,
+    b: &BigtableSessionStore,
+    v: &ClientId,
+    a_at: Timestamp,
+    b_at: Timestamp,
+) -> (tracking_core::Sessions, tracking_core::Sessions) {
+    let slow = tokio::spawn({
+        let (b, v) = (b.clone(), v.clone());
+        async move { b.touch(&v, b_at, None).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fast = a.touch(v, a_at, None).await.unwrap();
+    (fast, slow.await.unwrap())
 }
 
 /// A store reaching the emulator directly and one through a gate that holds
