@@ -254,7 +254,7 @@ impl Copier {
             return Err(Outcome::Expired);
         }
         let (state, invalid) = legacy.to_state(self.ttls, now);
-        if invalid > 0 {
+        if invalid.any() {
             return Err(Outcome::Invalid);
         }
         let via_recorded = state
@@ -275,8 +275,8 @@ impl Copier {
         };
         // Same or later in Bigtable: leave it.
         let verdict = match set {
-            SHORT_SET => compare_session(stored.short, state.short),
-            LONG_SET => compare_session(stored.long, state.long),
+            SHORT_SET => compare_session(stored.short.as_ref(), state.short.as_ref()),
+            LONG_SET => compare_session(stored.long.as_ref(), state.long.as_ref()),
             _ => match (&stored.via, &state.via) {
                 (Some(s), Some(l)) if s == l => Some(Outcome::Unchanged),
                 (Some(s), Some(l)) if s.expires_at >= l.expires_at => Some(Outcome::SkippedNewer),
@@ -360,8 +360,8 @@ impl Copier {
 }
 
 fn compare_session(
-    stored: Option<tracking_core::SessionRecord>,
-    legacy: Option<tracking_core::SessionRecord>,
+    stored: Option<&tracking_core::SessionRecord>,
+    legacy: Option<&tracking_core::SessionRecord>,
 ) -> Option<Outcome> {
     match (stored, legacy) {
         (Some(s), Some(l)) if s == l => Some(Outcome::Unchanged),

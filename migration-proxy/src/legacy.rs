@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aerospike::{
-    Bin, Bins, Client, ClientPolicy, Expiration, Key, ReadPolicy, Record, ResultCode, Value,
-    WritePolicy,
+    Bin, Bins, Client, ClientPolicy, Expiration, Key, ReadPolicy, Record, RecordExistsAction,
+    ResultCode, Value, WritePolicy,
 };
 use tracing::Instrument;
 use tracking_core::{ClientId, LegacySession, LegacyVia, LegacyVisitor};
@@ -33,6 +33,41 @@ pub enum LegacyError {
     Timeout(Duration),
     #[error("Aerospike failed: {0}")]
     Failed(String),
+}
+
+/// The session parts of a `PUT` to create rather than overwrite: a mint in
+/// `legacy` mode. Such a part is written with Aerospike's `CREATE_ONLY`
+/// policy, so of two processes minting a visitor's session at the same
+/// moment exactly one writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Create {
+    pub short: bool,
+    pub long: bool,
+}
+
+impl Create {
+    /// The `create` query parameter: `short`, `long` or `short,long`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut create = Self::default();
+        for part in value.split(',') {
+            match part {
+                "short" => create.short = true,
+                "long" => create.long = true,
+                _ => return None,
+            }
+        }
+        Some(create)
+    }
+}
+
+/// What a `put` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Every part was written.
+    Written,
+    /// A part to create existed already (another writer created it); the
+    /// other parts were written.
+    Exists,
 }
 
 /// A record's end in ms since the Unix epoch; `None` when it never expires.
@@ -193,8 +228,8 @@ impl Legacy {
     }
 
     /// Runs one Aerospike call (`op` = `get` or `put`) within the deadline,
-    /// in its own span, and counts its outcome. A missing record is
-    /// `Ok(None)`.
+    /// in its own span, and counts its outcome. A missing record, or an
+    /// existing one for a create-only put, is `Ok(None)`.
     async fn call<T>(
         &self,
         op: &'static str,
@@ -219,6 +254,7 @@ impl Legacy {
         let (outcome, value) = match result {
             Ok(Ok(v)) => ("ok", Ok(Some(v))),
             Ok(Err(e)) if e.matches(&[ResultCode::KeyNotFoundError]) => ("not_found", Ok(None)),
+            Ok(Err(e)) if e.matches(&[ResultCode::KeyExistsError]) => ("exists", Ok(None)),
             Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
                 ("timeout", Err(LegacyError::Timeout(self.timeout)))
             }
@@ -279,13 +315,15 @@ impl Legacy {
         Ok(Some(visitor))
     }
 
+    /// Writes one record; `Ok(false)` when `create_only` and it existed.
     async fn put_one(
         &self,
         set: &'static str,
         client_id: &ClientId,
         expires_at: Option<u64>,
         bins: Vec<Bin>,
-    ) -> Result<(), LegacyError> {
+        create_only: bool,
+    ) -> Result<bool, LegacyError> {
         let ttl_secs = match expires_at {
             // Aerospike counts whole seconds from its own clock's current
             // second: one more second than the rounded-up rest keeps the
@@ -295,7 +333,7 @@ impl Legacy {
                 Some(left) if left > 0 => {
                     u32::try_from(left.div_ceil(1000) + 1).unwrap_or(u32::MAX - 2)
                 }
-                _ => return Ok(()), // already over: nothing to renew
+                _ => return Ok(true), // already over: nothing to renew
             },
             None => u32::MAX,
         };
@@ -305,21 +343,34 @@ impl Legacy {
         if expires_at.is_none() {
             policy.expiration = Expiration::Never;
         }
-        // A plain put creates a missing record; "not found" would be a
-        // server answer this layout does not expect.
-        self.call("put", set, client.put(&policy, &key, &bins))
+        if create_only {
+            policy.record_exists_action = RecordExistsAction::CreateOnly;
+        }
+        match self
+            .call("put", set, client.put(&policy, &key, &bins))
             .await?
-            .ok_or_else(|| LegacyError::Failed("Aerospike answered key not found to a put".into()))
+        {
+            Some(()) => Ok(true),
+            None if create_only => Ok(false),
+            // A plain put creates a missing record; "not found" or "exists"
+            // would be server answers this layout does not expect.
+            None => Err(LegacyError::Failed(
+                "Aerospike refused a plain put (key not found or exists)".into(),
+            )),
+        }
     }
 
-    /// Writes (renews) the parts of `visitor` that are present, concurrently.
-    /// A part whose end has passed is left alone.
+    /// Writes (renews) the parts of `visitor` that are present, concurrently;
+    /// the session parts `create` names only if their record does not exist
+    /// ([`Put::Exists`] when one did). A part whose end has passed is left
+    /// alone.
     pub async fn put(
         &self,
         client_id: &ClientId,
         visitor: &LegacyVisitor,
-    ) -> Result<(), LegacyError> {
-        let session = |s: &Option<LegacySession>, set: &'static str| {
+        create: Create,
+    ) -> Result<Put, LegacyError> {
+        let session = |s: &Option<LegacySession>, set: &'static str, create_only: bool| {
             let s = s.clone();
             async move {
                 match s {
@@ -329,10 +380,11 @@ impl Legacy {
                             client_id,
                             s.expires_at,
                             vec![Bin::new(SID.to_owned(), Value::from(s.id))],
+                            create_only,
                         )
                         .await
                     }
-                    None => Ok(()),
+                    None => Ok(true),
                 }
             }
         };
@@ -350,16 +402,22 @@ impl Legacy {
                             )
                         })
                         .collect();
-                    self.put_one(VIA_SET, client_id, v.expires_at, bins).await
+                    self.put_one(VIA_SET, client_id, v.expires_at, bins, false)
+                        .await
                 }
-                None => Ok(()),
+                None => Ok(true),
             }
         };
         let (a, b, c) = tokio::join!(
-            session(&visitor.short, SHORT_SET),
-            session(&visitor.long, LONG_SET),
+            session(&visitor.short, SHORT_SET, create.short),
+            session(&visitor.long, LONG_SET, create.long),
             via
         );
-        a.and(b).and(c)
+        let written = [a?, b?, c?];
+        Ok(if written.iter().all(|w| *w) {
+            Put::Written
+        } else {
+            Put::Exists
+        })
     }
 }

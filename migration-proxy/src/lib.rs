@@ -8,5 +8,5 @@ pub mod legacy;
 pub mod metrics;
 pub mod server;
 
-pub use legacy::{Legacy, LegacyError};
+pub use legacy::{Create, Legacy, LegacyError, Put};
 pub use server::{Proxy, ServeOptions, serve, serve_admin};

@@ -49,7 +49,9 @@ impl Route {
 
 const OPS: [&str; 2] = ["get", "put"];
 const SETS: [&str; 3] = ["short_sessions", "long_sessions", "via"];
-const OUTCOMES: [&str; 4] = ["ok", "not_found", "timeout", "error"];
+/// `exists`: a create-only put (a mint) found the record there. `error`
+/// last: unknown outcomes count there.
+const OUTCOMES: [&str; 5] = ["ok", "not_found", "exists", "timeout", "error"];
 
 fn slot(list: &[&str], v: &str) -> usize {
     list.iter().position(|&s| s == v).unwrap_or(list.len() - 1)

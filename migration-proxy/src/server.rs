@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{ClientId, LegacyVisitor};
 
-use crate::legacy::{Legacy, LegacyError};
+use crate::legacy::{Create, Legacy, LegacyError, Put};
 use crate::metrics::{Gauges, Metrics, Route};
 
 /// Largest `PUT` body accepted.
@@ -246,7 +246,23 @@ impl Proxy {
                 Err(e) => legacy_error(&e),
             };
         }
-        // The body before the slot: a slow body holds its connection only.
+        // `?create=short,long`: parts to create only if absent (a mint).
+        let create = match req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("create=")))
+        {
+            None => Create::default(),
+            Some(v) => match Create::parse(&v.replace("%2C", ",").replace("%2c", ",")) {
+                Some(c) => c,
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "create must name short, long or both (comma-separated)",
+                    );
+                }
+            },
+        };
         let body = match read_body(req.into_body(), MAX_BODY, &self.body_memory).await {
             Ok(b) => b,
             Err(ReadError::TooLarge(_)) => {
@@ -267,24 +283,39 @@ impl Proxy {
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad session JSON: {e}")),
         };
+        if let Some(part) = visitor.invalid_id() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{part}.id must be 1-128 bytes of printable ASCII"),
+            );
+        }
         drop(body);
         let Some(permit) = self.admit() else {
             return overloaded("too many requests in flight");
         };
         // The write runs as its own task: a caller that hangs up (its
         // deadline passed) does not cut it off half-way.
-        // It stays in the request's trace.
+        // It stays in the request's trace. A part to create that existed
+        // already is answered with the visitor's records as they are now.
         let proxy = Arc::clone(self);
         let write = self.writes.spawn(
             async move {
-                let result = proxy.legacy.put(&client_id, &visitor).await;
+                let result = match proxy.legacy.put(&client_id, &visitor, create).await {
+                    Ok(Put::Exists) => proxy.legacy.get(&client_id).await.map(Some),
+                    Ok(Put::Written) => Ok(None),
+                    Err(e) => Err(e),
+                };
                 drop(permit);
                 result
             }
             .instrument(tracing::Span::current()),
         );
         match write.await {
-            Ok(Ok(())) => respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+            Ok(Ok(None)) => respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+            Ok(Ok(Some(current))) => match serde_json::to_vec(&current.unwrap_or_default()) {
+                Ok(body) => respond(StatusCode::CONFLICT, "application/json", body),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
             Ok(Err(e)) => legacy_error(&e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }

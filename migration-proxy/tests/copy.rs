@@ -138,6 +138,20 @@ async fn seed(client: &Client) {
         .unwrap();
 }
 
+/// The Aerospike stand-in on a free port, and a client of it.
+async fn standin() -> (String, Client) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let aerospike = listener.local_addr().unwrap().to_string();
+    tokio::spawn(aerospike_standin::serve(
+        listener,
+        aerospike_standin::Store::new(vec!["tracking".into()]),
+    ));
+    let client = Client::new(&ClientPolicy::default(), &aerospike)
+        .await
+        .unwrap();
+    (aerospike, client)
+}
+
 async fn snapshot(store: &BigtableSessionStore) -> Vec<VisitorState> {
     let mut out = Vec::with_capacity(VISITORS);
     for i in 0..VISITORS {
@@ -150,15 +164,7 @@ async fn snapshot(store: &BigtableSessionStore) -> Vec<VisitorState> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_nothing() {
     let emu = BigtableEmulator::bigtable();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let aerospike = listener.local_addr().unwrap().to_string();
-    tokio::spawn(aerospike_standin::serve(
-        listener,
-        aerospike_standin::Store::new(vec!["tracking".into()]),
-    ));
-    let client = Client::new(&ClientPolicy::default(), &aerospike)
-        .await
-        .unwrap();
+    let (aerospike, client) = standin().await;
     seed(&client).await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -166,7 +172,7 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
     let resumed = store(&emu.host(), "sessions").await;
     let newer = VisitorState {
         short: Some(SessionRecord {
-            id: uuid::Uuid::from_u128(999_999),
+            id: uuid::Uuid::from_u128(999_999).into(),
             last_seen: SystemClock.now(),
         }),
         ..VisitorState::default()
@@ -247,13 +253,16 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
     assert_eq!(a.len(), VISITORS);
     assert!(a == b, "resumed and clean copies differ");
     // Legacy data arrived, the newer session was left alone.
-    assert_eq!(a[1].short.map(|s| s.id.to_string()), Some(uuid(1)));
+    assert_eq!(a[1].short.as_ref().map(|s| s.id.to_string()), Some(uuid(1)));
     assert_eq!(
         a[3].via.as_ref().and_then(|v| v.via.source.as_deref()),
         Some("s3")
     );
     assert_eq!(a[5].short, newer.short);
-    assert_eq!(a[5].long.map(|s| s.id.to_string()), Some(uuid(100_005)));
+    assert_eq!(
+        a[5].long.as_ref().map(|s| s.id.to_string()),
+        Some(uuid(100_005))
+    );
 
     // Idempotent: a full rerun (no checkpoint) writes nothing.
     let again = run_copy(&mut copy(
@@ -270,4 +279,80 @@ async fn an_interrupted_copy_resumes_to_the_clean_result_and_a_rerun_changes_not
         "{again:?}"
     );
     assert!(snapshot(&resumed).await == a);
+}
+
+/// Legacy ids of every accepted shape arrive in Bigtable exactly as the
+/// legacy system wrote them; ids that cannot be carried are counted as
+/// invalid and not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_ids_of_every_shape_are_copied_verbatim() {
+    let emu = BigtableEmulator::bigtable();
+    let (aerospike, client) = standin().await;
+    let put = |set: &'static str, id: String, sid: String| {
+        let client = &client;
+        async move {
+            let policy = WritePolicy {
+                send_key: true,
+                expiration: Expiration::Seconds(3_600),
+                ..WritePolicy::default()
+            };
+            client
+                .put(
+                    &policy,
+                    &as_key!("tracking", set, id.as_str()),
+                    &[as_bin!("sid", sid)],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let ids = test_support::legacy_session_ids();
+    for (i, sid) in ids.iter().enumerate() {
+        put("short_sessions", format!("shape-{i}"), sid.clone()).await;
+        put(
+            "long_sessions",
+            format!("shape-{i}"),
+            ids[(i + 1) % ids.len()].clone(),
+        )
+        .await;
+    }
+    let refused = test_support::refused_session_ids();
+    for (j, sid) in refused.iter().enumerate() {
+        put("short_sessions", format!("refused-{j}"), sid.clone()).await;
+    }
+    let store = store(&emu.host(), "sessions").await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_copy(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "sessions",
+        &dir.path().join("copy.checkpoint"),
+        "0",
+    ));
+    assert_eq!(count(&report, "copied"), 2 * ids.len() as u64, "{report:?}");
+    assert_eq!(
+        count(&report, "invalid"),
+        refused.len() as u64,
+        "{report:?}"
+    );
+    for (i, sid) in ids.iter().enumerate() {
+        let state = store
+            .read_state(&ClientId::parse(&format!("shape-{i}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                state.short.map(|s| s.id.to_string()),
+                state.long.map(|s| s.id.to_string())
+            ),
+            (Some(sid.clone()), Some(ids[(i + 1) % ids.len()].clone()))
+        );
+    }
+    for j in 0..refused.len() {
+        let state = store
+            .read_state(&ClientId::parse(&format!("refused-{j}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(state, VisitorState::default());
+    }
 }

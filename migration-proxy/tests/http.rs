@@ -203,3 +203,115 @@ async fn without_aerospike_it_is_alive_but_not_ready_and_answers_503() {
     assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 503);
     assert_eq!(http(addr, "GET", "/v1/sessions/v-1", None, "").await.0, 503);
 }
+
+/// A mint in `legacy` mode: `PUT …?create=short,long` writes those parts
+/// only where Aerospike has none (CREATE_ONLY). Of two writers, the second
+/// gets `409` with the records as they are (the first writer's ids), and its
+/// other parts are still written; concurrent creators: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records() {
+    let aerospike = standin().await;
+    let addr = proxy(aerospike, None, true).await;
+    for _ in 0..100 {
+        if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end = now_ms() + 1_800_000;
+    let body = |short: &str, long: &str, source: &str| {
+        format!(
+            r#"{{"short":{{"id":"{short}","expires_at":{end}}},"long":{{"id":"{long}","expires_at":{end}}},"via":{{"source":"{source}","expires_at":{end}}}}}"#
+        )
+    };
+    let path = "/v1/sessions/v-1?create=short,long";
+    assert_eq!(
+        http(addr, "PUT", path, None, &body("s-A", "l-A", "a"))
+            .await
+            .0,
+        204
+    );
+    let (status, answer) = http(addr, "PUT", path, None, &body("s-B", "l-B", "b")).await;
+    assert_eq!(status, 409, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (&v["short"]["id"], &v["long"]["id"], &v["via"]["source"]),
+        (&"s-A".into(), &"l-A".into(), &"b".into()),
+        "the first writer's sessions, the second's via: {answer}"
+    );
+    // Only the long part to create: the short one (a renewal) is overwritten.
+    let (status, answer) = http(
+        addr,
+        "PUT",
+        "/v1/sessions/v-1?create=long",
+        None,
+        &body("s-C", "l-C", "c"),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (&v["short"]["id"], &v["long"]["id"]),
+        (&"s-C".into(), &"l-A".into())
+    );
+
+    // Eight writers at once for a new visitor: one 204, seven 409s that all
+    // name its ids.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let b = body(&format!("s-{i}"), &format!("l-{i}"), "r");
+            tokio::spawn(async move {
+                http(addr, "PUT", "/v1/sessions/v-2?create=short,long", None, &b).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in racers {
+        answers.push(r.await.unwrap());
+    }
+    let winners: Vec<_> = answers.iter().filter(|(s, _)| *s == 204).collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let (_, stored) = http(addr, "GET", "/v1/sessions/v-2", None, "").await;
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    for (status, answer) in answers.iter().filter(|(s, _)| *s == 409) {
+        let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+        assert_eq!(
+            (&v["short"]["id"], &v["long"]["id"]),
+            (&stored["short"]["id"], &stored["long"]["id"]),
+            "{status} {answer}"
+        );
+    }
+
+    // Bad input: an unknown part to create, an id that cannot be carried.
+    assert_eq!(
+        http(
+            addr,
+            "PUT",
+            "/v1/sessions/v-3?create=via",
+            None,
+            &body("s", "l", "x")
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        http(
+            addr,
+            "PUT",
+            "/v1/sessions/v-3",
+            None,
+            &body("tab\\there", "l", "x")
+        )
+        .await
+        .0,
+        400
+    );
+    let (_, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    let line =
+        "migration_aerospike_ops_total{op=\"put\",set=\"short_sessions\",outcome=\"exists\"} 8";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "missing {line}:\n{metrics}"
+    );
+}

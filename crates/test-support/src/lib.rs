@@ -136,6 +136,32 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Session ids of the shapes a legacy system mints, none a UUID in
+/// canonical form, all in the accepted set (so carried verbatim): hex of
+/// other lengths, base64url, dots and colons, 16 characters (a binary UUID's
+/// length), an uppercase UUID, spaces, and the longest accepted (128 bytes).
+pub fn legacy_session_ids() -> Vec<String> {
+    [
+        "4f9c2a",
+        "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4",
+        "dGhpcyBpcyBiYXNlNjR1cmw_-w",
+        "sess.2019-04-01.17:03:12.000042",
+        "0123456789ABCDEF",
+        "0192F5A4-7B3C-7D2E-9F10-1A2B3C4D5E6F",
+        "legacy id 7",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([format!("{}:end", "k".repeat(124))])
+    .collect()
+}
+
+/// Legacy session ids that cannot be carried safely (a control character;
+/// 129 bytes): refused and counted.
+pub fn refused_session_ids() -> [String; 2] {
+    ["bell\u{7}ring".to_owned(), "k".repeat(129)]
+}
+
 /// A free loopback port (bound, read and released; the short window in
 /// which another process could take it is covered by retrying the start).
 pub fn free_port() -> u16 {
@@ -442,6 +468,8 @@ pub struct Gate {
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Extra delay of the chunks the backend sends back only.
+    reply_delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The first bytes clients sent through the gate (up to 1 MiB).
     seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     live: LiveConnections,
@@ -467,13 +495,15 @@ impl Gate {
         let generation = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let reply_delay_ms = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let live: LiveConnections = Arc::default();
-        let (o, g, s, d, seen_all, live_all) = (
+        let (o, g, s, d, rd, seen_all, live_all) = (
             Arc::clone(&open),
             Arc::clone(&generation),
             Arc::clone(&stop),
             Arc::clone(&delay_ms),
+            Arc::clone(&reply_delay_ms),
             Arc::clone(&seen),
             Arc::clone(&live),
         );
@@ -517,6 +547,7 @@ impl Gate {
                         continue;
                     };
                     let (g, s, d) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&d));
+                    let rd = (!upstream).then(|| Arc::clone(&rd));
                     let seen = upstream.then(|| Arc::clone(&seen_all));
                     let (live, id) = (Arc::clone(&live_all), number);
                     std::thread::spawn(move || {
@@ -534,7 +565,8 @@ impl Gate {
                                         let room = GATE_SEEN_LIMIT.saturating_sub(seen.len());
                                         seen.extend_from_slice(&buf[..n.min(room)]);
                                     }
-                                    let delay = d.load(Ordering::Relaxed);
+                                    let delay = d.load(Ordering::Relaxed)
+                                        + rd.as_ref().map_or(0, |rd| rd.load(Ordering::Relaxed));
                                     if delay > 0 {
                                         std::thread::sleep(Duration::from_millis(delay));
                                     }
@@ -566,6 +598,7 @@ impl Gate {
             generation,
             stop,
             delay_ms,
+            reply_delay_ms,
             seen,
             live,
         }
@@ -605,6 +638,15 @@ impl Gate {
     pub fn set_delay(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Holds only the chunks the backend sends back for `d` more: requests
+    /// reach it at once, their answers late (a client that has been served
+    /// but has not heard back yet).
+    pub fn set_reply_delay(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.reply_delay_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 }

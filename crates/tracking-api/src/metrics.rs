@@ -408,7 +408,7 @@ fn render_migration(out: &mut String, m: &crate::migration::MigrationClient) {
         out,
         MIGRATION_CALLS,
         "counter",
-        "Calls to migration-proxy by operation and outcome (breaker_open: skipped by the open circuit; dropped: renewal queue full).",
+        "Calls to migration-proxy by operation and outcome (create: a mint in legacy mode, conflict: another writer had created it; breaker_open: skipped by the open circuit; dropped: renewal queue full).",
     );
     for (op, outcome, c) in [
         ("get", "found", &s.get_found),
@@ -421,6 +421,11 @@ fn render_migration(out: &mut String, m: &crate::migration::MigrationClient) {
         ("put", "timeout", &s.put_timeout),
         ("put", "breaker_open", &s.put_breaker_open),
         ("put", "dropped", &s.put_dropped),
+        ("create", "ok", &s.create_ok),
+        ("create", "conflict", &s.create_conflict),
+        ("create", "error", &s.create_error),
+        ("create", "timeout", &s.create_timeout),
+        ("create", "breaker_open", &s.create_breaker_open),
     ] {
         let _ = writeln!(
             out,

@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
-    OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Ttls,
-    Via, VisitorState,
+    OncePerSecond, SessionId, SessionPolicy, SessionStore, Sessions, StateParts, StoreError,
+    SystemClock, Timestamp, Ttls, Via, VisitorState,
 };
 
 /// Largest answer read from migration-proxy.
@@ -60,7 +60,15 @@ pub struct MigrationStats {
     pub put_breaker_open: AtomicU64,
     /// Renewals dropped because the queue was full.
     pub put_dropped: AtomicU64,
-    /// Legacy parts that could not be read (e.g. an id that is not a UUID).
+    /// Mints in `legacy` mode (create-only `PUT`s): created, or found
+    /// another writer's session (which the event then adopted).
+    pub create_ok: AtomicU64,
+    pub create_conflict: AtomicU64,
+    pub create_error: AtomicU64,
+    pub create_timeout: AtomicU64,
+    pub create_breaker_open: AtomicU64,
+    /// Legacy parts that could not be read (e.g. an id outside the accepted
+    /// set).
     pub invalid_parts: AtomicU64,
     pub breaker_opened: AtomicU64,
     pub get_latency: service_kit::prom::Histogram,
@@ -170,6 +178,18 @@ enum CallError {
     Failed(String),
 }
 
+/// What a create-only `PUT` (a mint in `legacy` mode) came to.
+#[derive(Debug)]
+pub enum Minted {
+    /// The parts to create were created; the rest of the body was written.
+    Created,
+    /// Another writer had created a part already: its records as they are
+    /// now (the other parts of the body were written).
+    Taken(LegacyVisitor),
+    /// No answer in time, an error, or the circuit is open.
+    Unavailable,
+}
+
 impl MigrationClient {
     /// Builds the client and starts the renewal queue's worker (on the
     /// current runtime).
@@ -214,11 +234,12 @@ impl MigrationClient {
         &self,
         method: Method,
         client_id: &ClientId,
+        query: &str,
         headers: &[(Box<str>, Box<str>)],
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, String> {
         let url = format!(
-            "{}/v1/sessions/{}",
+            "{}/v1/sessions/{}{query}",
             self.cfg.base_url.trim_end_matches('/'),
             client_id.as_str()
         );
@@ -285,20 +306,21 @@ impl MigrationClient {
         }
     }
 
-    /// Looks a visitor up (`GET`), within the lookup deadline.
+    /// Looks a visitor up (`GET`), within the lookup deadline; also names
+    /// the parts the legacy store holds but that could not be read.
     pub async fn get(
         &self,
         client_id: &ClientId,
         now: Timestamp,
         ctx: &CallContext,
-    ) -> LegacyLookup {
+    ) -> (LegacyLookup, StateParts) {
         let span = tracing::debug_span!(
             "migration.lookup",
             otel.kind = "client",
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
-        let lookup = self
+        let (lookup, unreadable) = self
             .lookup(client_id, now, ctx)
             .instrument(span.clone())
             .await;
@@ -311,7 +333,7 @@ impl MigrationClient {
         if matches!(lookup, LegacyLookup::Unavailable) {
             service_kit::telemetry::set_error(&span, "migration-proxy unavailable");
         }
-        lookup
+        (lookup, unreadable)
     }
 
     async fn lookup(
@@ -319,11 +341,11 @@ impl MigrationClient {
         client_id: &ClientId,
         now: Timestamp,
         ctx: &CallContext,
-    ) -> LegacyLookup {
+    ) -> (LegacyLookup, StateParts) {
         let s = &self.stats;
         if !self.breaker.allow() {
             s.get_breaker_open.fetch_add(1, Ordering::Relaxed);
-            return LegacyLookup::Unavailable;
+            return (LegacyLookup::Unavailable, StateParts::default());
         }
         let started = Instant::now();
         let mut result = Err(CallError::Timeout);
@@ -336,12 +358,12 @@ impl MigrationClient {
             {
                 break;
             }
-            let req = match self.request(Method::GET, client_id, &ctx.headers, Bytes::new()) {
+            let req = match self.request(Method::GET, client_id, "", &ctx.headers, Bytes::new()) {
                 Ok(r) => r,
                 Err(e) => {
                     self.warn("lookup", &e);
                     s.get_error.fetch_add(1, Ordering::Relaxed);
-                    return LegacyLookup::Unavailable;
+                    return (LegacyLookup::Unavailable, StateParts::default());
                 }
             };
             result = self.call(req, left).await;
@@ -359,32 +381,39 @@ impl MigrationClient {
             Err(CallError::Timeout) => {
                 s.get_timeout.fetch_add(1, Ordering::Relaxed);
                 self.failed();
-                return LegacyLookup::Unavailable;
+                return (LegacyLookup::Unavailable, StateParts::default());
             }
             Err(CallError::Failed(e)) => Err(e),
         };
         match answer {
             Ok(visitor) => {
                 self.breaker.success();
-                let (state, invalid) = visitor.to_state(self.cfg.ttls, now);
-                if invalid > 0 {
-                    s.invalid_parts.fetch_add(invalid as u64, Ordering::Relaxed);
-                }
+                let (state, unreadable) = self.convert(&visitor, now);
                 if state == VisitorState::default() {
                     s.get_missing.fetch_add(1, Ordering::Relaxed);
-                    LegacyLookup::Missing
+                    (LegacyLookup::Missing, unreadable)
                 } else {
                     s.get_found.fetch_add(1, Ordering::Relaxed);
-                    LegacyLookup::Found(state)
+                    (LegacyLookup::Found(state), unreadable)
                 }
             }
             Err(e) => {
                 s.get_error.fetch_add(1, Ordering::Relaxed);
                 self.warn("lookup", &e);
                 self.failed();
-                LegacyLookup::Unavailable
+                (LegacyLookup::Unavailable, StateParts::default())
             }
         }
+    }
+
+    /// The cloud view of a legacy record at `now`, and the parts that could
+    /// not be read (left out and counted).
+    fn convert(&self, visitor: &LegacyVisitor, now: Timestamp) -> (VisitorState, StateParts) {
+        let (state, unreadable) = visitor.to_state(self.cfg.ttls, now);
+        self.stats
+            .invalid_parts
+            .fetch_add(unreadable.count() as u64, Ordering::Relaxed);
+        (state, unreadable)
     }
 
     /// Writes a renewal (`PUT`) now, within the write deadline, in a
@@ -430,7 +459,7 @@ impl MigrationClient {
                 return false;
             }
         };
-        let result = match self.request(Method::PUT, client_id, headers, json) {
+        let result = match self.request(Method::PUT, client_id, "", headers, json) {
             Ok(req) => self.call(req, self.cfg.write_timeout).await,
             Err(e) => Err(CallError::Failed(e)),
         };
@@ -458,6 +487,91 @@ impl MigrationClient {
                 false
             }
         }
+    }
+
+    /// Mints in `legacy` mode: writes `body`, creating the session parts
+    /// `create` names only if migration-proxy has none (`PUT
+    /// …?create=short,long`, Aerospike's `CREATE_ONLY`), within the lookup
+    /// deadline, in a `migration.create` span.
+    pub async fn create(
+        &self,
+        client_id: &ClientId,
+        body: &LegacyVisitor,
+        create: StateParts,
+        ctx: &CallContext,
+    ) -> Minted {
+        let span = tracing::debug_span!(
+            "migration.create",
+            otel.kind = "client",
+            outcome = tracing::field::Empty
+        );
+        let minted = async {
+            let s = &self.stats;
+            if !self.breaker.allow() {
+                s.create_breaker_open.fetch_add(1, Ordering::Relaxed);
+                return Minted::Unavailable;
+            }
+            let query = match (create.short, create.long) {
+                (true, true) => "?create=short,long",
+                (true, false) => "?create=short",
+                (false, true) => "?create=long",
+                (false, false) => "",
+            };
+            let result = match serde_json::to_vec(body) {
+                Ok(json) => {
+                    match self.request(Method::PUT, client_id, query, &ctx.headers, json.into()) {
+                        Ok(req) => self.call(req, self.cfg.timeout).await,
+                        Err(e) => Err(CallError::Failed(e)),
+                    }
+                }
+                Err(e) => Err(CallError::Failed(e.to_string())),
+            };
+            let error = match result {
+                Ok((StatusCode::NO_CONTENT | StatusCode::OK, _)) => {
+                    self.breaker.success();
+                    s.create_ok.fetch_add(1, Ordering::Relaxed);
+                    return Minted::Created;
+                }
+                Ok((StatusCode::CONFLICT, answer)) => {
+                    match serde_json::from_slice::<LegacyVisitor>(&answer) {
+                        Ok(current) => {
+                            self.breaker.success();
+                            s.create_conflict.fetch_add(1, Ordering::Relaxed);
+                            return Minted::Taken(current);
+                        }
+                        Err(e) => format!("unreadable conflict answer: {e}"),
+                    }
+                }
+                Ok((status, answer)) => format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                ),
+                Err(CallError::Timeout) => {
+                    s.create_timeout.fetch_add(1, Ordering::Relaxed);
+                    self.failed();
+                    return Minted::Unavailable;
+                }
+                Err(CallError::Failed(e)) => e,
+            };
+            s.create_error.fetch_add(1, Ordering::Relaxed);
+            self.warn("mint", &error);
+            self.failed();
+            Minted::Unavailable
+        }
+        .instrument(span.clone())
+        .await;
+        span.record(
+            "outcome",
+            match &minted {
+                Minted::Created => "created",
+                Minted::Taken(_) => "conflict",
+                Minted::Unavailable => "unavailable",
+            },
+        );
+        if matches!(minted, Minted::Unavailable) {
+            service_kit::telemetry::set_error(&span, "migration-proxy unavailable");
+        }
+        minted
     }
 
     /// The queue's worker: sends renewals, a bounded number at once, until
@@ -505,7 +619,7 @@ impl LegacySessions for MigrationClient {
         now: Timestamp,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, LegacyLookup> {
-        Box::pin(self.get(client_id, now, ctx))
+        Box::pin(async move { self.get(client_id, now, ctx).await.0 })
     }
 
     fn renew(&self, client_id: &ClientId, state: &VisitorState, ctx: &CallContext) {
@@ -528,15 +642,20 @@ impl LegacySessions for MigrationClient {
     }
 }
 
+/// Conditional writes one event may lose before it gives up.
+const CREATE_ROUNDS: u32 = 4;
+
 /// `legacy` mode's store: sessions read and renewed through migration-proxy
-/// only. Like the Bigtable store, a visitor's next event in this process
-/// waits for its previous renewal, so one process never mints two sessions
-/// for a visitor.
+/// only. A renewal is a `PUT` off the request path; the visitor's next
+/// event in this process sees it (`InFlight`) until it lands. A mint is a
+/// create-only `PUT` that the event waits for: of two processes minting a
+/// visitor's session at the same moment, one creates it and the other
+/// adopts it from the conflict answer, in its own output.
 #[derive(Debug)]
 pub struct LegacySessionStore {
     client: Arc<MigrationClient>,
     policy: SessionPolicy,
-    locks: tracking_bigtable::VisitorLocks,
+    in_flight: Arc<tracking_bigtable::InFlight>,
     writes: TaskTracker,
 }
 
@@ -545,7 +664,7 @@ impl LegacySessionStore {
         Self {
             client,
             policy,
-            locks: tracking_bigtable::VisitorLocks::default(),
+            in_flight: Arc::default(),
             writes: TaskTracker::new(),
         }
     }
@@ -569,15 +688,18 @@ impl SessionStore for LegacySessionStore {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
-            let turn = self.locks.lock(client_id).await;
-            let lookup = self.client.get(client_id, now, ctx).await;
+            let hash = tracking_bigtable::schema::key_hash(client_id);
+            // Before the lookup: a renewal landing in between is then in
+            // one of the two.
+            let pending = self.in_flight.snapshot(hash, client_id);
+            let (lookup, mut unreadable) = self.client.get(client_id, now, ctx).await;
             // The caller's `session` span, when traced.
             let label = match lookup {
                 LegacyLookup::Found(_) => "hit",
                 _ => "miss",
             };
             tracing::Span::current().record("lookup", label);
-            let prev = match lookup {
+            let mut stored = match lookup {
                 LegacyLookup::Found(state) => state,
                 LegacyLookup::Missing => VisitorState::default(),
                 LegacyLookup::Unavailable => {
@@ -586,19 +708,59 @@ impl SessionStore for LegacySessionStore {
                     ));
                 }
             };
-            let (sessions, next) = self.policy.resolve(Some(&prev), now, via);
-            let client = Arc::clone(&self.client);
-            let (id, body, headers) = (
-                client_id.clone(),
-                LegacyVisitor::from_state(&next, self.policy.ttls()),
-                ctx.headers.clone(),
-            );
-            let span = tracing::Span::current();
-            self.writes.spawn(async move {
-                client.put(&span, &id, &body, &headers).await;
-                drop(turn);
-            });
-            Ok(sessions)
+            let ttls = self.policy.ttls();
+            // The ids this event tried to create, to know its own records in
+            // a conflict answer.
+            let mut minted: Vec<SessionId> = Vec::new();
+            for _ in 0..CREATE_ROUNDS {
+                let mut prev = stored;
+                if let Some(p) = &pending {
+                    prev.merge_newer(p);
+                }
+                let (mut sessions, next) = self.policy.resolve(Some(&prev), now, via);
+                // A part the legacy store holds but that cannot be read is
+                // overwritten: created only-if-absent it would never be.
+                let create = StateParts {
+                    short: sessions.short_new && !unreadable.short,
+                    long: sessions.long_new && !unreadable.long,
+                    via: false,
+                };
+                let minting = sessions.short_new || sessions.long_new;
+                sessions.short_new |= minted.contains(&sessions.short_id);
+                sessions.long_new |= minted.contains(&sessions.long_id);
+                let body = LegacyVisitor::from_state(&next, ttls);
+                if !minting {
+                    let landing = self.in_flight.begin(hash, client_id, &next);
+                    let client = Arc::clone(&self.client);
+                    let (id, headers) = (client_id.clone(), ctx.headers.clone());
+                    let span = tracing::Span::current();
+                    self.writes.spawn(async move {
+                        client.put(&span, &id, &body, &headers).await;
+                        drop(landing);
+                    });
+                    return Ok(sessions);
+                }
+                if sessions.short_new {
+                    minted.push(sessions.short_id.clone());
+                }
+                if sessions.long_new {
+                    minted.push(sessions.long_id.clone());
+                }
+                match self.client.create(client_id, &body, create, ctx).await {
+                    Minted::Created => return Ok(sessions),
+                    Minted::Taken(current) => {
+                        (stored, unreadable) = self.client.convert(&current, now);
+                    }
+                    Minted::Unavailable => {
+                        return Err(StoreError::Unavailable(
+                            "migration-proxy did not answer the mint".into(),
+                        ));
+                    }
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "other writers won {CREATE_ROUNDS} create-only writes in a row"
+            )))
         })
     }
 

@@ -160,8 +160,9 @@ fn bigtable_without_its_location_is_a_configuration_error() {
 }
 
 /// The Bigtable calls of an event show in its trace: a read (one attempt)
-/// and the renewal write under the `session` span, which says whether the
-/// visitor had a live session.
+/// and the write under the `session` span, which says whether the visitor
+/// had a live session: the first event's conditional write (a mint), the
+/// second's plain renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bigtable_calls_are_traced_under_the_session_span() {
     let emu = BigtableEmulator::bigtable();
@@ -188,7 +189,9 @@ async fn bigtable_calls_are_traced_under_the_session_span() {
     }
     assert!(api.terminate(Duration::from_secs(10)).success());
     let spans = agent.wait_for(Duration::from_secs(10), |s| {
-        s.iter().filter(|s| s.resource == "bigtable.write").count() >= 2
+        ["bigtable.write", "bigtable.conditional_write"]
+            .iter()
+            .all(|name| s.iter().any(|s| s.resource == *name))
     });
     assert!(agent.errors().is_empty(), "{:?}", agent.errors());
     let mut sessions: Vec<_> = spans.iter().filter(|s| s.resource == "session").collect();
@@ -198,17 +201,96 @@ async fn bigtable_calls_are_traced_under_the_session_span() {
     // "hit" sorts before "miss": the second event found the first's session.
     assert_eq!(tag(sessions[0], "lookup"), "hit");
     assert_eq!(tag(sessions[1], "lookup"), "miss");
-    for session in &sessions {
+    let calls = [
+        [("bigtable.read", "ok"), ("bigtable.write", "ok")],
+        [
+            ("bigtable.read", "ok"),
+            ("bigtable.conditional_write", "written"),
+        ],
+    ];
+    for (session, calls) in sessions.iter().zip(calls) {
         assert_eq!(tag(session, "store"), "bigtable");
         assert_eq!(tag(session, "mode"), "cloud");
-        for call in ["bigtable.read", "bigtable.write"] {
-            let child: Vec<_> = spans
-                .iter()
-                .filter(|s| s.resource == call && s.parent_id == session.span_id)
-                .collect();
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.resource.starts_with("bigtable.") && s.parent_id == session.span_id)
+            .collect();
+        assert_eq!(children.len(), 2, "under {session:?}: {spans:#?}");
+        for (call, outcome) in calls {
+            let child: Vec<_> = children.iter().filter(|s| s.resource == call).collect();
             assert_eq!(child.len(), 1, "{call} under {session:?}: {spans:#?}");
             assert_eq!(tag(child[0], "attempts"), "1", "{:?}", child[0]);
-            assert_eq!(tag(child[0], "outcome"), "ok", "{:?}", child[0]);
+            assert_eq!(tag(child[0], "outcome"), outcome, "{:?}", child[0]);
         }
     }
+}
+
+/// An upgrade re-mints nobody: a row as the releases before opaque session
+/// ids wrote it (16-byte binary UUIDs in `s:id` and `l:id`, written here
+/// with the raw client) gives the same ids, in their canonical text, to the
+/// visitor's next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_the_binary_format_read_as_the_same_ids() {
+    use bigtable_rs::bigtable::BigTableConnection;
+    use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
+    use bigtable_rs::google::bigtable::v2::{MutateRowRequest, Mutation};
+
+    let emu = BigtableEmulator::bigtable();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    let host = emu.host();
+    let env = env(&host, sink.to_str().unwrap());
+    bootstrap(&env);
+    let short: [u8; 16] = [
+        0x01, 0x92, 0xf5, 0xa4, 0x7b, 0x3c, 0x7d, 0x2e, 0x9f, 0x10, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e,
+        0x6f,
+    ];
+    let long: [u8; 16] = [
+        0x01, 0x8c, 0x3d, 0x20, 0x00, 0x00, 0x70, 0x00, 0xbf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0x01,
+    ];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let cell = |family: &str, value: &[u8]| Mutation {
+        mutation: Some(Kind::SetCell(SetCell {
+            family_name: family.into(),
+            column_qualifier: b"id".to_vec(),
+            timestamp_micros: (now_ms - 60_000) * 1000,
+            value: value.to_vec(),
+        })),
+    };
+    let conn = BigTableConnection::new_with_emulator(&host, "p", "i", false, 1, None).unwrap();
+    let mut client = conn.client();
+    let client_id = tracking_core::ClientId::parse("upgraded-1").unwrap();
+    client
+        .mutate_row(MutateRowRequest {
+            table_name: client.get_full_table_name("sessions"),
+            row_key: tracking_bigtable::schema::row_key(&client_id),
+            mutations: vec![cell("s", &short), cell("l", &long)],
+            ..MutateRowRequest::default()
+        })
+        .await
+        .unwrap();
+
+    let api = ApiProcess::start(&env);
+    assert_eq!(
+        send(&api, r#"{"type":"page_view","client_id":"upgraded-1"}"#)
+            .await
+            .0,
+        204
+    );
+    let e = &wait_for_lines(&sink, 1, Duration::from_secs(10))[0];
+    assert_eq!(
+        e["session"],
+        serde_json::json!({
+            "status": "ok",
+            "short_id": "0192f5a4-7b3c-7d2e-9f10-1a2b3c4d5e6f",
+            "long_id": "018c3d20-0000-7000-bfff-ffffffffff01",
+            "short_new": false,
+            "long_new": false,
+        }),
+        "{e}"
+    );
 }

@@ -69,13 +69,13 @@ async fn pair(client: &mut BigTable, table_name: &str, i: u64) {
             .as_millis() as u64,
     );
     let session = Some(SessionRecord {
-        id: uuid::Uuid::from_u128(u128::from(i)),
+        id: uuid::Uuid::from_u128(u128::from(i)).into(),
         last_seen: now,
     });
     // The cells a beacon of scripts/beacon.lua makes the service write: both
     // sessions and the via its utm_source records.
     let renewal = VisitorState {
-        short: session,
+        short: session.clone(),
         long: session,
         via: Via::new(Some("news"), None, None).map(|via| ViaRecord {
             via,

@@ -17,7 +17,7 @@ pub mod store;
 use std::time::Duration;
 
 pub use admin::{BootstrapOutcome, bootstrap};
-pub use locks::VisitorLocks;
+pub use locks::{InFlight, VisitorLocks};
 pub use store::BigtableSessionStore;
 
 /// Where the table is and how to reach it.

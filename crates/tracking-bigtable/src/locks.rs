@@ -1,12 +1,14 @@
-//! `VisitorLocks`: one visitor's events applied one after another within a
-//! process. Stores hold a visitor's lock from the read until the renewal
-//! write has landed, so two events of one visitor never mint two sessions
-//! here.
+//! Ordering within one process. `InFlight`: the renewals a process has sent
+//! and not seen land yet, which a visitor's next event takes into account
+//! (no event waits for another's write). `VisitorLocks`: striped locks for
+//! tools that write a visitor's row outside the request path (the bulk
+//! copy).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracking_core::ClientId;
+use tracking_core::{ClientId, VisitorState};
 
 use crate::schema::key_hash;
 
@@ -38,5 +40,114 @@ impl VisitorLocks {
 
     pub async fn lock(&self, client_id: &ClientId) -> OwnedMutexGuard<()> {
         self.lock_hash(key_hash(client_id)).await
+    }
+}
+
+/// Shards of [`InFlight`].
+const IN_FLIGHT_SHARDS: usize = 64;
+
+/// The renewals this process has sent and not yet seen land, per visitor:
+/// what a read of the store may not show yet. A visitor's next event merges
+/// them into what it read, so that in this process it always sees its
+/// previous event's renewal (a batch behaves like events sent one by one)
+/// without waiting for that write. Entries live as long as their writes
+/// are in flight, so the table holds at most one entry per renewal in
+/// flight.
+#[derive(Debug)]
+pub struct InFlight {
+    shards: Box<[std::sync::Mutex<HashMap<ClientId, Pending>>]>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The newest of the renewals in flight, part by part.
+    state: VisitorState,
+    writes: u32,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            shards: (0..IN_FLIGHT_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl InFlight {
+    fn shard(&self, hash: u64) -> &std::sync::Mutex<HashMap<ClientId, Pending>> {
+        &self.shards[(hash % IN_FLIGHT_SHARDS as u64) as usize]
+    }
+
+    /// The renewals of the visitor (whose [`key_hash`] is `hash`) in flight
+    /// now, merged. Take it before reading the store: a renewal that lands
+    /// in between is then either here or in what the read returns.
+    pub fn snapshot(&self, hash: u64, client_id: &ClientId) -> Option<VisitorState> {
+        let shard = self.shard(hash).lock().ok()?;
+        shard.get(client_id).map(|p| p.state.clone())
+    }
+
+    /// Records a renewal of `state` about to be sent; the returned
+    /// [`Landing`] is dropped once the write has landed or been given up.
+    pub fn begin(
+        self: &Arc<Self>,
+        hash: u64,
+        client_id: &ClientId,
+        state: &VisitorState,
+    ) -> Landing {
+        if let Ok(mut shard) = self.shard(hash).lock() {
+            match shard.get_mut(client_id) {
+                Some(p) => {
+                    p.state.merge_newer(state);
+                    p.writes += 1;
+                }
+                None => {
+                    shard.insert(
+                        client_id.clone(),
+                        Pending {
+                            state: state.clone(),
+                            writes: 1,
+                        },
+                    );
+                }
+            }
+        }
+        Landing {
+            owner: Arc::clone(self),
+            hash,
+            client_id: client_id.clone(),
+        }
+    }
+
+    /// Visitors with renewals in flight.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One renewal in flight; dropping it takes it out of its [`InFlight`].
+#[derive(Debug)]
+pub struct Landing {
+    owner: Arc<InFlight>,
+    hash: u64,
+    client_id: ClientId,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if let Ok(mut shard) = self.owner.shard(self.hash).lock()
+            && let Some(p) = shard.get_mut(&self.client_id)
+        {
+            p.writes -= 1;
+            if p.writes == 0 {
+                shard.remove(&self.client_id);
+            }
+        }
     }
 }

@@ -2,13 +2,16 @@
 
 use bigtable_rs::bigtable::RowCell;
 use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
-use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter};
-use bigtable_rs::google::bigtable::v2::{Mutation, ReadRowsRequest, RowFilter, RowSet};
+use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter, Interleave};
+use bigtable_rs::google::bigtable::v2::{
+    Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
+};
 use serde::{Deserialize, Serialize};
-use tracking_core::{ClientId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
+use tracking_core::{ClientId, SessionId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
 use uuid::Uuid;
 
-/// Short session: value = 16-byte id, cell timestamp = latest event.
+/// Short session: value = the id ([`id_bytes`]), cell timestamp = latest
+/// event.
 pub const SHORT: &str = "s";
 /// Long session: same shape.
 pub const LONG: &str = "l";
@@ -79,12 +82,80 @@ pub fn latest_cells_filter() -> RowFilter {
     }
 }
 
+/// The predicate of a conditional write (`CheckAndMutateRow`): matches when,
+/// for any `(family, from)` given, the family's latest session cell is
+/// timestamped at or after `from` — a session alive at the writer's time
+/// (`from` = now − TTL + 1 ms), or a cell newer than the one read
+/// (`from` = its time + 1 ms).
+pub fn latest_since(parts: &[(&str, Timestamp)]) -> RowFilter {
+    let mut filters: Vec<RowFilter> = parts
+        .iter()
+        .map(|(family, from)| RowFilter {
+            filter: Some(Filter::Chain(Chain {
+                filters: [
+                    Filter::FamilyNameRegexFilter(format!("^{family}$")),
+                    Filter::ColumnQualifierRegexFilter([b"^", ID, b"$"].concat()),
+                    Filter::CellsPerColumnLimitFilter(1),
+                    Filter::TimestampRangeFilter(TimestampRange {
+                        start_timestamp_micros: micros(*from),
+                        end_timestamp_micros: 0,
+                    }),
+                ]
+                .into_iter()
+                .map(|f| RowFilter { filter: Some(f) })
+                .collect(),
+            })),
+        })
+        .collect();
+    if filters.len() == 1 {
+        return filters.remove(0);
+    }
+    RowFilter {
+        filter: Some(Filter::Interleave(Interleave { filters })),
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredVia {
     source: Option<String>,
     medium: Option<String>,
     campaign: Option<String>,
     expires_at: u64,
+}
+
+/// Whether every byte is printable ASCII (0x20–0x7E), the alphabet of
+/// session ids.
+fn printable(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| (0x20..=0x7e).contains(b))
+}
+
+/// A session id as a cell value. Two encodings, told apart without a tag:
+///
+/// * 16 bytes that are not all printable ASCII: a binary UUID, the id being
+///   its canonical lowercase text. Every id the releases before opaque ids
+///   wrote is of this kind (an RFC 4122 UUID has byte 8 in 0x80–0xBF), so
+///   their rows read as the same ids.
+/// * Anything else: the id's text, verbatim (printable ASCII, at most
+///   `MAX_SESSION_ID_BYTES`; a 16-character text id is all printable, so it
+///   is never mistaken for a UUID).
+///
+/// A UUID is written in binary unless its 16 bytes happen to be all
+/// printable (a non-RFC UUID from the legacy store could be): that one is
+/// written as text, as it would otherwise read back as a different id.
+pub fn id_bytes(id: &SessionId) -> Vec<u8> {
+    match id.as_uuid() {
+        Some(u) if !printable(u.as_bytes()) => u.as_bytes().to_vec(),
+        _ => id.with_str(|t| t.as_bytes().to_vec()),
+    }
+}
+
+/// The session id in a cell value written by [`id_bytes`] (or by a release
+/// before opaque ids); `None` when it is neither encoding.
+pub fn id_of(value: &[u8]) -> Option<SessionId> {
+    if value.len() == 16 && !printable(value) {
+        return Uuid::from_slice(value).ok().map(SessionId::from);
+    }
+    std::str::from_utf8(value).ok().and_then(SessionId::parse)
 }
 
 fn micros(t: Timestamp) -> i64 {
@@ -95,11 +166,27 @@ fn millis(micros: i64) -> Timestamp {
     Timestamp::from_millis(u64::try_from(micros / 1000).unwrap_or(0))
 }
 
+/// The latest cells [`decode`] could not read: they count as absent, and
+/// a session cell's time is kept so that a conditional write can tell it
+/// from a cell written after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unreadable {
+    pub short: Option<Timestamp>,
+    pub long: Option<Timestamp>,
+    pub via: bool,
+}
+
+impl Unreadable {
+    pub fn count(&self) -> usize {
+        usize::from(self.short.is_some()) + usize::from(self.long.is_some()) + usize::from(self.via)
+    }
+}
+
 /// The state in a row's cells. Unreadable cells count as absent (and are
-/// reported in `corrupt`), so one bad cell cannot lock a visitor out.
-pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
+/// reported), so one bad cell cannot lock a visitor out.
+pub fn decode(cells: &[RowCell]) -> (VisitorState, Unreadable) {
     let mut state = VisitorState::default();
-    let mut corrupt = 0;
+    let mut corrupt = Unreadable::default();
     // Newest first per column even if the filter were missing.
     let newest = |family: &str, qualifier: &[u8]| {
         cells
@@ -107,16 +194,15 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
             .filter(|c| c.family_name == family && c.qualifier == qualifier)
             .max_by_key(|c| c.timestamp_micros)
     };
-    for (family, slot) in [(SHORT, &mut state.short), (LONG, &mut state.long)] {
+    for (family, slot, bad) in [
+        (SHORT, &mut state.short, &mut corrupt.short),
+        (LONG, &mut state.long, &mut corrupt.long),
+    ] {
         if let Some(c) = newest(family, ID) {
-            match Uuid::from_slice(&c.value) {
-                Ok(id) => {
-                    *slot = Some(SessionRecord {
-                        id,
-                        last_seen: millis(c.timestamp_micros),
-                    })
-                }
-                Err(_) => corrupt += 1,
+            let last_seen = millis(c.timestamp_micros);
+            match id_of(&c.value) {
+                Some(id) => *slot = Some(SessionRecord { id, last_seen }),
+                None => *bad = Some(last_seen),
             }
         }
     }
@@ -133,7 +219,7 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, usize) {
                     expires_at: Timestamp::from_millis(v.expires_at),
                 });
             }
-            Err(_) => corrupt += 1,
+            Err(_) => corrupt.via = true,
         }
     }
     (state, corrupt)
@@ -155,9 +241,9 @@ fn set(family: &str, qualifier: &[u8], at: Timestamp, value: Vec<u8>) -> Mutatio
 /// only when this event recorded one.
 pub fn encode(next: &VisitorState, via_recorded: bool, now: Timestamp) -> Vec<Mutation> {
     let mut out = Vec::with_capacity(3);
-    for (family, rec) in [(SHORT, next.short), (LONG, next.long)] {
+    for (family, rec) in [(SHORT, &next.short), (LONG, &next.long)] {
         if let Some(r) = rec {
-            out.push(set(family, ID, r.last_seen, r.id.as_bytes().to_vec()));
+            out.push(set(family, ID, r.last_seen, id_bytes(&r.id)));
         }
     }
     if via_recorded && let Some(v) = &next.via {
@@ -209,8 +295,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_newest_cell_wins() {
-        let a = Uuid::from_u128(1);
-        let b = Uuid::from_u128(2);
+        let a = SessionId::from(Uuid::from_u128(1));
+        let b = SessionId::parse("legacy.Sid:0042").expect("id");
         let via = ViaRecord {
             via: Via::new(Some("ad"), None, Some("c")).expect("via"),
             expires_at: Timestamp::from_millis(9_000),
@@ -247,7 +333,7 @@ mod tests {
                 .collect()
         };
         let cells = as_cells(&muts);
-        assert_eq!(decode(&cells), (state.clone(), 0));
+        assert_eq!(decode(&cells), (state.clone(), Unreadable::default()));
 
         // Older versions present (no filter, lazy GC): the newest wins.
         let mut many = as_cells(&muts);
@@ -262,13 +348,86 @@ mod tests {
             cell(SHORT, ID, 1_000, Uuid::from_u128(8).as_bytes().to_vec()),
         );
         assert_eq!(decode(&many).0.short, state.short);
+        assert_eq!(decode(&many).0.long, state.long);
 
         // Corrupt cells count as absent.
         let bad = vec![
-            cell(SHORT, ID, 1, b"short".to_vec()),
+            cell(SHORT, ID, 1, b"sh\x01rt".to_vec()),
             cell(VIA, ROUTE, 1, b"{".to_vec()),
         ];
         let (s, corrupt) = decode(&bad);
-        assert_eq!((s, corrupt), (VisitorState::default(), 2));
+        let bad_short_and_via = Unreadable {
+            short: Some(Timestamp::from_millis(1)),
+            long: None,
+            via: true,
+        };
+        assert_eq!((s, corrupt), (VisitorState::default(), bad_short_and_via));
+    }
+
+    /// A cell value → the id it reads as (`None`: unreadable), and back: the
+    /// value the id is written as.
+    fn check(value: &[u8], expected: Option<&str>, written: Option<&[u8]>) {
+        let got = id_of(value);
+        assert_eq!(
+            got.as_ref().map(ToString::to_string).as_deref(),
+            expected,
+            "{value:?}"
+        );
+        if let Some(id) = got {
+            assert_eq!(Some(id_bytes(&id).as_slice()), written, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn session_id_cells_old_and_new() {
+        // Pinned: what releases before opaque ids wrote, a 16-byte UUIDv7,
+        // reads as its canonical text and is written the same way again.
+        let old: [u8; 16] = [
+            0x01, 0x92, 0xf5, 0xa4, 0x7b, 0x3c, 0x7d, 0x2e, 0x9f, 0x10, 0x1a, 0x2b, 0x3c, 0x4d,
+            0x5e, 0x6f,
+        ];
+        check(
+            &old,
+            Some("0192f5a4-7b3c-7d2e-9f10-1a2b3c4d5e6f"),
+            Some(&old),
+        );
+        // Its text (say, from the legacy store) is the same id: binary.
+        check(
+            b"0192f5a4-7b3c-7d2e-9f10-1a2b3c4d5e6f",
+            Some("0192f5a4-7b3c-7d2e-9f10-1a2b3c4d5e6f"),
+            Some(&old),
+        );
+        // Text ids stay verbatim, a 16-character one included.
+        for text in [
+            "0123456789ABCDEF",
+            "0192F5A4-7B3C-7D2E-9F10-1A2B3C4D5E6F",
+            "dGhpcyBpcyBiYXNlNjR1cmw_-w",
+            "node-3:1554131000.42",
+            "x",
+        ] {
+            check(text.as_bytes(), Some(text), Some(text.as_bytes()));
+        }
+        let longest = "k".repeat(tracking_core::MAX_SESSION_ID_BYTES);
+        check(longest.as_bytes(), Some(&longest), Some(longest.as_bytes()));
+        // A UUID whose 16 bytes are all printable is written as its text,
+        // so it cannot read back as a 16-character id.
+        let printable = Uuid::from_bytes(*b"AAAAAAAAAAAAAAAA");
+        let text = printable.to_string();
+        check(text.as_bytes(), Some(&text), Some(text.as_bytes()));
+        check(
+            b"AAAAAAAAAAAAAAAA",
+            Some("AAAAAAAAAAAAAAAA"),
+            Some(b"AAAAAAAAAAAAAAAA"),
+        );
+        // Unreadable: empty, control characters, too long, not UTF-8 text.
+        check(b"", None, None);
+        check(b"tab\there", None, None);
+        check(
+            "k".repeat(tracking_core::MAX_SESSION_ID_BYTES + 1)
+                .as_bytes(),
+            None,
+            None,
+        );
+        check(&[0xff; 15], None, None);
     }
 }

@@ -1,34 +1,59 @@
-//! `BigtableSessionStore`: one read and one write per event.
+//! `BigtableSessionStore`: one read per event, then one write.
 //!
-//! A touch takes the visitor's stripe lock, reads the row (latest cells only;
-//! retried with backoff on transient errors until the caller's deadline),
-//! resolves the sessions, and returns them. The renewal write is handed to a
-//! tracked task that keeps the stripe lock until the write has landed, so the
-//! event does not wait for it but the visitor's next event in this process
-//! does: events of one visitor are applied in order and never mint two
-//! sessions within one process. Across processes, two first events of one
-//! visitor racing within one read-write round trip can mint two ids; the
-//! later write wins and every later event shares it (documented in
-//! ARCHITECTURE.md).
+//! A touch reads the row (latest cells only; retried with backoff on
+//! transient errors until the caller's deadline), adds the renewals of the
+//! visitor this process has in flight (`locks::InFlight`), and resolves
+//! the sessions. What it writes then depends on what it decided:
+//!
+//! * **A renewal** (both sessions alive, neither near its end) is one plain
+//!   write, handed to a tracked task: the event does not wait for it, and
+//!   neither does the visitor's next event (it sees the renewal in
+//!   `InFlight` until it lands).
+//! * **A mint** (no live short or long session) is a conditional write
+//!   (`CheckAndMutateRow`) that the event waits for: its cells are written
+//!   only if the part still has no live cell. If another process (or
+//!   event) wrote one meanwhile, nothing is written: the row is read again
+//!   and the event adopts the winner's id. Across all processes, a session
+//!   is created once.
+//! * **A renewal near the session's end** (less than the write timeout
+//!   left) is conditional too: written only if no newer cell of the part
+//!   appeared since the read. Otherwise an event on another pod that read
+//!   the row before this renewal landed, and found the session just
+//!   expired, could mint a second one that this event would never learn
+//!   of; with the condition, this event adopts it.
+//!
+//! In `parallel` mode a visitor without a live short or long session here
+//! is also looked up in the legacy store; per part the newer record wins.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
-use bigtable_rs::google::bigtable::v2::MutateRowRequest;
+use bigtable_rs::google::bigtable::v2::{
+    CheckAndMutateRowRequest, MutateRowRequest, Mutation, RowFilter,
+};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
-    OncePerSecond, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock, Timestamp, Via,
+    OncePerSecond, SessionId, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock,
+    Timestamp, Via, VisitorState,
 };
 
-use crate::locks::VisitorLocks;
-use crate::schema::{decode, encode, key_hash, read_visitor, row_key, row_key_with};
+use crate::locks::{InFlight, VisitorLocks};
+use crate::schema::{
+    LONG, SHORT, Unreadable, decode, encode, key_hash, latest_since, read_visitor, row_key,
+    row_key_with,
+};
 use crate::{BigtableConfig, SetupError};
 
+/// Attempts of one read or one conditional write (transient failures).
 const READ_ATTEMPTS: u32 = 3;
+/// Conditional writes one event may lose before it gives up (each loss
+/// means another writer created what this one meant to; the next round
+/// normally adopts it).
+const WRITE_ROUNDS: u32 = 4;
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -41,6 +66,12 @@ pub struct Counters {
     /// Events whose sessions came from the legacy store (and were written
     /// back here).
     pub backfills: AtomicU64,
+    /// Conditional writes sent (mints and renewals near a session's end),
+    /// retries included.
+    pub conditional_writes: AtomicU64,
+    /// Conditional writes that found another writer's cell and wrote
+    /// nothing (the event then adopted that writer's session).
+    pub conflicts: AtomicU64,
 }
 
 struct Inner {
@@ -48,7 +79,10 @@ struct Inner {
     table_name: String,
     policy: SessionPolicy,
     cfg: BigtableConfig,
+    /// Serializes `write_state` (the bulk copy) per visitor.
     locks: VisitorLocks,
+    /// Renewals sent and not landed yet, per visitor.
+    in_flight: Arc<InFlight>,
     writes: TaskTracker,
     counters: Counters,
     warned: OncePerSecond,
@@ -123,6 +157,7 @@ impl BigtableSessionStore {
                 table_name,
                 policy,
                 locks: VisitorLocks::default(),
+                in_flight: Arc::default(),
                 writes: TaskTracker::new(),
                 counters: Counters::default(),
                 warned: OncePerSecond::default(),
@@ -132,10 +167,11 @@ impl BigtableSessionStore {
         })
     }
 
-    /// Runs the parallel-run mode: a visitor with no live session here is
-    /// looked up in `legacy`; what it has is used as is (same ids) and
-    /// written here in the same renewal write (the backfill). Every renewal
-    /// is also handed to `legacy`. Call before the store is shared.
+    /// Runs the parallel-run mode: a visitor without a live short or long
+    /// session here is looked up in `legacy`; per part the newer record
+    /// wins, a legacy one is used as is (same id) and written here in the
+    /// same write as the renewal (the backfill). Every renewal is also
+    /// handed to `legacy`. Call before the store is shared.
     #[must_use]
     pub fn with_legacy(mut self, legacy: Arc<dyn LegacySessions>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
@@ -154,7 +190,7 @@ impl BigtableSessionStore {
         &self,
         client_id: &ClientId,
     ) -> Result<tracking_core::VisitorState, StoreError> {
-        self.inner.read(&row_key(client_id)).await
+        Ok(self.inner.read(&row_key(client_id)).await?.0)
     }
 
     /// Writes the parts of `state` that are present as cells at their own
@@ -181,6 +217,42 @@ impl BigtableSessionStore {
         inner.write(row_key_with(hash, client_id), mutations).await
     }
 
+    /// Sends a plain renewal in a tracked task (the event does not wait),
+    /// visible to this visitor's next events until it lands; tells the
+    /// legacy store too in `parallel` mode.
+    fn renew(
+        &self,
+        client_id: &ClientId,
+        hash: u64,
+        key: Vec<u8>,
+        next: VisitorState,
+        mutations: Vec<Mutation>,
+        ctx: &CallContext,
+    ) {
+        let inner = &self.inner;
+        if let Some(legacy) = &inner.legacy {
+            legacy.renew(client_id, &next, ctx);
+        }
+        let landing = inner.in_flight.begin(hash, client_id, &next);
+        let writer = Arc::clone(inner);
+        // The renewal outlives the request; its span (when traced) is a
+        // child of the `session` span.
+        let span = tracing::debug_span!(
+            "bigtable.write",
+            otel.kind = "client",
+            cells = mutations.len(),
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        inner.writes.spawn(
+            async move {
+                writer.write(key, mutations).await;
+                drop(landing);
+            }
+            .instrument(span),
+        );
+    }
+
     /// Waits for the renewal writes in flight.
     pub async fn flush(&self) {
         self.inner.writes.close();
@@ -191,8 +263,8 @@ impl BigtableSessionStore {
 
 impl Inner {
     /// Reads the row (retrying transient failures), in a `bigtable.read`
-    /// span when traced.
-    async fn read(&self, key: &[u8]) -> Result<tracking_core::VisitorState, StoreError> {
+    /// span when traced: the state, and the latest cells it could not read.
+    async fn read(&self, key: &[u8]) -> Result<(VisitorState, Unreadable), StoreError> {
         let span = tracing::debug_span!(
             "bigtable.read",
             otel.kind = "client",
@@ -213,38 +285,58 @@ impl Inner {
         &self,
         key: &[u8],
         attempt: &mut u32,
-    ) -> Result<tracking_core::VisitorState, StoreError> {
+    ) -> Result<(VisitorState, Unreadable), StoreError> {
+        let retries = Some(&self.counters.read_retries);
+        let rows = self
+            .attempts(attempt, retries, || {
+                let request = read_visitor(&self.table_name, key);
+                let mut client = self.client.clone();
+                self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                async move { client.read_rows(request).await }
+            })
+            .await?;
+        let cells = rows
+            .into_iter()
+            .next()
+            .map(|(_, cells)| cells)
+            .unwrap_or_default();
+        let (state, unreadable) = decode(&cells);
+        let corrupt = unreadable.count();
+        if corrupt > 0 {
+            self.counters
+                .corrupt_cells
+                .fetch_add(corrupt as u64, Ordering::Relaxed);
+            tracing::warn!(corrupt, "Unreadable session cells ignored.");
+        }
+        Ok((state, unreadable))
+    }
+
+    /// Runs `call` (one request-path RPC) up to `READ_ATTEMPTS` times, each
+    /// under the attempt timeout, retrying transient failures with backoff
+    /// (counted in `retries`); `attempt` counts the tries.
+    async fn attempts<T, F>(
+        &self,
+        attempt: &mut u32,
+        retries: Option<&AtomicU64>,
+        mut call: impl FnMut() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, BtError>>,
+    {
         let mut backoff = Duration::from_millis(2);
         loop {
             *attempt += 1;
-            let request = read_visitor(&self.table_name, key);
-            let mut client = self.client.clone();
-            self.counters.reads.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.cfg.attempt_timeout, client.read_rows(request)).await;
-            let error = match result {
-                Ok(Ok(rows)) => {
-                    let cells = rows
-                        .into_iter()
-                        .next()
-                        .map(|(_, cells)| cells)
-                        .unwrap_or_default();
-                    let (state, corrupt) = decode(&cells);
-                    if corrupt > 0 {
-                        self.counters
-                            .corrupt_cells
-                            .fetch_add(corrupt as u64, Ordering::Relaxed);
-                        tracing::warn!(corrupt, "Unreadable session cells ignored.");
-                    }
-                    return Ok(state);
-                }
+            let error = match tokio::time::timeout(self.cfg.attempt_timeout, call()).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if transient(&e) && *attempt < READ_ATTEMPTS => e.to_string(),
                 Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
                 Err(_) if *attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
                 Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
             };
-            self.counters.read_retries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, attempt, "Bigtable read failed; retrying.");
+            if let Some(retries) = retries {
+                retries.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%error, attempt, "Bigtable call failed; retrying.");
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
@@ -298,6 +390,105 @@ impl Inner {
         }
     }
 
+    /// Writes `mutations` unless `predicate` matches the row
+    /// (`CheckAndMutateRow`, atomic per row): `Ok(true)` when written,
+    /// `Ok(false)` when the predicate matched and nothing was written.
+    /// Transient failures are retried like reads. A retried attempt may
+    /// find the first one's own cells (it may have landed before failing):
+    /// the caller recognises its own ids.
+    async fn write_unless(
+        &self,
+        key: &[u8],
+        predicate: RowFilter,
+        mutations: Vec<Mutation>,
+    ) -> Result<bool, StoreError> {
+        let span = tracing::debug_span!(
+            "bigtable.conditional_write",
+            otel.kind = "client",
+            cells = mutations.len(),
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let mut attempt = 0;
+        let result = self
+            .attempts(&mut attempt, None, || {
+                let request = CheckAndMutateRowRequest {
+                    table_name: self.table_name.clone(),
+                    row_key: key.to_vec(),
+                    predicate_filter: Some(predicate.clone()),
+                    false_mutations: mutations.clone(),
+                    ..CheckAndMutateRowRequest::default()
+                };
+                let mut client = self.client.clone();
+                self.counters
+                    .conditional_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                async move { client.check_and_mutate_row(request).await }
+            })
+            .instrument(span.clone())
+            .await
+            .map(|answer| !answer.predicate_matched);
+        span.record("attempts", attempt);
+        span.record(
+            "outcome",
+            match result {
+                Ok(true) => "written",
+                Ok(false) => "conflict",
+                Err(_) => "error",
+            },
+        );
+        result
+    }
+
+    /// The parts of `sessions` (resolved from `prev` at `now`) whose cells
+    /// must be written conditionally, each with the predicate's
+    /// `(family, from)`: a minted part unless a live cell appeared (`from` =
+    /// the oldest timestamp still alive at `now`, or just after an
+    /// unreadable latest cell, which must not block the mint forever); a
+    /// part renewed with less than the write timeout left unless a newer
+    /// cell appeared (`from` = just after the cell it renews). Empty: a
+    /// plain renewal.
+    fn guards(
+        &self,
+        prev: &VisitorState,
+        unreadable: &Unreadable,
+        sessions: &Sessions,
+        now: Timestamp,
+    ) -> Vec<(&'static str, Timestamp)> {
+        let ttls = self.policy.ttls();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let guard = ms(self.cfg.write_timeout);
+        [
+            (
+                SHORT,
+                sessions.short_new,
+                &prev.short,
+                unreadable.short,
+                ttls.short,
+            ),
+            (
+                LONG,
+                sessions.long_new,
+                &prev.long,
+                unreadable.long,
+                ttls.long,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(family, new, rec, bad, ttl)| {
+            if new {
+                let oldest_alive = now.as_millis().saturating_sub(ms(ttl)) + 1;
+                let after_bad = bad.map_or(0, |t| t.as_millis() + 1);
+                return Some((family, Timestamp::from_millis(oldest_alive.max(after_bad))));
+            }
+            let r = rec.as_ref()?;
+            let left =
+                (r.last_seen.as_millis().saturating_add(ms(ttl))).saturating_sub(now.as_millis());
+            (left < guard).then(|| (family, Timestamp::from_millis(r.last_seen.as_millis() + 1)))
+        })
+        .collect()
+    }
+
     fn write_failed(&self, error: &str) {
         self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
         if self.warned.allow(SystemClock.now()) {
@@ -330,54 +521,92 @@ impl SessionStore for BigtableSessionStore {
             let inner = &self.inner;
             let hash = key_hash(client_id);
             let key = row_key_with(hash, client_id);
-            let turn = inner.locks.lock_hash(hash).await;
-            let mut prev = inner.read(&key).await?;
-            // The via cell's timestamp: the event's time when it records a
-            // route, the legacy record's recording time when backfilled.
-            let mut via_at = via.map(|_| now);
-            let live = inner.policy.has_live_session(&prev, now);
-            let mut lookup = if live { "hit" } else { "miss" };
-            if let Some(legacy) = &inner.legacy
-                && !live
-                && let LegacyLookup::Found(found) = legacy.fetch(client_id, now, ctx).await
-            {
-                lookup = "fallback";
-                inner.counters.backfills.fetch_add(1, Ordering::Relaxed);
-                if via.is_none()
-                    && let Some(v) = &found.via
+            // Before the read: a renewal landing in between is then in one
+            // of the two.
+            let pending = inner.in_flight.snapshot(hash, client_id);
+            let (mut stored, mut unreadable) = inner.read(&key).await?;
+            let mut prev = stored.clone();
+            if let Some(p) = &pending {
+                prev.merge_newer(p);
+            }
+            let mut lookup = "hit";
+            let mut found = None;
+            if !inner.policy.both_alive(&prev, now) {
+                lookup = "miss";
+                if let Some(legacy) = &inner.legacy
+                    && let LegacyLookup::Found(f) = legacy.fetch(client_id, now, ctx).await
                 {
-                    via_at = Some(LegacyVisitor::via_recorded_at(
+                    found = Some(f);
+                }
+            }
+            // The ids this event tried to create, to know its own cells
+            // after an attempt in doubt.
+            let mut minted: Vec<SessionId> = Vec::new();
+            for round in 1..=WRITE_ROUNDS {
+                // What Bigtable has, this process's renewals in flight, and
+                // the legacy record: per part, the newest.
+                let mut prev = stored;
+                if let Some(p) = &pending {
+                    prev.merge_newer(p);
+                }
+                let taken = found
+                    .as_ref()
+                    .map(|f| prev.merge_newer(f))
+                    .unwrap_or_default();
+                if round == 1 {
+                    if taken.any() {
+                        lookup = "fallback";
+                        inner.counters.backfills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The caller's `session` span, when traced.
+                    tracing::Span::current().record("lookup", lookup);
+                }
+                // The via cell's timestamp: the event's time when it records
+                // a route, the legacy record's recording time when backfilled.
+                let via_at = match (via, &prev.via) {
+                    (Some(_), _) => Some(now),
+                    (None, Some(v)) if taken.via => Some(LegacyVisitor::via_recorded_at(
                         v.expires_at,
                         inner.policy.ttls(),
-                    ));
+                    )),
+                    _ => None,
+                };
+                let (mut sessions, next) = inner.policy.resolve(Some(&prev), now, via);
+                let guards = inner.guards(&prev, &unreadable, &sessions, now);
+                sessions.short_new |= minted.contains(&sessions.short_id);
+                sessions.long_new |= minted.contains(&sessions.long_id);
+                let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
+                if guards.is_empty() {
+                    self.renew(client_id, hash, key, next, mutations, ctx);
+                    return Ok(sessions);
                 }
-                prev = found;
-            }
-            // The caller's `session` span, when traced.
-            tracing::Span::current().record("lookup", lookup);
-            let (sessions, next) = inner.policy.resolve(Some(&prev), now, via);
-            let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
-            if let Some(legacy) = &inner.legacy {
-                legacy.renew(client_id, &next, ctx);
-            }
-            let writer = Arc::clone(inner);
-            // The renewal outlives the request; its span (when traced) is a
-            // child of the `session` span.
-            let span = tracing::debug_span!(
-                "bigtable.write",
-                otel.kind = "client",
-                cells = mutations.len(),
-                attempts = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-            );
-            inner.writes.spawn(
-                async move {
-                    writer.write(key, mutations).await;
-                    drop(turn);
+                minted.extend(
+                    [
+                        (sessions.short_new, &sessions.short_id),
+                        (sessions.long_new, &sessions.long_id),
+                    ]
+                    .into_iter()
+                    .filter(|(new, _)| *new)
+                    .map(|(_, id)| id.clone()),
+                );
+                if inner
+                    .write_unless(&key, latest_since(&guards), mutations)
+                    .await?
+                {
+                    if let Some(legacy) = &inner.legacy {
+                        legacy.renew(client_id, &next, ctx);
+                    }
+                    return Ok(sessions);
                 }
-                .instrument(span),
-            );
-            Ok(sessions)
+                inner.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                if round == WRITE_ROUNDS {
+                    break;
+                }
+                (stored, unreadable) = inner.read(&key).await?;
+            }
+            Err(StoreError::Unavailable(format!(
+                "other writers won {WRITE_ROUNDS} conditional writes in a row"
+            )))
         })
     }
 
@@ -402,6 +631,8 @@ impl SessionStore for BigtableSessionStore {
             ("write_failure", load(&c.write_failures)),
             ("corrupt_cell", load(&c.corrupt_cells)),
             ("backfill", load(&c.backfills)),
+            ("conditional_write", load(&c.conditional_writes)),
+            ("conflict", load(&c.conflicts)),
         ]
     }
 }

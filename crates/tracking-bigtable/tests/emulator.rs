@@ -9,15 +9,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bigtable_rs::bigtable::BigTableConnection;
 use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
-use bigtable_rs::google::bigtable::v2::{MutateRowRequest, Mutation, ReadRowsRequest, RowSet};
+use bigtable_rs::google::bigtable::v2::{
+    CheckAndMutateRowRequest, MutateRowRequest, Mutation, ReadRowsRequest, RowSet,
+};
 use googleapis_tonic_google_bigtable_admin_v2::google::bigtable::admin::v2::ColumnFamily;
-use test_support::BigtableEmulator;
+use test_support::{BigtableEmulator, Gate};
 use tracking_bigtable::admin::create_table;
-use tracking_bigtable::schema::{ID, LONG, SHORT, read_visitor, row_key};
+use tracking_bigtable::schema::{ID, LONG, SHORT, latest_since, read_visitor, row_key};
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore, BootstrapOutcome, bootstrap};
 use tracking_core::{
-    ClientId, Clock, ManualClock, SequentialIds, SessionPolicy, SessionStore, StoreError,
-    Timestamp, Ttls, Via,
+    ClientId, Clock, ManualClock, RandomIds, SequentialIds, SessionId, SessionPolicy, SessionStore,
+    StoreError, Timestamp, Ttls, Via,
 };
 use uuid::Uuid;
 
@@ -89,7 +91,7 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     assert!(a.short_new && a.long_new);
     clock.advance(29 * MIN);
     let b = s.touch(&v, clock.now(), None).await.unwrap();
-    assert_eq!((b.short_id, b.long_id), (a.short_id, a.long_id));
+    assert_eq!((&b.short_id, &b.long_id), (&a.short_id, &a.long_id));
     assert!(!b.short_new && !b.long_new);
     assert_eq!(
         b.via.as_ref().map(|r| r.via.source.as_deref()),
@@ -109,13 +111,16 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     s.flush().await;
     let again = store(cfg).await;
     let d = again.touch(&v, clock.now(), None).await.unwrap();
-    assert_eq!((d.short_id, d.long_id), (c.short_id, c.long_id));
-    // One read and one write per event.
-    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
-    assert_eq!(counters["read"], 4);
+    assert_eq!((&d.short_id, &d.long_id), (&c.short_id, &c.long_id));
+    // One read and one write per event: the two that minted (the first,
+    // and the third's short session) wrote conditionally, the other two
+    // renewed with a plain write.
     s.flush().await;
     let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
-    assert_eq!(counters["write"], 4);
+    assert_eq!(
+        ["read", "write", "conditional_write", "conflict"].map(|op| counters[op]),
+        [4, 2, 2, 0]
+    );
 }
 
 /// The emulator garbage-collects old versions within a second or two under a
@@ -140,17 +145,7 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
     let now = clock.now().as_millis() as i64;
     let v = id("versioned");
     let key = row_key(&v);
-    let conn = BigTableConnection::new_with_emulator(
-        &emu.host(),
-        &cfg.project,
-        &cfg.instance,
-        false,
-        1,
-        None,
-    )
-    .unwrap();
-    let mut raw = conn.client();
-    let table_name = raw.get_full_table_name(&cfg.table);
+    let (mut raw, table_name) = raw(&emu, &cfg);
     let cell = |family: &str, id: u128, at_ms: i64| Mutation {
         mutation: Some(Kind::SetCell(SetCell {
             family_name: family.into(),
@@ -209,11 +204,15 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
         got.short_new,
         "the newest short cell is 45 minutes old: expired"
     );
-    assert!(![1, 2, 3].contains(&got.short_id.as_u128()));
+    assert!(
+        ![1, 2, 3]
+            .map(|n| SessionId::from(Uuid::from_u128(n)))
+            .contains(&got.short_id)
+    );
     assert!(!got.long_new);
     assert_eq!(
         got.long_id,
-        Uuid::from_u128(11),
+        SessionId::from(Uuid::from_u128(11)),
         "the newest long cell wins"
     );
 }
@@ -279,4 +278,282 @@ async fn concurrent_events_of_one_visitor_share_one_session() {
     }
     assert_eq!(new, 1, "exactly one event minted the session");
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+}
+
+/// A raw client of the emulator and the table's full name.
+fn raw(emu: &BigtableEmulator, cfg: &BigtableConfig) -> (bigtable_rs::bigtable::BigTable, String) {
+    let conn = BigTableConnection::new_with_emulator(
+        &emu.host(),
+        &cfg.project,
+        &cfg.instance,
+        false,
+        1,
+        None,
+    )
+    .unwrap();
+    let client = conn.client();
+    let table = client.get_full_table_name(&cfg.table);
+    (client, table)
+}
+
+fn set_cell(family: &str, at_ms: u64, value: &[u8]) -> Mutation {
+    Mutation {
+        mutation: Some(Kind::SetCell(SetCell {
+            family_name: family.into(),
+            column_qualifier: ID.to_vec(),
+            timestamp_micros: at_ms as i64 * 1000,
+            value: value.to_vec(),
+        })),
+    }
+}
+
+/// The predicate of the store's conditional writes, as the emulator judges
+/// it: a row with `cells` (family, ms after `t`), a `CheckAndMutateRow`
+/// with `latest_since(guards)` (family, ms after `t`) writing a marker
+/// cell when it does not match. Each case on a row of its own.
+#[tokio::test]
+async fn the_emulator_judges_the_conditional_write_predicate() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let (mut client, table) = raw(&emu, &cfg);
+    let t = clock().now().as_millis();
+    let short_ttl = 30 * 60_000;
+    // (cells, guards, matches): (family, ms after `t`) pairs.
+    type Cells<'a> = &'a [(&'a str, i64)];
+    let cases: [(Cells, Cells, bool); 8] = [
+        // Nothing there: written.
+        (&[], &[(SHORT, -short_ttl + 1)], false),
+        // A live short session (the latest cell within the TTL): not written.
+        (&[(SHORT, -5_000)], &[(SHORT, -short_ttl + 1)], true),
+        // Its boundary: a cell exactly one TTL old is expired.
+        (&[(SHORT, -short_ttl)], &[(SHORT, -short_ttl + 1)], false),
+        (&[(SHORT, -short_ttl + 1)], &[(SHORT, -short_ttl + 1)], true),
+        // Another family's cell does not count for this one...
+        (&[(LONG, -5_000)], &[(SHORT, -short_ttl + 1)], false),
+        // ...unless both are guarded (a mint of both sessions).
+        (
+            &[(LONG, -5_000)],
+            &[(SHORT, -short_ttl + 1), (LONG, -1_000_000)],
+            true,
+        ),
+        // A renewal's guard: nothing newer than the cell it renews...
+        (&[(SHORT, -5_000)], &[(SHORT, -4_999)], false),
+        // ...or something is.
+        (&[(SHORT, -5_000), (SHORT, -10)], &[(SHORT, -4_999)], true),
+    ];
+    let at = |offset: i64| Timestamp::from_millis((t as i64 + offset) as u64);
+    for (i, (cells, guards, matches)) in cases.into_iter().enumerate() {
+        let key = format!("case-{i}").into_bytes();
+        if !cells.is_empty() {
+            client
+                .mutate_row(MutateRowRequest {
+                    table_name: table.clone(),
+                    row_key: key.clone(),
+                    mutations: cells
+                        .iter()
+                        .map(|(f, o)| set_cell(f, at(*o).as_millis(), b"old"))
+                        .collect(),
+                    ..MutateRowRequest::default()
+                })
+                .await
+                .unwrap();
+        }
+        let guards: Vec<_> = guards.iter().map(|(f, o)| (*f, at(*o))).collect();
+        let answer = client
+            .check_and_mutate_row(CheckAndMutateRowRequest {
+                table_name: table.clone(),
+                row_key: key.clone(),
+                predicate_filter: Some(latest_since(&guards)),
+                false_mutations: vec![set_cell(SHORT, t + 1, b"new")],
+                ..CheckAndMutateRowRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.predicate_matched, matches, "case {i}");
+        let rows = client.read_rows(read_visitor(&table, &key)).await.unwrap();
+        let written = rows
+            .first()
+            .is_some_and(|(_, cells)| cells.iter().any(|c| c.value == b"new"));
+        assert_eq!(written, !matches, "case {i}: written");
+    }
+}
+
+/// Two "processes" (two stores) on one table; B's calls go through a gate
+/// that holds the emulator's answers 1 s, so B reads the row before A mints
+/// the visitor's sessions and writes after: B's conditional write must find
+/// A's cells, write nothing, and B's event must carry A's ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_that_loses_the_race_adopts_the_winners_sessions() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let (a, b, gate) = racing_stores(&emu, &cfg).await;
+    let now = clock().now();
+    let (won, lost) = race(&a, &b, &id("contested"), now, now).await;
+    drop(gate);
+    assert!(won.short_new && won.long_new);
+    assert_eq!(
+        (&lost.short_id, &lost.long_id, lost.short_new, lost.long_new),
+        (&won.short_id, &won.long_id, false, false)
+    );
+    let counters: HashMap<_, _> = SessionStore::counters(&b).into_iter().collect();
+    assert_eq!(
+        (counters["conflict"], counters["read"]),
+        (1, 3),
+        "{counters:?}"
+    );
+}
+
+/// The window a conditional renewal closes: B's event comes just before the
+/// short session's end (1 s left: under the write timeout, so its renewal is
+/// conditional) and reads the row; A's event, just after the end, finds it
+/// expired and mints a new session before B's renewal lands. B must not
+/// renew the old session under A's new one: it adopts A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_at_the_end_of_a_session_adopts_a_mint_it_raced() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let (a, b, gate) = racing_stores(&emu, &cfg).await;
+    let t0 = clock().now();
+    let v = id("ending");
+    let first = a.touch(&v, t0, None).await.unwrap();
+    let before_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 - 1_000);
+    let after_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 + 10);
+    let (minted, renewed) = race(&a, &b, &v, after_end, before_end).await;
+    drop(gate);
+    assert!(minted.short_new && minted.short_id != first.short_id);
+    assert_eq!(
+        (&renewed.short_id, renewed.short_new, &renewed.long_id),
+        (&minted.short_id, false, &first.long_id)
+    );
+}
+
+/// B's event at `b_at` (B behind the slow gate) and, while B waits for its
+/// read's answer (served at once, answered a second later at the
+/// earliest), A's event at `a_at`; then B writes. Returns (A's, B's).
+async fn race(
+    a: &BigtableSessionStore,
+    b: &BigtableSessionStore,
+    v: &ClientId,
+    a_at: Timestamp,
+    b_at: Timestamp,
+) -> (tracking_core::Sessions, tracking_core::Sessions) {
+    let slow = tokio::spawn({
+        let (b, v) = (b.clone(), v.clone());
+        async move { b.touch(&v, b_at, None).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fast = a.touch(v, a_at, None).await.unwrap();
+    (fast, slow.await.unwrap())
+}
+
+/// A store reaching the emulator directly and one through a gate that holds
+/// the emulator's answers 1 s once its connection is open (both with random
+/// ids, as two processes have).
+async fn racing_stores(
+    emu: &BigtableEmulator,
+    cfg: &BigtableConfig,
+) -> (BigtableSessionStore, BigtableSessionStore, Gate) {
+    let random = || SessionPolicy::new(ttls(), Arc::new(RandomIds));
+    let a = BigtableSessionStore::connect(cfg.clone(), random())
+        .await
+        .unwrap();
+    let gate = Gate::start(emu.host().parse().unwrap());
+    let b = BigtableSessionStore::connect(
+        BigtableConfig {
+            emulator_host: Some(gate.host()),
+            channels: 1,
+            attempt_timeout: Duration::from_secs(10),
+            ..cfg.clone()
+        },
+        random(),
+    )
+    .await
+    .unwrap();
+    // The connection is opened before the gate slows down.
+    b.read_state(&id("warm-up")).await.unwrap();
+    gate.set_reply_delay(Duration::from_secs(1));
+    (a, b, gate)
+}
+
+/// In one process, an event sees the previous event's renewal even while
+/// that write is still on its way: a via recorded by one event is on the
+/// next one, as in a batch, for 50 visitors at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let s = Arc::new(store(cfg).await);
+    let now = clock().now();
+    let visitors: Vec<_> = (0..50).map(|i| id(&format!("batch-{i}"))).collect();
+    for v in &visitors {
+        s.touch(v, now, None).await.unwrap();
+    }
+    let tasks: Vec<_> = visitors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let (s, v) = (Arc::clone(&s), v.clone());
+            tokio::spawn(async move {
+                let via = Via::new(Some(&format!("ad-{i}")), None, None).unwrap();
+                let later = Timestamp::from_millis(now.as_millis() + 1);
+                s.touch(&v, later, Some(&via)).await.unwrap();
+                let next = s.touch(&v, later, None).await.unwrap();
+                next.via.and_then(|r| r.via.source.map(|x| x.to_string()))
+            })
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        if got != Some(format!("ad-{i}")) {
+            missing.push((i, got));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the next event lost the via: {missing:?}"
+    );
+}
+
+/// An unreadable cell counts as absent, even when it is recent: the
+/// conditional write of the new session must not take it for a live
+/// session someone else wrote (it would never succeed, and the visitor
+/// would have no sessions until the cell aged out).
+#[tokio::test]
+async fn an_unreadable_live_cell_does_not_block_the_mint() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let (mut client, table) = raw(&emu, &cfg);
+    let now = clock().now();
+    let v = id("garbled");
+    client
+        .mutate_row(MutateRowRequest {
+            table_name: table,
+            row_key: row_key(&v),
+            mutations: vec![
+                set_cell(SHORT, now.as_millis() - 60_000, b"bad\x01id"),
+                set_cell(LONG, now.as_millis() - 60_000, &[0xff; 16][..15]),
+            ],
+            ..MutateRowRequest::default()
+        })
+        .await
+        .unwrap();
+    let s = store(cfg).await;
+    let first = s.touch(&v, now, None).await.unwrap();
+    assert!(first.short_new && first.long_new);
+    let next = s.touch(&v, now, None).await.unwrap();
+    assert_eq!(
+        (next.short_id, next.long_id),
+        (first.short_id, first.long_id)
+    );
+    let counters: HashMap<_, _> = SessionStore::counters(&s).into_iter().collect();
+    assert_eq!(
+        ["corrupt_cell", "conditional_write", "conflict"].map(|op| counters[op]),
+        [2, 1, 0]
+    );
 }

@@ -98,8 +98,8 @@ impl Serialize for SessionOutcome {
                 st.serialize_field("long_new", &x.long_new)?;
             }
             Self::Unavailable => {
-                st.serialize_field("short_id", &None::<Uuid>)?;
-                st.serialize_field("long_id", &None::<Uuid>)?;
+                st.serialize_field("short_id", &None::<&str>)?;
+                st.serialize_field("long_id", &None::<&str>)?;
                 st.serialize_field("short_new", &None::<bool>)?;
                 st.serialize_field("long_new", &None::<bool>)?;
             }
@@ -283,8 +283,8 @@ mod tests {
             geo: None,
         };
         let sessions = Sessions {
-            short_id: ids.new_id(ctx.received_at),
-            long_id: ids.new_id(ctx.received_at),
+            short_id: ids.new_id(ctx.received_at).into(),
+            long_id: ids.new_id(ctx.received_at).into(),
             short_new: true,
             long_new: false,
             via: Some(ViaRecord {

@@ -10,13 +10,14 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::event::Via;
-use crate::session::{SessionRecord, Ttls, ViaRecord, VisitorState};
+use crate::ids::SessionId;
+use crate::session::{SessionRecord, StateParts, Ttls, ViaRecord, VisitorState};
 use crate::time::Timestamp;
 
-/// One legacy session: its id (a UUID in text form) and when it ends.
+/// One legacy session: its id (the string the legacy system minted, or one
+/// of ours; carried verbatim when it is a [`SessionId`]) and when it ends.
 /// `expires_at: null` is a record without an expiry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegacySession {
@@ -55,15 +56,15 @@ impl LegacyVisitor {
     /// The legacy view of `state`: each part ends one TTL after its last
     /// event (the via record when it says).
     pub fn from_state(state: &VisitorState, ttls: Ttls) -> Self {
-        let session = |r: Option<SessionRecord>, ttl: Duration| {
-            r.map(|r| LegacySession {
+        let session = |r: &Option<SessionRecord>, ttl: Duration| {
+            r.as_ref().map(|r| LegacySession {
                 id: r.id.to_string(),
                 expires_at: Some(r.last_seen.saturating_add(ttl).as_millis()),
             })
         };
         Self {
-            short: session(state.short, ttls.short),
-            long: session(state.long, ttls.long),
+            short: session(&state.short, ttls.short),
+            long: session(&state.long, ttls.long),
             via: state.via.as_ref().map(|v| LegacyVia {
                 source: v.via.source.as_deref().map(str::to_owned),
                 medium: v.via.medium.as_deref().map(str::to_owned),
@@ -74,14 +75,14 @@ impl LegacyVisitor {
     }
 
     /// The cloud view at `now`. A part without an expiry counts as touched
-    /// `now`. Parts that cannot be read (an id that is not a UUID, a via with
-    /// no field) are left out and counted in the second value.
-    pub fn to_state(&self, ttls: Ttls, now: Timestamp) -> (VisitorState, usize) {
-        let mut invalid = 0;
-        let mut session = |s: &Option<LegacySession>, ttl: Duration| {
+    /// `now`. Parts that cannot be read (an id outside the accepted set of
+    /// [`SessionId`], a via with no field) are left out and named in the
+    /// second value.
+    pub fn to_state(&self, ttls: Ttls, now: Timestamp) -> (VisitorState, StateParts) {
+        let session = |s: &Option<LegacySession>, ttl: Duration, invalid: &mut bool| {
             let s = s.as_ref()?;
-            let Ok(id) = Uuid::parse_str(&s.id) else {
-                invalid += 1;
+            let Some(id) = SessionId::parse(&s.id) else {
+                *invalid = true;
                 return None;
             };
             let last_seen = match s.expires_at {
@@ -90,17 +91,16 @@ impl LegacyVisitor {
             };
             Some(SessionRecord { id, last_seen })
         };
-        let short = session(&self.short, ttls.short);
-        let long = session(&self.long, ttls.long);
+        let mut invalid = StateParts::default();
+        let short = session(&self.short, ttls.short, &mut invalid.short);
+        let long = session(&self.long, ttls.long, &mut invalid.long);
         let via = self.via.as_ref().and_then(|v| {
             let via = Via::new(
                 v.source.as_deref(),
                 v.medium.as_deref(),
                 v.campaign.as_deref(),
             );
-            if via.is_none() {
-                invalid += 1;
-            }
+            invalid.via = via.is_none();
             Some(ViaRecord {
                 via: via?,
                 expires_at: v
@@ -109,6 +109,19 @@ impl LegacyVisitor {
             })
         });
         (VisitorState { short, long, via }, invalid)
+    }
+
+    /// The first part whose session id is outside the accepted set of
+    /// [`SessionId`] (`"short"` or `"long"`), if any: such a body must not
+    /// be written anywhere.
+    pub fn invalid_id(&self) -> Option<&'static str> {
+        [("short", &self.short), ("long", &self.long)]
+            .into_iter()
+            .find(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| SessionId::parse(&s.id).is_none())
+            })
+            .map(|(part, _)| part)
     }
 
     /// The moment a via record with this expiry was recorded, given the via
@@ -125,6 +138,7 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     const TTLS: Ttls = Ttls {
         short: Duration::from_secs(1800),
@@ -136,12 +150,13 @@ mod tests {
     fn round_trips_through_the_legacy_view() {
         let t = Timestamp::from_millis(1_700_000_000_000);
         let state = VisitorState {
+            // A legacy id of the old system's own shape, and one of ours.
             short: Some(SessionRecord {
-                id: Uuid::from_u128(1),
+                id: SessionId::parse("AB12cd.34:ef-Legacy").expect("id"),
                 last_seen: t,
             }),
             long: Some(SessionRecord {
-                id: Uuid::from_u128(2),
+                id: SessionId::from(Uuid::from_u128(2)),
                 last_seen: Timestamp::from_millis(t.as_millis() - 5_000),
             }),
             via: Some(ViaRecord {
@@ -154,21 +169,39 @@ mod tests {
             legacy.short.as_ref().and_then(|s| s.expires_at),
             Some(t.as_millis() + 1_800_000)
         );
+        assert_eq!(
+            legacy.short.as_ref().map(|s| s.id.as_str()),
+            Some("AB12cd.34:ef-Legacy")
+        );
+        assert_eq!(legacy.invalid_id(), None);
         let json = serde_json::to_string(&legacy).expect("json");
         let back: LegacyVisitor = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back.to_state(TTLS, t), (state, 0));
+        assert_eq!(back.to_state(TTLS, t), (state, StateParts::default()));
     }
 
     #[test]
     fn unreadable_parts_are_left_out_and_counted() {
         let now = Timestamp::from_millis(1_000_000);
         let legacy: LegacyVisitor = serde_json::from_str(
-            r#"{"short":{"id":"not-a-uuid","expires_at":5},"long":null,
+            r#"{"short":{"id":"bell\u0007","expires_at":5},"long":null,
                 "via":{"expires_at":null}}"#,
         )
         .expect("parse");
+        assert_eq!(legacy.invalid_id(), Some("short"));
         let (state, invalid) = legacy.to_state(TTLS, now);
-        assert_eq!((state, invalid), (VisitorState::default(), 2));
+        let short_and_via = StateParts {
+            short: true,
+            long: false,
+            via: true,
+        };
+        assert_eq!((state, invalid), (VisitorState::default(), short_and_via));
+        let long = format!(
+            r#"{{"long":{{"id":"{}","expires_at":null}}}}"#,
+            "x".repeat(129)
+        );
+        let legacy: LegacyVisitor = serde_json::from_str(&long).expect("parse");
+        assert_eq!(legacy.invalid_id(), Some("long"));
+        assert_eq!(legacy.to_state(TTLS, now).1.count(), 1);
         // No expiry: alive, as if touched now.
         let legacy: LegacyVisitor = serde_json::from_str(&format!(
             r#"{{"long":{{"id":"{}","expires_at":null}}}}"#,

@@ -24,11 +24,13 @@ pub use enrich::{
 };
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
-pub use ids::{IdSource, RandomIds, SequentialIds};
+pub use ids::{IdSource, MAX_SESSION_ID_BYTES, RandomIds, SequentialIds, SessionId};
 pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
     BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup, LegacySessions,
     SessionStore, SinkError, StoreError,
 };
-pub use session::{SessionPolicy, SessionRecord, Sessions, Ttls, ViaRecord, VisitorState};
+pub use session::{
+    SessionPolicy, SessionRecord, Sessions, StateParts, Ttls, ViaRecord, VisitorState,
+};
 pub use time::{Clock, ManualClock, OncePerSecond, SystemClock, Timestamp, parse_duration};

@@ -9,10 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use uuid::Uuid;
-
 use crate::event::Via;
-use crate::ids::IdSource;
+use crate::ids::{IdSource, SessionId};
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +21,9 @@ pub struct Ttls {
 }
 
 /// One session as stored: its id and the time of its latest event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
-    pub id: Uuid,
+    pub id: SessionId,
     pub last_seen: Timestamp,
 }
 
@@ -44,11 +42,65 @@ pub struct VisitorState {
     pub via: Option<ViaRecord>,
 }
 
+/// Which parts of a visitor's state (e.g. the ones taken from another
+/// store, or the ones an event minted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateParts {
+    pub short: bool,
+    pub long: bool,
+    pub via: bool,
+}
+
+impl StateParts {
+    pub fn any(self) -> bool {
+        self.short || self.long || self.via
+    }
+
+    /// How many parts.
+    pub fn count(self) -> usize {
+        usize::from(self.short) + usize::from(self.long) + usize::from(self.via)
+    }
+}
+
+impl VisitorState {
+    /// Takes, part by part, `other`'s record where it is newer than this
+    /// one's (or this one has none): a session by its latest event, the via
+    /// record by its end (both stores use the same via TTL, so that is its
+    /// recording order). On a tie this state's record stays. Returns the
+    /// parts taken.
+    pub fn merge_newer(&mut self, other: &VisitorState) -> StateParts {
+        fn session(mine: &mut Option<SessionRecord>, theirs: &Option<SessionRecord>) -> bool {
+            let newer = match (&*mine, theirs) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(m), Some(t)) => t.last_seen > m.last_seen,
+            };
+            if newer {
+                mine.clone_from(theirs);
+            }
+            newer
+        }
+        let via = match (&self.via, &other.via) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(m), Some(t)) => t.expires_at > m.expires_at,
+        };
+        if via {
+            self.via.clone_from(&other.via);
+        }
+        StateParts {
+            short: session(&mut self.short, &other.short),
+            long: session(&mut self.long, &other.long),
+            via,
+        }
+    }
+}
+
 /// What one event learns about its visitor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sessions {
-    pub short_id: Uuid,
-    pub long_id: Uuid,
+    pub short_id: SessionId,
+    pub long_id: SessionId,
     pub short_new: bool,
     pub long_new: bool,
     pub via: Option<ViaRecord>,
@@ -91,8 +143,8 @@ impl SessionPolicy {
             None => prev.via.filter(|r| now < r.expires_at),
         };
         let sessions = Sessions {
-            short_id: short.id,
-            long_id: long.id,
+            short_id: short.id.clone(),
+            long_id: long.id.clone(),
             short_new,
             long_new,
             via: via.clone(),
@@ -121,7 +173,7 @@ impl SessionPolicy {
             ),
             _ => (
                 SessionRecord {
-                    id: self.ids.new_id(now),
+                    id: SessionId::from(self.ids.new_id(now)),
                     last_seen: now,
                 },
                 true,
@@ -129,14 +181,16 @@ impl SessionPolicy {
         }
     }
 
-    /// Whether `state` holds a session still alive at `now` (otherwise the
-    /// visitor is a miss, and the parallel run asks the legacy store).
-    pub fn has_live_session(&self, state: &VisitorState, now: Timestamp) -> bool {
+    /// Whether both sessions in `state` are alive at `now` (otherwise the
+    /// event mints one, and the parallel run asks the legacy store first).
+    pub fn both_alive(&self, state: &VisitorState, now: Timestamp) -> bool {
         state
             .short
+            .as_ref()
             .is_some_and(|r| r.last_seen.alive_at(self.ttls.short, now))
-            || state
+            && state
                 .long
+                .as_ref()
                 .is_some_and(|r| r.last_seen.alive_at(self.ttls.long, now))
     }
 
@@ -145,9 +199,11 @@ impl SessionPolicy {
     pub fn expires_at(&self, state: &VisitorState) -> Timestamp {
         let short = state
             .short
+            .as_ref()
             .map(|r| r.last_seen.saturating_add(self.ttls.short));
         let long = state
             .long
+            .as_ref()
             .map(|r| r.last_seen.saturating_add(self.ttls.long));
         let via = state.via.as_ref().map(|r| r.expires_at);
         [short, long, via]
@@ -162,6 +218,7 @@ impl SessionPolicy {
 mod tests {
     use super::*;
     use crate::ids::SequentialIds;
+    use uuid::Uuid;
 
     const MIN: u64 = 60_000;
 
@@ -194,7 +251,7 @@ mod tests {
                 Timestamp::from_millis(minute * MIN),
                 v.as_ref(),
             );
-            let seq = |u: Uuid| u.as_u128() & 0xffff_ffff_ffff;
+            let seq = |id: SessionId| id.as_uuid().expect("minted").as_u128() & 0xffff_ffff_ffff;
             got.push((
                 seq(s.short_id),
                 seq(s.long_id),
@@ -275,6 +332,102 @@ mod tests {
         assert_eq!(
             next.short.map(|r| r.last_seen),
             Some(Timestamp::from_millis(100 * MIN))
+        );
+    }
+
+    #[test]
+    fn merging_takes_the_newer_record_per_part() {
+        let rec = |id: u128, at: u64| {
+            Some(SessionRecord {
+                id: SessionId::from(Uuid::from_u128(id)),
+                last_seen: Timestamp::from_millis(at),
+            })
+        };
+        let via = |source: &str, end: u64| {
+            Some(ViaRecord {
+                via: super::tests::via(source),
+                expires_at: Timestamp::from_millis(end),
+            })
+        };
+        // (mine, theirs) → (merged, parts taken)
+        let check =
+            |mine: VisitorState, theirs: VisitorState, merged: VisitorState, taken: StateParts| {
+                let mut got = mine.clone();
+                assert_eq!(got.merge_newer(&theirs), taken, "{mine:?} ← {theirs:?}");
+                assert_eq!(got, merged, "{mine:?} ← {theirs:?}");
+            };
+        let a = VisitorState {
+            short: rec(1, 10),
+            long: rec(2, 10),
+            via: via("ad", 50),
+        };
+        // Nothing there: mine stays.
+        check(
+            a.clone(),
+            VisitorState::default(),
+            a.clone(),
+            StateParts::default(),
+        );
+        // Newer short, older long, same-time via: only the short is taken.
+        let b = VisitorState {
+            short: rec(3, 20),
+            long: rec(4, 5),
+            via: via("mail", 50),
+        };
+        check(
+            a.clone(),
+            b.clone(),
+            VisitorState {
+                short: rec(3, 20),
+                ..a.clone()
+            },
+            StateParts {
+                short: true,
+                ..StateParts::default()
+            },
+        );
+        // A tie keeps mine.
+        check(
+            a.clone(),
+            VisitorState {
+                short: rec(9, 10),
+                ..VisitorState::default()
+            },
+            a.clone(),
+            StateParts::default(),
+        );
+        // Missing parts are filled in; a later via wins.
+        check(
+            VisitorState {
+                long: rec(2, 10),
+                ..VisitorState::default()
+            },
+            b.clone(),
+            VisitorState {
+                short: rec(3, 20),
+                long: rec(2, 10),
+                via: via("mail", 50),
+            },
+            StateParts {
+                short: true,
+                long: false,
+                via: true,
+            },
+        );
+        check(
+            a.clone(),
+            VisitorState {
+                via: via("mail", 51),
+                ..VisitorState::default()
+            },
+            VisitorState {
+                via: via("mail", 51),
+                ..a.clone()
+            },
+            StateParts {
+                via: true,
+                ..StateParts::default()
+            },
         );
     }
 

@@ -299,3 +299,46 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Sends each `(address, body)` as a `POST /v1/events` on a connection of
+/// its own, all at the same moment: every connection is opened and sent
+/// its request but the body's last byte first, then the last bytes go out
+/// together (a page load whose beacons reach several pods at once).
+/// Returns the status codes, in order.
+pub async fn post_at_once(requests: &[(SocketAddr, String)]) -> Vec<u16> {
+    let mut streams = Vec::with_capacity(requests.len());
+    for (addr, body) in requests {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(&body.as_bytes()[..body.len() - 1])
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    for (stream, (_, body)) in streams.iter_mut().zip(requests) {
+        stream
+            .write_all(&body.as_bytes()[body.len() - 1..])
+            .await
+            .unwrap();
+    }
+    let answers = streams.into_iter().map(|mut stream| async move {
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    });
+    let mut statuses = Vec::with_capacity(requests.len());
+    for answer in answers {
+        statuses.push(answer.await);
+    }
+    statuses
+}
