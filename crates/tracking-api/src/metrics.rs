@@ -110,7 +110,7 @@ pub enum ShedReason {
 }
 
 impl ShedReason {
-    const ALL: [ShedReason; 4] = [
+    const ALL: [ShedReason; 5] = [
         Self::Inflight,
         Self::QueueFull,
         Self::Draining,
