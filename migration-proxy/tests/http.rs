@@ -211,7 +211,7 @@ async fn without_aerospike_it_is_alive_but_not_ready_and_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records() {
     let aerospike = standin().await;
-    let addr = proxy(aerospike, None, true).await;
+    let (addr, admin) = proxy_with_admin(aerospike, None, true).await;
     for _ in 0..100 {
         if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
             break;
@@ -307,7 +307,7 @@ async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records
         .0,
         400
     );
-    let (_, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
     let line =
         "migration_aerospike_ops_total{op=\"put\",set=\"short_sessions\",outcome=\"exists\"} 8";
     assert!(
