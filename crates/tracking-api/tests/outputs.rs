@@ -461,6 +461,62 @@ async fn a_stuck_stdout_reader_gets_503_within_the_memory_bound_and_loses_nothin
     );
 }
 
+#[tokio::test]
+async fn a_reader_stuck_through_sigterm_costs_only_counted_events() {
+    let mut api = ApiProcess::start_with_stdout(
+        api_binary(),
+        &[
+            ("TRACKING_DEADLETTER", "discard"),
+            ("TRACKING_DRAIN_TIMEOUT", "2s"),
+        ],
+        Stdio::piped(),
+    );
+    // Held open, not read until the process has exited.
+    let mut stdout = api.child.stdout.take().unwrap();
+    let mut accepted = Vec::new();
+    for b in 0..40 {
+        let ids: Vec<String> = (0..50).map(|i| format!("stuck-{b}-{i}")).collect();
+        let events: Vec<String> = ids.iter().map(|id| page_view(id)).collect();
+        let r = post_json(api.addr, &format!(r#"{{"events":[{}]}}"#, events.join(",")))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204, "{r:?}");
+        accepted.extend(ids);
+    }
+    // SIGTERM with the pipe full: the flush deadline passes.
+    let status = api.terminate(Duration::from_secs(30));
+    assert!(!status.success(), "exit {status:?} with events not written");
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+    // Whole lines only: the writer may have been cut off mid-line.
+    let text = String::from_utf8_lossy(&out);
+    let whole = text.rsplit_once('\n').map_or("", |(w, _)| w);
+    let written: Vec<&str> = whole.lines().collect();
+    for l in &written {
+        serde_json::from_str::<serde_json::Value>(l).expect("a whole line is one JSON document");
+    }
+    let log = log(&api);
+    let lost: usize = log
+        .lines()
+        .filter(|l| l.contains("before these events were written: lost"))
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line["events"].as_u64().unwrap() as usize
+        })
+        .sum();
+    eprintln!(
+        "stuck through SIGTERM: {} accepted, {} whole lines written, {lost} counted lost",
+        accepted.len(),
+        written.len()
+    );
+    assert!(lost > 0, "nothing counted lost: {log}");
+    assert_eq!(
+        written.len() + lost,
+        accepted.len(),
+        "every accepted event is written or counted lost"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_dead_letter_output_drops_and_counts_within_the_memory_bound() {
     let dir = tempfile::tempdir().unwrap();

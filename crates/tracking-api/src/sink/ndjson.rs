@@ -48,6 +48,10 @@ use tracking_core::{
 /// How long `close` keeps retrying failed writes before it gives up on what
 /// is left (and says so).
 pub const CLOSE_RETRY: Duration = Duration::from_secs(3);
+
+/// Linux's `PIPE_BUF`: a write of at most this many bytes to a pipe is
+/// atomic.
+const PIPE_BUF: usize = 4096;
 /// Bytes a queued hand-over costs besides its lines (its queue entry).
 const CHUNK_OVERHEAD: usize = 128;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -104,6 +108,9 @@ struct Shared {
     gone: CancellationToken,
     /// A reopen (SIGHUP) was asked for.
     reopen: AtomicBool,
+    /// Whole lines of the partly written chunk at the front of the queue
+    /// (its events are counted written only with the whole chunk).
+    front_lines: AtomicU64,
 }
 
 impl Shared {
@@ -159,7 +166,14 @@ impl NdjsonSink {
         };
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
+        // A pipe: writes of at most PIPE_BUF bytes are all or nothing, so a
+        // writer blocked by a stuck reader has handed over exactly what the
+        // queue says (and the loss at a flush deadline is counted exactly).
+        let fifo = out
+            .metadata()
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
         let writer = Writer {
+            max_write: if fifo { PIPE_BUF } else { usize::MAX },
             out,
             path,
             pipe: matches!(target, Target::Stdout | Target::Stderr),
@@ -242,16 +256,46 @@ impl NdjsonSink {
             if tx.send(Msg::Close(done)).is_err() {
                 return Err(SinkError::Failed("the writer thread has stopped".into()));
             }
-            match wait.await {
+            // Cut off by the flush deadline (a stuck reader, a disk that
+            // stays full): what is still held is lost, and counted so.
+            let cut = LostIfCut(self);
+            let result = match wait.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(SinkError::Failed(e)),
                 Err(_) => Err(SinkError::Failed("the writer thread has stopped".into())),
-            }
+            };
+            std::mem::forget(cut);
+            result
         })
     }
 
     fn reopen_inner(&self) {
         self.shared.reopen.store(true, Ordering::Release);
+    }
+}
+
+/// Armed while `close` waits for the writer: dropped before the writer
+/// answered (the flush deadline passed), it counts the events not yet
+/// written in `lost`.
+struct LostIfCut<'a>(&'a NdjsonSink);
+
+impl Drop for LostIfCut<'_> {
+    fn drop(&mut self) {
+        let sink = self.0;
+        // An output gone for good has counted its losses already.
+        if sink.shared.gone.is_cancelled() {
+            return;
+        }
+        let out = sink.shared.front_lines.load(Ordering::Acquire);
+        let events = (sink.budget.used() as u64).saturating_sub(out);
+        if events > 0 {
+            sink.counters.lost.fetch_add(events, Ordering::Relaxed);
+            tracing::error!(
+                target = %sink.target,
+                events,
+                "The flush deadline passed before these events were written: lost."
+            );
+        }
     }
 }
 
@@ -327,6 +371,8 @@ struct Writer {
     /// stdout / stderr: a pipe whose reader can go away.
     pipe: bool,
     coalesce: bool,
+    /// The most bytes handed over per write.
+    max_write: usize,
     queue: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     offset: usize,
@@ -417,9 +463,15 @@ impl Writer {
     fn write_some(&mut self) -> Attempt {
         let n = if self.coalesce { MAX_SLICES } else { 1 };
         let mut slices = Vec::with_capacity(n.min(self.queue.len()));
+        let mut room = self.max_write;
         for (i, chunk) in self.queue.iter().take(n).enumerate() {
             let from = if i == 0 { self.offset } else { 0 };
-            slices.push(IoSlice::new(&chunk.bytes[from..]));
+            let to = chunk.bytes.len().min(from.saturating_add(room));
+            slices.push(IoSlice::new(&chunk.bytes[from..to]));
+            room -= to - from;
+            if room == 0 {
+                break;
+            }
         }
         let result = match slices.len() {
             1 => self.out.write(&slices[0]),
@@ -431,6 +483,9 @@ impl Writer {
                 "the output took no bytes",
             )),
             Ok(mut written) => {
+                // Whole lines of the front chunk so far, counted once each.
+                let mut counted_from = self.offset;
+                let mut front_lines = self.shared.front_lines.load(Ordering::Relaxed);
                 while written > 0 {
                     let Some(front) = self.queue.front() else {
                         break;
@@ -442,12 +497,21 @@ impl Writer {
                     }
                     written -= left;
                     self.offset = 0;
+                    counted_from = 0;
+                    front_lines = 0;
                     if let Some(chunk) = self.queue.pop_front() {
                         self.counters
                             .written
                             .fetch_add(chunk.events, Ordering::Relaxed);
                     }
                 }
+                if let Some(front) = self.queue.front() {
+                    front_lines += front.bytes[counted_from..self.offset]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count() as u64;
+                }
+                self.shared.front_lines.store(front_lines, Ordering::Release);
                 if self.failures > 0 {
                     tracing::info!(
                         target = %self.target,
@@ -518,7 +582,15 @@ impl Writer {
 
     /// Counts what is queued as lost and drops it.
     fn give_up(&mut self, why: &str) {
-        let events: u64 = self.queue.drain(..).map(|c| c.events).sum();
+        // The whole lines of a partly written chunk are out.
+        let out = self.shared.front_lines.swap(0, Ordering::AcqRel);
+        self.counters.written.fetch_add(out, Ordering::Relaxed);
+        let events = self
+            .queue
+            .drain(..)
+            .map(|c| c.events)
+            .sum::<u64>()
+            .saturating_sub(out);
         self.offset = 0;
         if events > 0 {
             self.counters.lost.fetch_add(events, Ordering::Relaxed);
