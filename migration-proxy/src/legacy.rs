@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aerospike::{
-    Bin, Bins, Client, ClientPolicy, Expiration, Key, ReadPolicy, Record, RecordExistsAction,
-    ResultCode, Value, WritePolicy,
+    Bin, Bins, Client, ClientPolicy, ErrorKind, Expiration, GenerationPolicy, Key, ReadPolicy,
+    Record, RecordExistsAction, ResultCode, Value, WritePolicy,
 };
 use tracing::Instrument;
 use tracking_core::{ClientId, LegacySession, LegacyVia, LegacyVisitor};
@@ -33,6 +33,10 @@ pub enum LegacyError {
     Timeout(Duration),
     #[error("Aerospike failed: {0}")]
     Failed(String),
+    /// The record exists but the client cannot decode it (a string bin that
+    /// is not UTF-8).
+    #[error("the record cannot be decoded: {0}")]
+    Unreadable(String),
 }
 
 /// The session parts of a `PUT` to create rather than overwrite: a mint in
@@ -105,6 +109,34 @@ pub fn via_of(record: &Record) -> Option<LegacyVia> {
         campaign,
         expires_at: expires_at(record),
     })
+}
+
+/// One record as read: absent, present and decoded, or present but not
+/// decodable.
+enum Stored {
+    Absent,
+    Record(Box<Record>),
+    Unreadable,
+}
+
+impl Stored {
+    fn readable(&self) -> Option<&Record> {
+        match self {
+            Self::Record(r) => Some(r),
+            Self::Absent | Self::Unreadable => None,
+        }
+    }
+}
+
+/// A part's read: an undecodable record is there but unreadable, not an
+/// error of the whole lookup.
+fn stored(read: Result<Option<Record>, LegacyError>) -> Result<Stored, LegacyError> {
+    match read {
+        Ok(Some(r)) => Ok(Stored::Record(Box::new(r))),
+        Ok(None) => Ok(Stored::Absent),
+        Err(LegacyError::Unreadable(_)) => Ok(Stored::Unreadable),
+        Err(e) => Err(e),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -254,9 +286,16 @@ impl Legacy {
         let (outcome, value) = match result {
             Ok(Ok(v)) => ("ok", Ok(Some(v))),
             Ok(Err(e)) if e.matches(&[ResultCode::KeyNotFoundError]) => ("not_found", Ok(None)),
-            Ok(Err(e)) if e.matches(&[ResultCode::KeyExistsError]) => ("exists", Ok(None)),
+            // A create-only write found the record, or a generation-checked
+            // one found it changed.
+            Ok(Err(e)) if e.matches(&[ResultCode::KeyExistsError, ResultCode::GenerationError]) => {
+                ("exists", Ok(None))
+            }
             Ok(Err(e)) if e.is_client_timeout() || e.matches(&[ResultCode::Timeout]) => {
                 ("timeout", Err(LegacyError::Timeout(self.timeout)))
+            }
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::InvalidUtf8(_)) => {
+                ("unreadable", Err(LegacyError::Unreadable(e.to_string())))
             }
             Ok(Err(e)) => ("error", Err(LegacyError::Failed(e.to_string()))),
             Err(_) => ("timeout", Err(LegacyError::Timeout(self.timeout))),
@@ -281,6 +320,37 @@ impl Legacy {
             .await
     }
 
+    /// Whether an existing record of a session part cannot be read as a
+    /// session, and its generation then: such a record is overwritten by a
+    /// create-only write (it would never be created otherwise), but only at
+    /// that generation, so a record another writer put meanwhile stays.
+    async fn unreadable_generation(
+        &self,
+        set: &'static str,
+        client_id: &ClientId,
+    ) -> Result<Option<u32>, LegacyError> {
+        let client = self.client()?;
+        let key = self.key(set, client_id)?;
+        // The header first (it decodes no bin), then the bins: a record
+        // written between the two reads is readable or has another generation.
+        let Some(header) = self
+            .call(
+                "get",
+                set,
+                client.get(&self.read_policy(), &key, Bins::None),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        match self.get_one(set, client_id).await {
+            Ok(Some(record)) if session_of(&record).is_some() => Ok(None),
+            Ok(None) => Ok(None),
+            Ok(Some(_)) | Err(LegacyError::Unreadable(_)) => Ok(Some(header.generation)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The visitor's three records, read concurrently; `None` when Aerospike
     /// has none of them.
     pub async fn get(&self, client_id: &ClientId) -> Result<Option<LegacyVisitor>, LegacyError> {
@@ -289,25 +359,27 @@ impl Legacy {
             self.get_one(LONG_SET, client_id),
             self.get_one(VIA_SET, client_id),
         );
-        let (short, long, via) = (short?, long?, via?);
-        if short.is_none() && long.is_none() && via.is_none() {
+        let (short, long, via) = (stored(short)?, stored(long)?, stored(via)?);
+        if [&short, &long, &via]
+            .iter()
+            .all(|p| matches!(p, Stored::Absent))
+        {
             return Ok(None);
         }
         let mut invalid = 0;
-        let mut read = |r: Option<Record>, f: fn(&Record) -> Option<LegacySession>| {
-            let r = r?;
-            let s = f(&r);
-            invalid += u64::from(s.is_none());
+        let mut read = |part: Stored, f: fn(&Record) -> Option<LegacySession>| {
+            let s = part.readable().and_then(f);
+            invalid += u64::from(s.is_none() && !matches!(part, Stored::Absent));
             s
         };
+        let short = read(short, session_of);
+        let long = read(long, session_of);
+        let via_read = via.readable().and_then(via_of);
+        invalid += u64::from(via_read.is_none() && !matches!(via, Stored::Absent));
         let visitor = LegacyVisitor {
-            short: read(short, session_of),
-            long: read(long, session_of),
-            via: via.and_then(|r| {
-                let v = via_of(&r);
-                invalid += u64::from(v.is_none());
-                v
-            }),
+            short,
+            long,
+            via: via_read,
         };
         if invalid > 0 {
             self.invalid.fetch_add(invalid, Ordering::Relaxed);
@@ -351,7 +423,24 @@ impl Legacy {
             .await?
         {
             Some(()) => Ok(true),
-            None if create_only => Ok(false),
+            None if create_only => {
+                let Some(generation) = self.unreadable_generation(set, client_id).await? else {
+                    return Ok(false);
+                };
+                self.invalid.fetch_add(1, Ordering::Relaxed);
+                policy.record_exists_action = RecordExistsAction::Update;
+                policy.generation_policy = GenerationPolicy::ExpectGenEqual;
+                policy.generation = generation;
+                match self
+                    .call("put", set, client.put(&policy, &key, &bins))
+                    .await
+                {
+                    Ok(Some(())) => Ok(true),
+                    // Another writer changed it meanwhile (or it expired).
+                    Ok(None) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
             // A plain put creates a missing record; "not found" or "exists"
             // would be server answers this layout does not expect.
             None => Err(LegacyError::Failed(

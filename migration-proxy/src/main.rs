@@ -112,7 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 println!("{report}");
             }
-            Ok(if report.failed == 0 {
+            // A record that failed, or a (set, partition) whose scan failed
+            // (its records were not all read): the copy is incomplete.
+            Ok(if report.failed == 0 && report.units_failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

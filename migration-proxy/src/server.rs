@@ -334,7 +334,9 @@ fn legacy_error(e: &LegacyError) -> Resp {
     match e {
         LegacyError::NotConnected => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         LegacyError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
-        LegacyError::Failed(_) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        LegacyError::Failed(_) | LegacyError::Unreadable(_) => {
+            error(StatusCode::BAD_GATEWAY, &e.to_string())
+        }
     }
 }
 

@@ -315,3 +315,76 @@ async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records
         "missing {line}:\n{metrics}"
     );
 }
+
+/// A session record whose `sid` is not a string (a blob, an integer) is
+/// there but unreadable: `GET` reports the part absent and counts it, the
+/// other parts as they are; a create-only `PUT` of that part replaces it
+/// (it would never be created otherwise), while a readable record still
+/// wins over a create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_legacy_part_is_absent_and_a_mint_replaces_it() {
+    let aerospike = standin().await;
+    let (addr, admin) = proxy_with_admin(aerospike, None, true).await;
+    for _ in 0..100 {
+        if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = Client::new(&ClientPolicy::default(), &aerospike.to_string())
+        .await
+        .unwrap();
+    let policy = aerospike::WritePolicy {
+        send_key: true,
+        expiration: aerospike::Expiration::Seconds(600),
+        ..aerospike::WritePolicy::default()
+    };
+    let end = now_ms() + 600_000;
+    for (visitor, sid) in [
+        ("blob-1", Value::Blob(vec![0xff, 0x00, 0x01])),
+        ("int-1", Value::Int(42)),
+    ] {
+        let short = as_key!("tracking", "short_sessions", visitor);
+        let long = as_key!("tracking", "long_sessions", visitor);
+        client
+            .put(
+                &policy,
+                &short,
+                &[aerospike::Bin::new("sid".to_owned(), sid)],
+            )
+            .await
+            .unwrap();
+        client
+            .put(&policy, &long, &[aerospike::as_bin!("sid", "legacy-long")])
+            .await
+            .unwrap();
+        let path = format!("/v1/sessions/{visitor}");
+        let (status, answer) = http(addr, "GET", &path, None, "").await;
+        assert_eq!(status, 200, "{answer}");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(v["short"].is_null(), "{answer}");
+        assert_eq!(v["long"]["id"], "legacy-long", "{answer}");
+
+        // A mint of both parts: the unreadable short one is replaced, the
+        // readable long one is not (409 with the records as they are now).
+        let body = format!(
+            r#"{{"short":{{"id":"new-s","expires_at":{end}}},"long":{{"id":"new-l","expires_at":{end}}},"via":null}}"#
+        );
+        let create = format!("{path}?create=short,long");
+        let (status, answer) = http(addr, "PUT", &create, None, &body).await;
+        assert_eq!(status, 409, "{answer}");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["short"]["id"], "new-s", "{answer}");
+        assert_eq!(v["long"]["id"], "legacy-long", "{answer}");
+        // Now readable: a second mint finds it.
+        let (status, answer) =
+            http(addr, "PUT", &format!("{path}?create=short"), None, &body).await;
+        assert_eq!(status, 409, "{answer}");
+    }
+    let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
+    let invalid = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("migration_invalid_records_total "))
+        .unwrap_or_else(|| panic!("no migration_invalid_records_total:\n{metrics}"));
+    assert!(invalid.parse::<u64>().unwrap() >= 4, "{invalid}");
+}

@@ -511,7 +511,9 @@ impl Writer {
                         .filter(|&&b| b == b'\n')
                         .count() as u64;
                 }
-                self.shared.front_lines.store(front_lines, Ordering::Release);
+                self.shared
+                    .front_lines
+                    .store(front_lines, Ordering::Release);
                 if self.failures > 0 {
                     tracing::info!(
                         target = %self.target,
