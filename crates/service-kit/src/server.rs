@@ -51,9 +51,10 @@ pub const LINGER_BYTES: u64 = 8 * 1024 * 1024;
 /// never past the body timeout).
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// A buffer up to this size may use the whole [`BodyMemory`]; a larger one
-/// leaves its last quarter to small requests, so a few large bodies cannot
-/// keep beacons out.
+/// A body up to this size that has arrived whole may use the whole
+/// [`BodyMemory`]; larger ones and bodies still arriving leave its last
+/// quarter, so neither a few large bodies nor many stalled ones can keep
+/// beacons out.
 pub const SMALL_BODY: usize = 64 * 1024;
 
 /// Bounds of one listener.
@@ -70,10 +71,13 @@ pub struct ServerOptions {
 
 /// The bounds of an operator listener (metrics and probes): a scraper and
 /// the kubelet.
+/// Idle connections cost little and are cut after 2 s, so that a client
+/// holding connections open must reconnect ~500 times a second to keep
+/// the probes out.
 const ADMIN: ServerOptions = ServerOptions {
-    max_connections: 64,
-    header_timeout: Duration::from_secs(10),
-    body_timeout: Duration::from_secs(10),
+    max_connections: 1024,
+    header_timeout: Duration::from_secs(2),
+    body_timeout: Duration::from_secs(2),
 };
 
 /// Why a [`RequestBody`] ended early.
@@ -338,9 +342,13 @@ impl BodyMemory {
     }
 
     /// Takes `n` bytes for a buffer that will then hold `size` bytes, or
-    /// nothing: a buffer above [`SMALL_BODY`] may not take the last quarter.
-    fn take(&self, n: usize, size: usize) -> bool {
-        let ceiling = if size <= SMALL_BODY {
+    /// nothing. Only a body of at most [`SMALL_BODY`] that is complete with
+    /// these bytes may take the last quarter: bodies still arriving (slow
+    /// or stalled senders) and large ones share three quarters, so that
+    /// however many connections hold partial bodies, a beacon that arrives
+    /// whole is still read.
+    fn take(&self, n: usize, size: usize, complete: bool) -> bool {
+        let ceiling = if complete && size <= SMALL_BODY {
             self.limit
         } else {
             self.limit - self.limit / 4
@@ -410,7 +418,8 @@ impl BodyBuf {
                 size = size.min(expected);
             }
             let size = size.min(self.limit);
-            if !self.memory.take(size - self.held, size) {
+            let complete = self.expected == Some(need);
+            if !self.memory.take(size - self.held, size, complete) {
                 return Err(ReadError::NoMemory);
             }
             self.held = size;
@@ -526,7 +535,18 @@ mod tests {
         chunks: &[usize],
         expected: &[Result<(), ReadError>],
     ) -> BodyBuf {
-        let mut buf = BodyBuf::new(memory, limit, None);
+        check_declared(memory, limit, None, chunks, expected)
+    }
+
+    /// [`check`] with a declared length.
+    fn check_declared(
+        memory: &Arc<BodyMemory>,
+        limit: usize,
+        declared: Option<usize>,
+        chunks: &[usize],
+        expected: &[Result<(), ReadError>],
+    ) -> BodyBuf {
+        let mut buf = BodyBuf::new(memory, limit, declared);
         let got: Vec<_> = chunks.iter().map(|&n| buf.extend(&vec![7u8; n])).collect();
         assert_eq!(got, expected, "chunks {chunks:?}");
         buf
@@ -548,7 +568,8 @@ mod tests {
         drop(small);
         assert_eq!(memory.used(), 0, "dropped buffers give their bytes back");
 
-        // A large buffer stops at three quarters; small ones use the rest.
+        // A large buffer stops at three quarters; small bodies that have
+        // arrived whole use the rest.
         let big = check(
             &memory,
             2 << 20,
@@ -556,13 +577,16 @@ mod tests {
             &[Ok(()), Err(ReadError::NoMemory)],
         );
         assert_eq!(memory.used(), 700 << 10);
-        let beacon = check(&memory, 1 << 20, &[60 << 10], &[Ok(())]);
+        let beacon = check_declared(&memory, 1 << 20, Some(60 << 10), &[60 << 10], &[Ok(())]);
         let _ = check(&memory, 1 << 20, &[70 << 10], &[Err(ReadError::NoMemory)]);
-        let _ = check(
+        // Small but still arriving (no length, or short of it): three quarters.
+        let _ = check(&memory, 1 << 20, &[10 << 10], &[Err(ReadError::NoMemory)]);
+        let _ = check_declared(
             &memory,
             1 << 20,
-            &[64 << 10, 64 << 10],
-            &[Ok(()), Err(ReadError::NoMemory)],
+            Some(64 << 10),
+            &[(64 << 10) - 1],
+            &[Err(ReadError::NoMemory)],
         );
         drop((big, beacon));
         assert_eq!(memory.used(), 0);

@@ -550,10 +550,12 @@ impl App {
     }
 
     /// A body that could not be read or inflated; counted as shed when it
-    /// is our memory that ran out.
+    /// is our memory that ran out. Not a readiness signal: bodies fill it
+    /// because clients send slowly, and another pod would meet the same
+    /// clients (taking this one out of the load balancer would be theirs
+    /// to decide).
     fn body_error(&self, e: BodyReadError) -> ApiError {
         if matches!(e, BodyReadError::Read(ReadError::NoMemory)) {
-            self.state.parts.overload.record_shed();
             self.state.parts.metrics.record_shed(ShedReason::BodyMemory);
         }
         ApiError::Read(e)

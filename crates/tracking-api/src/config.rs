@@ -446,9 +446,10 @@ pub struct Config {
     pub max_decompressed_bytes: usize,
 
     /// Memory for request bodies being read or processed, all requests
-    /// together (as sent and inflated); beyond it 503 with Retry-After. A body
-    /// above 64 KiB may use three quarters of it, the rest is kept for small
-    /// ones. Units B, KiB, MiB, GiB.
+    /// together (as sent and inflated); beyond it 503 with Retry-After. Bodies
+    /// still arriving and bodies above 64 KiB share three quarters of it; the
+    /// rest is for small bodies that have arrived whole. Units B, KiB, MiB,
+    /// GiB.
     #[arg(long, env = "TRACKING_MAX_BODY_MEMORY", default_value = "128MiB", value_parser = bytes, global = true)]
     pub max_body_memory: u64,
 

@@ -527,6 +527,83 @@ async fn stalled_large_bodies_stay_within_the_body_memory() {
     assert_eq!(metric(&api, "tracking_body_memory_bytes").await, 0.0);
 }
 
+/// Many connections each holding a 64 KiB body short of its last byte
+/// (small bodies, so the large-body bound does not stop them) fill three
+/// quarters of the body memory and no more: whole beacons are still read,
+/// and `/readyz` stays `200` (the refused senders do not make the pod
+/// unready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_small_bodies_cannot_keep_whole_beacons_out() {
+    const STALLED: usize = 96;
+    const BODY: usize = 64 << 10;
+    let api = ApiProcess::start(&[
+        ("TRACKING_DEADLETTER", "discard"),
+        ("TRACKING_MAX_BODY_MEMORY", "4MiB"),
+        ("TRACKING_BODY_TIMEOUT", "10s"),
+        ("TRACKING_OVERLOAD_UNREADY_AFTER", "1s"),
+    ]);
+    let addr = api.addr;
+    let mut held = Vec::new();
+    for _ in 0..STALLED {
+        let mut s = connect(addr).await;
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; BODY - 1]).await.unwrap();
+        held.push(s);
+    }
+    // All stalled bodies are in or refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shed = "tracking_requests_shed_total{reason=\"body_memory\"}";
+    let target = (STALLED * BODY) as f64 * 0.9;
+    while metric(&api, "tracking_body_memory_bytes").await
+        + metric(&api, shed).await * (BODY as f64)
+        < target
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let memory = metric(&api, "tracking_body_memory_bytes").await;
+    // For 3 s (past the 1 s to 1.5 s after which sustained shedding makes
+    // the pod unready), more such senders are refused while beacons go on.
+    let mut beacons = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let mut s = connect(addr).await;
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let _ = s.write_all(&vec![b' '; BODY - 1]).await;
+        held.push(s);
+        beacons.push(beacon(addr).await.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = metric(&api, shed).await;
+    let ready = request(api.admin, "GET", "/readyz", &[], b"")
+        .await
+        .unwrap()
+        .status;
+    eprintln!(
+        "stalled small bodies: {memory} B held of 4 MiB, {refused} refused; beacons {beacons:?}; readyz {ready}"
+    );
+    assert!(refused > 0.0, "the stalled bodies never filled the memory");
+    assert!(
+        memory <= (3 << 20) as f64,
+        "bodies still arriving hold {memory} B, over three quarters of 4 MiB"
+    );
+    assert!(
+        beacons.iter().all(|&b| b == 204),
+        "whole beacons are read: {beacons:?}"
+    );
+    assert_eq!(
+        ready, 200,
+        "senders refused for memory do not make the pod unready"
+    );
+    drop(held);
+}
+
 /// `/metrics` only on the admin listener; the probes on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_only_on_the_admin_listeners() {
