@@ -210,6 +210,101 @@ async fn linger(mut body: Incoming, until: Instant) {
     );
 }
 
+/// A connection's socket, shared between hyper and its task (reads and
+/// writes through `&TcpStream`, as tokio's own `AsyncRead` does).
+struct SharedStream(Arc<TcpStream>);
+
+impl tokio::io::AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the write side (the answer is complete); the read side stays
+    /// open for [`discard_rest`].
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(
+            rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Write).map_err(Into::into),
+        )
+    }
+}
+
+/// After hyper answered a head it refused: reads and discards what the
+/// client still sends, up to [`LINGER_BYTES`] or `until`, so that a client
+/// that writes its whole body before reading gets the answer rather than a
+/// reset.
+async fn discard_rest(stream: &TcpStream, until: Instant) {
+    let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0u64;
+    let _ = tokio::time::timeout_at(until, async {
+        while discarded <= LINGER_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return, // the client is done
+                Ok(n) => discarded += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    tracing::debug!(discarded, "Rest of a refused request discarded.");
+}
+
 /// The connections of a listener that stopped accepting, for the drain.
 #[derive(Debug)]
 pub struct Open {
@@ -263,17 +358,26 @@ where
                 // half_close: a client that shuts down its write side right after
                 // sending (EOF while its request is in flight) still gets its
                 // request read and processed; without it hyper drops the request.
+                // hyper gets a handle on the socket, this task keeps one: when
+                // hyper refuses a head (400, 431) it answers and drops its
+                // handle, and the rest of what the client sends is read and
+                // discarded here before the socket closes.
+                let stream = Arc::new(stream);
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .half_close(true)
                     .header_read_timeout(opts.header_timeout)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(SharedStream(Arc::clone(&stream))), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(error) = conn.await {
                         tracing::debug!(%error, %peer, "Connection ended with an error.");
+                        if error.is_parse() || error.is_parse_too_large() {
+                            let until = Instant::now() + LINGER_TIME.min(opts.body_timeout);
+                            discard_rest(&stream, until).await;
+                        }
                     }
                     drop(permit);
                 });

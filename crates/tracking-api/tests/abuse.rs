@@ -427,6 +427,25 @@ async fn early_answers_reach_clients_that_send_their_whole_body_first() {
     );
     assert_eq!(send_whole_then_read(api.addr, &head, half).await, Ok(404));
 
+    // Heads hyper itself refuses: two different lengths (400), a head over
+    // 16 KiB (431). The client still writes its whole body first.
+    let conflicting = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nContent-Length: 5\r\n\r\n",
+        big.len()
+    );
+    let oversized = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nContent-Length: {}\r\n\r\n",
+        "f".repeat(20 << 10),
+        big.len()
+    );
+    let (mut bad, mut large) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        bad.push(send_whole_then_read(api.addr, &conflicting, &big).await);
+        large.push(send_whole_then_read(api.addr, &oversized, &big).await);
+    }
+    assert_eq!(bad, vec![Ok(400); 20], "400 for a malformed head");
+    assert_eq!(large, vec![Ok(431); 20], "431 for a head over 16 KiB");
+
     // A body drained to its end leaves the connection in step: the next
     // request on it is answered.
     let mut s = connect(api.addr).await;
