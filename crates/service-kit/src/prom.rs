@@ -230,3 +230,40 @@ impl<const ROUTES: usize> RequestMetrics<ROUTES> {
         }
     }
 }
+
+/// A component that measures something: it writes its own families (help,
+/// type and samples) when `/metrics` is rendered. Recording stays with the
+/// component (plain atomics); only rendering goes through the registry.
+pub trait Collect: Send + Sync + std::fmt::Debug {
+    fn collect(&self, out: &mut String);
+}
+
+/// Every component's metrics, rendered in one text: the components register
+/// themselves once at start-up, and `/metrics` renders them in that order,
+/// then the `process_*` figures.
+#[derive(Debug, Default)]
+pub struct Registry {
+    collectors: std::sync::RwLock<Vec<std::sync::Arc<dyn Collect>>>,
+}
+
+impl Registry {
+    pub fn register(&self, collector: std::sync::Arc<dyn Collect>) {
+        self.collectors
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(collector);
+    }
+
+    /// All registered families, then the process's own figures.
+    pub fn render_into(&self, out: &mut String) {
+        for c in self
+            .collectors
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            c.collect(out);
+        }
+        render_process(out);
+    }
+}

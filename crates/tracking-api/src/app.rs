@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
-    Admission, BodyError, Budget, CallContext, ClientId, Clock, DeadLetter, DeadLetterSink, Event,
+    Admission, BodyError, CallContext, ClientId, Clock, DeadLetter, DeadLetterSink, Event,
     EventSink, IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore,
     SinkError, StoreError, anonymize_ip, enrich, enriched_size_hint, parse_body,
 };
@@ -38,8 +38,8 @@ use crate::cookie::VisitorCookie;
 use crate::cors::Cors;
 use crate::geo::GeoLookup;
 use crate::metrics::{Gauges, Metrics, Route, ShedReason};
-use crate::store::memory::MemorySessionStore;
 use crate::ua::UaParser;
+use service_kit::prom::Registry;
 
 /// A transparent 1×1 GIF.
 pub const PIXEL_GIF: &[u8] = &[
@@ -92,15 +92,13 @@ pub struct Parts {
     pub cookie: VisitorCookie,
     pub client_ip: ClientIp,
     pub geo: Option<GeoLookup>,
+    /// The API's own (HTTP-level) metrics.
     pub metrics: Arc<Metrics>,
-    pub memory_store: Option<Arc<MemorySessionStore>>,
-    pub sink_budget: Option<Arc<Budget>>,
-    /// The Pub/Sub sink, for its metrics.
-    pub publisher: Option<Arc<tracking_pubsub::PubsubSink>>,
+    /// The adapters' metrics, each registered by the adapter's builder;
+    /// `/metrics` renders them after the API's own.
+    pub registry: Arc<Registry>,
     /// Sustained-overload readiness (ticked once a second by the server).
     pub overload: Arc<crate::overload::OverloadGuard>,
-    /// The migration-proxy client (`parallel` and `legacy` modes), for metrics.
-    pub migration: Option<Arc<crate::migration::MigrationClient>>,
     /// Request headers passed on to migration-proxy (empty in `cloud` mode).
     pub forward_headers: Vec<http::HeaderName>,
     /// Attributes of the `session` spans.
@@ -157,32 +155,14 @@ impl AppState {
     }
 
     fn gauges(&self) -> Gauges {
-        let (depth, limit, bytes, limit_bytes) =
-            self.parts.sink_budget.as_ref().map_or((0, 0, 0, 0), |b| {
-                (b.used(), b.limit(), b.used_bytes(), b.limit_bytes())
-            });
-        let (expired, capacity) = self
-            .parts
-            .memory_store
-            .as_ref()
-            .map_or((0, 0), |m| m.evictions());
         Gauges {
-            sink_queue_depth: depth,
-            sink_queue_limit: limit,
-            sink_queue_bytes: bytes,
-            sink_queue_limit_bytes: limit_bytes,
             inflight: self.parts.limits.max_inflight - self.inflight.available_permits(),
             body_memory: self.body_memory.used(),
             body_memory_limit: self.body_memory.limit(),
-            memory_store_visitors: self.parts.memory_store.as_ref().map(|m| m.len()),
-            memory_store_evictions_expired: expired,
-            memory_store_evictions_capacity: capacity,
             store_ops: self.parts.store.counters(),
-            publisher: self.parts.publisher.as_ref().map(|p| p.stats()),
             ready: self.is_ready(),
             overloaded: self.parts.overload.unready(),
             overload_flips: self.parts.overload.flips(),
-            migration: self.parts.migration.clone(),
         }
     }
 
@@ -458,7 +438,8 @@ impl App {
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
-        let body = self.state.parts.metrics.render(&self.state.gauges());
+        let mut body = self.state.parts.metrics.render(&self.state.gauges());
+        self.state.parts.registry.render_into(&mut body);
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         resp.headers_mut().insert(
             CONTENT_TYPE,

@@ -152,6 +152,14 @@ impl TestApp {
         ));
         let sink = Arc::new(CollectingSink::new(o.queue, o.hold_queue));
         let deadletters = Arc::new(CollectingDeadLetters::default());
+        let registry = Arc::new(service_kit::prom::Registry::default());
+        registry.register(memory.clone());
+        registry.register(Arc::new(
+            tracking_api::sink::metrics::EventSinkMetrics::new(
+                sink.budget.clone(),
+                Default::default(),
+            ),
+        ));
         let state = AppState::new(Parts {
             limits: Limits {
                 max_body_bytes: o.max_body,
@@ -182,9 +190,7 @@ impl TestApp {
             ),
             geo: o.geo,
             metrics: Arc::new(Metrics::default()),
-            memory_store: Some(memory.clone()),
-            sink_budget: Some(sink.budget.clone()),
-            publisher: None,
+            registry,
             overload: Arc::new(tracking_api::overload::OverloadGuard::new(
                 tracking_api::overload::OverloadPolicy {
                     unready_after: Duration::from_secs(10),
@@ -193,7 +199,6 @@ impl TestApp {
                 },
                 0.0,
             )),
-            migration: None,
             forward_headers: Vec::new(),
             span_labels: Default::default(),
         });
