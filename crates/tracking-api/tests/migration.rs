@@ -36,11 +36,9 @@ async fn legacy() -> Legacy {
         aerospike_standin::Store::new(vec!["tracking".into()]),
     ));
     let metrics = Arc::new(migration_proxy::metrics::Metrics::default());
-    let store = migration_proxy::Legacy::new(
-        "tracking".into(),
-        Duration::from_secs(1),
-        Arc::clone(&metrics),
-    );
+    let store = migration_proxy::Legacy::new("tracking".into(), Duration::from_secs(1));
+    let registry = Arc::new(service_kit::prom::Registry::default());
+    registry.register(Arc::clone(&store) as Arc<dyn service_kit::prom::Collect>);
     store
         .connect_once(&aerospike_addr.to_string())
         .await
@@ -48,6 +46,7 @@ async fn legacy() -> Legacy {
     let proxy = migration_proxy::Proxy::new(
         store,
         metrics,
+        registry,
         migration_proxy::ServeOptions {
             auth_token: Some(TOKEN.into()),
             max_inflight: 1024,
