@@ -819,7 +819,7 @@ async fn process(
         let touch = st
             .parts
             .store
-            .touch_in(event.client_id(), ctx.received_at, event.via(), &call)
+            .touch(event.client_id(), ctx.received_at, event.via(), &call)
             .instrument(span.clone());
         let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
             Ok(Ok(s)) => {

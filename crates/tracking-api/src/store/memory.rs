@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
 use tracking_core::{
-    BoxFuture, ClientId, Clock, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
-    VisitorState,
+    BoxFuture, CallContext, ClientId, Clock, SessionPolicy, SessionStore, Sessions, StoreError,
+    Timestamp, Via, VisitorState,
 };
 
 const SHARDS: usize = 64;
@@ -213,6 +213,7 @@ impl SessionStore for MemorySessionStore {
         client_id: &'a ClientId,
         now: Timestamp,
         via: Option<&'a Via>,
+        _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(std::future::ready(self.touch_now(client_id, now, via)))
     }

@@ -279,10 +279,11 @@ impl SessionStore for SlowStore {
         client_id: &'a tracking_core::ClientId,
         now: Timestamp,
         via: Option<&'a tracking_core::Via>,
+        ctx: &'a tracking_core::CallContext,
     ) -> BoxFuture<'a, Result<tracking_core::Sessions, tracking_core::StoreError>> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
-            self.inner.touch(client_id, now, via).await
+            self.inner.touch(client_id, now, via, ctx).await
         })
     }
 }
@@ -297,6 +298,7 @@ impl SessionStore for BrokenStore {
         _client_id: &'a tracking_core::ClientId,
         _now: Timestamp,
         _via: Option<&'a tracking_core::Via>,
+        _ctx: &'a tracking_core::CallContext,
     ) -> BoxFuture<'a, Result<tracking_core::Sessions, tracking_core::StoreError>> {
         Box::pin(std::future::ready(Err(
             tracking_core::StoreError::Unavailable("backend down".into()),
