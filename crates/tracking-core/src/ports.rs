@@ -1,6 +1,8 @@
 //! The capabilities the domain needs from the outside world. Each trait is
-//! named for the capability and implemented by a type named for the backend
-//! (`MemorySessionStore`, `NdjsonSink`, …) in an adapter crate.
+//! named for the capability and implemented by a type named for the backend:
+//! in adapter crates (`BigtableSessionStore`, `PubsubSink`), and, for the
+//! embedded default and the migration client, in `tracking-api` itself
+//! (`MemorySessionStore`, `NdjsonSink`, `LegacySessionStore`).
 
 use std::fmt;
 use std::future::Future;
