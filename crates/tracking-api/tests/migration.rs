@@ -9,7 +9,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,17 +191,7 @@ async fn rig(mode: &str, extra: &[(&str, &str)]) -> Rig {
 fn start(env: &[(String, String)], extra: &[(&str, &str)]) -> ApiProcess {
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
-        .arg("bootstrap")
-        .env_clear()
-        .envs(all.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bootstrap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::process::bootstrap(&all);
     ApiProcess::start(&all)
 }
 

@@ -11,9 +11,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
-use common::process::{ApiProcess, post_json, request, workspace_binary};
+use common::process::{ApiProcess, bootstrap, post_json, request, workspace_binary};
 use test_support::{BigtableEmulator, PubsubEmulator};
 
 const EVENT: &str = r#"{"type":"page_view","client_id":"0b0e4c1e-8e0b-4d3b-9d8a-3c1f2b3a4d5e","url":"https://example.com/"}"#;
@@ -91,17 +90,7 @@ async fn bigtable_pubsub_and_the_parallel_run_export_the_documented_series() {
         ("TRACKING_MIGRATION_MODE", "parallel"),
         ("TRACKING_MIGRATION_URL", "http://127.0.0.1:1"),
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
-        .arg("bootstrap")
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bootstrap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bootstrap(&env);
     let api = ApiProcess::start(&env);
     one_event(&api).await;
     assert_series(&api, &scrape(&api).await, "full.series");
