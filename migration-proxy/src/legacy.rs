@@ -13,7 +13,7 @@ use aerospike::{
 use tracing::Instrument;
 use tracking_core::{ClientId, LegacySession, LegacyVia, LegacyVisitor};
 
-use crate::metrics::Metrics;
+use crate::metrics::AerospikeMetrics;
 
 pub const SHORT_SET: &str = "short_sessions";
 pub const LONG_SET: &str = "long_sessions";
@@ -151,7 +151,7 @@ pub struct Legacy {
     client: OnceLock<Arc<Client>>,
     namespace: String,
     timeout: Duration,
-    metrics: Arc<Metrics>,
+    metrics: AerospikeMetrics,
     invalid: AtomicU64,
 }
 
@@ -165,13 +165,20 @@ impl std::fmt::Debug for Legacy {
     }
 }
 
+impl service_kit::prom::Collect for Legacy {
+    fn collect(&self, out: &mut String) {
+        self.metrics
+            .render(out, self.invalid_records(), self.connected());
+    }
+}
+
 impl Legacy {
-    pub fn new(namespace: String, timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(namespace: String, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             client: OnceLock::new(),
             namespace,
             timeout,
-            metrics,
+            metrics: AerospikeMetrics::default(),
             invalid: AtomicU64::new(0),
         })
     }
@@ -304,8 +311,7 @@ impl Legacy {
         if value.is_err() {
             service_kit::telemetry::set_error(&span, outcome);
         }
-        self.metrics
-            .record_aerospike(op, set, outcome, started.elapsed());
+        self.metrics.record(op, set, outcome, started.elapsed());
         value
     }
 

@@ -49,8 +49,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let legacy = Legacy::new(
         cli.aerospike.aerospike_namespace.clone(),
         cli.aerospike.aerospike_timeout,
-        Arc::clone(&metrics),
     );
+    let registry = Arc::new(service_kit::prom::Registry::default());
+    registry.register(Arc::clone(&legacy) as Arc<dyn service_kit::prom::Collect>);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             // SIGHUP must not stop the proxy (its default action): it has no
@@ -81,8 +82,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Arc::clone(&legacy).connect_forever(cli.aerospike.aerospike_hosts.clone()),
             );
             let proxy = Proxy::new(
-                legacy,
+                Arc::clone(&legacy),
                 metrics,
+                registry,
                 ServeOptions {
                     auth_token: cli.serve.auth_token.clone(),
                     max_inflight: cli.serve.max_inflight,

@@ -1,5 +1,8 @@
 //! Every metric migration-proxy exports, named in one place, with bounded
-//! label sets. Rendered in the Prometheus text format on `GET /metrics`.
+//! label sets: the HTTP-level ones ([`Metrics`], rendered by the server) and
+//! the Aerospike client's ([`AerospikeMetrics`], owned by
+//! [`Legacy`](crate::legacy::Legacy) and rendered through the registry).
+//! Rendered in the Prometheus text format on `GET /metrics`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,46 +63,34 @@ fn slot(list: &[&str], v: &str) -> usize {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: RequestMetrics<{ Route::ALL.len() }>,
-    ops: [[[AtomicU64; OUTCOMES.len()]; SETS.len()]; OPS.len()],
-    op_durations: [Histogram; OPS.len()],
     pub shed: AtomicU64,
     pub unauthorized: AtomicU64,
 }
 
-/// Read at render time from the components that own them.
+/// Read at render time from the server.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
     pub inflight: usize,
-    pub connected: bool,
-    pub invalid_records: u64,
 }
 
-impl Metrics {
-    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
-        self.requests.record(route as usize, status, elapsed);
-    }
+/// Aerospike calls by operation, set and outcome, and their latency.
+#[derive(Debug, Default)]
+pub struct AerospikeMetrics {
+    ops: [[[AtomicU64; OUTCOMES.len()]; SETS.len()]; OPS.len()],
+    op_durations: [Histogram; OPS.len()],
+}
 
-    pub fn record_aerospike(&self, op: &str, set: &str, outcome: &str, elapsed: Duration) {
+impl AerospikeMetrics {
+    pub fn record(&self, op: &str, set: &str, outcome: &str, elapsed: Duration) {
         let o = slot(&OPS, op);
         self.ops[o][slot(&SETS, set)][slot(&OUTCOMES, outcome)].fetch_add(1, Ordering::Relaxed);
         self.op_durations[o].observe(elapsed);
     }
 
-    pub fn requests(&self, route: Route, status: u16) -> u64 {
-        self.requests.count(route as usize, status)
-    }
-
-    pub fn render(&self, g: Gauges) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        self.requests.render(
-            &mut out,
-            HTTP_REQUESTS,
-            HTTP_DURATION,
-            "HTTP request latency by route.",
-            &Route::ALL.map(Route::as_str),
-        );
+    /// The call counts and latencies, then the client's state.
+    pub fn render(&self, out: &mut String, invalid_records: u64, connected: bool) {
         header(
-            &mut out,
+            out,
             AEROSPIKE_OPS,
             "counter",
             "Aerospike calls by operation, set and outcome.",
@@ -116,14 +107,47 @@ impl Metrics {
             }
         }
         header(
-            &mut out,
+            out,
             AEROSPIKE_DURATION,
             "histogram",
             "Aerospike call latency by operation.",
         );
         for (o, op) in OPS.iter().enumerate() {
-            self.op_durations[o].render(&mut out, AEROSPIKE_DURATION, &format!("op=\"{op}\""));
+            self.op_durations[o].render(out, AEROSPIKE_DURATION, &format!("op=\"{op}\""));
         }
+        counter(
+            out,
+            INVALID_RECORDS,
+            "Legacy records with unreadable bins (left out of answers).",
+            invalid_records,
+        );
+        gauge(
+            out,
+            CONNECTED,
+            "1 while the Aerospike client is connected.",
+            f64::from(u8::from(connected)),
+        );
+    }
+}
+
+impl Metrics {
+    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
+        self.requests.record(route as usize, status, elapsed);
+    }
+
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests.count(route as usize, status)
+    }
+
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        self.requests.render(
+            &mut out,
+            HTTP_REQUESTS,
+            HTTP_DURATION,
+            "HTTP request latency by route.",
+            &Route::ALL.map(Route::as_str),
+        );
         counter(
             &mut out,
             SHED,
@@ -136,25 +160,12 @@ impl Metrics {
             "Requests refused for a missing or wrong bearer token.",
             self.unauthorized.load(Ordering::Relaxed),
         );
-        counter(
-            &mut out,
-            INVALID_RECORDS,
-            "Legacy records with unreadable bins (left out of answers).",
-            g.invalid_records,
-        );
         gauge(
             &mut out,
             INFLIGHT,
             "Session requests being served.",
             g.inflight as f64,
         );
-        gauge(
-            &mut out,
-            CONNECTED,
-            "1 while the Aerospike client is connected.",
-            f64::from(u8::from(g.connected)),
-        );
-        service_kit::prom::render_process(&mut out);
         out
     }
 }
@@ -168,9 +179,11 @@ mod tests {
         let m = Metrics::default();
         m.record_request(Route::GetSession, 200, Duration::from_millis(1));
         m.record_request(Route::GetSession, 299, Duration::from_millis(1));
-        m.record_aerospike("get", "via", "not_found", Duration::from_micros(300));
-        m.record_aerospike("get", "unknown-set", "weird", Duration::from_micros(300));
-        let text = m.render(Gauges::default());
+        let a = AerospikeMetrics::default();
+        a.record("get", "via", "not_found", Duration::from_micros(300));
+        a.record("get", "unknown-set", "weird", Duration::from_micros(300));
+        let mut text = m.render(Gauges::default());
+        a.render(&mut text, 0, false);
         for line in [
             "migration_http_requests_total{route=\"get_session\",status=\"200\"} 1",
             "migration_http_requests_total{route=\"get_session\",status=\"other\"} 1",

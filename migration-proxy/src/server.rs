@@ -24,6 +24,7 @@ use tracking_core::{ClientId, LegacyVisitor};
 
 use crate::legacy::{Create, Legacy, LegacyError, Put};
 use crate::metrics::{Gauges, Metrics, Route};
+use service_kit::prom::Registry;
 
 /// Largest `PUT` body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -64,6 +65,7 @@ impl Default for ServeOptions {
 pub struct Proxy {
     legacy: Arc<Legacy>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     opts: ServeOptions,
     inflight: Arc<Semaphore>,
     body_memory: Arc<BodyMemory>,
@@ -93,12 +95,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Proxy {
-    pub fn new(legacy: Arc<Legacy>, metrics: Arc<Metrics>, opts: ServeOptions) -> Arc<Self> {
+    /// `registry` holds the metrics of the components (the Aerospike
+    /// client's); the proxy renders its own HTTP-level ones before them.
+    pub fn new(
+        legacy: Arc<Legacy>,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        opts: ServeOptions,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inflight: Arc::new(Semaphore::new(opts.max_inflight)),
             body_memory: BodyMemory::new(BODY_MEMORY),
             legacy,
             metrics,
+            registry,
             opts,
             writes: TaskTracker::new(),
             draining: AtomicBool::new(false),
@@ -110,11 +120,11 @@ impl Proxy {
     }
 
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(Gauges {
+        let mut out = self.metrics.render(Gauges {
             inflight: self.opts.max_inflight - self.inflight.available_permits(),
-            connected: self.legacy.connected(),
-            invalid_records: self.legacy.invalid_records(),
-        })
+        });
+        self.registry.render_into(&mut out);
+        out
     }
 
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Resp

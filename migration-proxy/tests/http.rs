@@ -60,17 +60,16 @@ async fn proxy_with_admin(
     connect: bool,
 ) -> (SocketAddr, SocketAddr) {
     let metrics = Arc::new(Metrics::default());
-    let legacy = Legacy::new(
-        "tracking".into(),
-        Duration::from_millis(500),
-        Arc::clone(&metrics),
-    );
+    let legacy = Legacy::new("tracking".into(), Duration::from_millis(500));
+    let registry = Arc::new(service_kit::prom::Registry::default());
+    registry.register(Arc::clone(&legacy) as Arc<dyn service_kit::prom::Collect>);
     if connect {
         tokio::spawn(Arc::clone(&legacy).connect_forever(aerospike.to_string()));
     }
     let p = Proxy::new(
-        legacy,
+        Arc::clone(&legacy),
         metrics,
+        registry,
         ServeOptions {
             auth_token: token.map(str::to_owned),
             max_inflight: 64,

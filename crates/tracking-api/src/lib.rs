@@ -25,6 +25,8 @@ pub mod ua;
 
 use std::sync::Arc;
 
+use service_kit::prom::{Collect, Registry};
+
 pub use app::{App, AppState, Limits, Parts, SpanLabels, app};
 pub use server::{DrainReport, ServeOptions, serve, serve_admin};
 use tracking_core::{
@@ -38,6 +40,7 @@ use crate::cors::Cors;
 use crate::geo::GeoLookup;
 use crate::metrics::Metrics;
 use crate::migration::{LegacySessionStore, MigrationClient, MigrationConfig};
+use crate::sink::metrics::{DeadLetterMetrics, EventSinkMetrics};
 use crate::sink::ndjson::{Bounds, Counters, DiscardDeadLetters, NdjsonSink, Target};
 use crate::store::memory::MemorySessionStore;
 
@@ -175,18 +178,23 @@ pub async fn bootstrap(config: &Config) -> anyhow::Result<Vec<String>> {
 /// over them.
 pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::default());
     let policy = SessionPolicy::new(config.ttls(), Arc::new(RandomIds));
     let migration = (config.migration_mode != MigrationMode::Cloud)
         .then(|| MigrationClient::start(config.migration()));
-    let (store, memory): (Arc<dyn SessionStore>, _) =
+    if let Some(client) = &migration {
+        registry.register(Arc::clone(client) as Arc<dyn Collect>);
+    }
+    let store: Arc<dyn SessionStore> =
         match (config.migration_mode, config.session_store, &migration) {
-            (MigrationMode::Legacy, _, Some(client)) => (
-                Arc::new(LegacySessionStore::new(Arc::clone(client), policy)),
-                None,
-            ),
+            (MigrationMode::Legacy, _, Some(client)) => {
+                Arc::new(LegacySessionStore::new(Arc::clone(client), policy))
+            }
             (_, StoreKind::Memory, _) => {
                 let m = Arc::new(MemorySessionStore::new(policy, config.memory_max_visitors));
-                (m.clone(), Some(m))
+                registry.register(Arc::clone(&m) as Arc<dyn Collect>);
+                m.spawn_sweeper(Arc::new(SystemClock));
+                m
             }
             (_, StoreKind::Bigtable, _) => {
                 let mut bt =
@@ -197,7 +205,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                     bt = bt
                         .with_legacy(Arc::clone(client) as Arc<dyn tracking_core::LegacySessions>);
                 }
-                (Arc::new(bt), None)
+                Arc::new(bt)
             }
         };
     let forward_headers = if migration.is_some() {
@@ -216,43 +224,44 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         bytes: usize::try_from(config.deadletter_queue_bytes).unwrap_or(usize::MAX),
     };
     let local_deadletters: Arc<dyn DeadLetterSink> = match config.deadletter {
-        DeadLetterKind::Stderr => Arc::new(NdjsonSink::start(
-            Target::Stderr,
-            deadletter_bounds,
-            Counters::default(),
-        )?),
-        DeadLetterKind::File => Arc::new(NdjsonSink::start(
-            Target::File(config.deadletter_path.clone().unwrap_or_default()),
-            deadletter_bounds,
-            Counters::default(),
-        )?),
-        DeadLetterKind::Discard => Arc::new(DiscardDeadLetters::default()),
+        DeadLetterKind::Stderr | DeadLetterKind::File => {
+            let target = match config.deadletter {
+                DeadLetterKind::File => {
+                    Target::File(config.deadletter_path.clone().unwrap_or_default())
+                }
+                _ => Target::Stderr,
+            };
+            let counters = Counters::default();
+            let sink = NdjsonSink::start(target, deadletter_bounds, counters.clone())?;
+            registry.register(Arc::new(DeadLetterMetrics(counters)));
+            Arc::new(sink)
+        }
+        DeadLetterKind::Discard => {
+            let discard = Arc::new(DiscardDeadLetters::default());
+            registry.register(Arc::clone(&discard) as Arc<dyn Collect>);
+            discard
+        }
     };
-    let (sink, sink_budget, publisher, deadletters): (
-        Arc<dyn EventSink>,
-        _,
-        _,
-        Arc<dyn DeadLetterSink>,
-    ) = match config.sink {
+    let (sink, deadletters): (Arc<dyn EventSink>, Arc<dyn DeadLetterSink>) = match config.sink {
         SinkKind::Stdout | SinkKind::File => {
             let target = match config.sink {
                 SinkKind::File => Target::File(config.sink_path.clone().unwrap_or_default()),
                 _ => Target::Stdout,
             };
+            let counters = Counters::default();
             let sink = Arc::new(NdjsonSink::start(
                 target,
                 Bounds {
                     events: config.sink_queue,
                     bytes: usize::try_from(config.sink_queue_bytes).unwrap_or(usize::MAX),
                 },
-                Counters {
-                    written: Arc::clone(&metrics.events_written),
-                    write_errors: Arc::clone(&metrics.sink_write_errors),
-                    lost: Arc::clone(&metrics.sink_lost),
-                },
+                counters.clone(),
             )?);
-            let budget = Arc::clone(sink.budget());
-            (sink, budget, None, local_deadletters)
+            registry.register(Arc::new(EventSinkMetrics::new(
+                Arc::clone(sink.budget()),
+                counters,
+            )));
+            (sink, local_deadletters)
         }
         SinkKind::Pubsub => {
             let publishers = tracking_pubsub::connect(&config.pubsub()).await?;
@@ -261,16 +270,28 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 config.sink_options(),
             )?);
             let deadletters: Arc<dyn DeadLetterSink> = match publishers.deadletters {
-                Some(p) => Arc::new(tracking_pubsub::PubsubDeadLetters::new(
-                    p,
-                    DEADLETTER_QUEUE,
-                    deadletter_bounds.bytes,
-                    local_deadletters,
-                )),
+                Some(p) => {
+                    let topic = Arc::new(tracking_pubsub::PubsubDeadLetters::new(
+                        p,
+                        DEADLETTER_QUEUE,
+                        deadletter_bounds.bytes,
+                        local_deadletters,
+                    ));
+                    registry.register(Arc::clone(&topic) as Arc<dyn Collect>);
+                    topic
+                }
                 None => local_deadletters,
             };
-            let budget = Arc::clone(sink.budget());
-            (sink.clone(), budget, Some(sink), deadletters)
+            let acknowledged = Arc::clone(&sink);
+            registry.register(Arc::new(EventSinkMetrics::counted_by(
+                Arc::clone(sink.budget()),
+                Box::new(move || {
+                    let s = acknowledged.stats();
+                    s.published + s.replayed
+                }),
+            )));
+            registry.register(Arc::clone(&sink) as Arc<dyn Collect>);
+            (sink, deadletters)
         }
     };
     let geo = config
@@ -281,9 +302,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     Ok(AppState::new(Parts {
         limits: config.limits(),
         store,
-        sink_budget: Some(sink_budget),
         sink,
-        publisher,
         deadletters,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
@@ -292,12 +311,11 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
         client_ip: ClientIp::new(config.trusted_proxies.clone()),
         geo,
         metrics,
-        memory_store: memory,
+        registry,
         overload: Arc::new(overload::OverloadGuard::new(
             config.overload_policy(),
             rand::random::<f64>(),
         )),
-        migration,
         forward_headers,
         span_labels: SpanLabels {
             store: match (config.migration_mode, config.session_store) {

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -95,17 +94,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 sink = ?config.sink,
                 "Listening."
             );
-            if let Some(memory) = state.parts.memory_store.clone() {
-                let clock = Arc::clone(&state.parts.clock);
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(60));
-                    loop {
-                        tick.tick().await;
-                        let removed = memory.sweep(clock.now());
-                        tracing::debug!(removed, "Swept expired visitors.");
-                    }
-                });
-            }
             let app = app(state);
             let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
             let admin = tokio::spawn(serve_admin(admin, app.clone(), async {

@@ -9,7 +9,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +35,9 @@ async fn legacy() -> Legacy {
         aerospike_standin::Store::new(vec!["tracking".into()]),
     ));
     let metrics = Arc::new(migration_proxy::metrics::Metrics::default());
-    let store = migration_proxy::Legacy::new(
-        "tracking".into(),
-        Duration::from_secs(1),
-        Arc::clone(&metrics),
-    );
+    let store = migration_proxy::Legacy::new("tracking".into(), Duration::from_secs(1));
+    let registry = Arc::new(service_kit::prom::Registry::default());
+    registry.register(Arc::clone(&store) as Arc<dyn service_kit::prom::Collect>);
     store
         .connect_once(&aerospike_addr.to_string())
         .await
@@ -48,6 +45,7 @@ async fn legacy() -> Legacy {
     let proxy = migration_proxy::Proxy::new(
         store,
         metrics,
+        registry,
         migration_proxy::ServeOptions {
             auth_token: Some(TOKEN.into()),
             max_inflight: 1024,
@@ -193,17 +191,7 @@ async fn rig(mode: &str, extra: &[(&str, &str)]) -> Rig {
 fn start(env: &[(String, String)], extra: &[(&str, &str)]) -> ApiProcess {
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
-        .arg("bootstrap")
-        .env_clear()
-        .envs(all.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bootstrap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::process::bootstrap(&all);
     ApiProcess::start(&all)
 }
 

@@ -506,15 +506,6 @@ impl SessionStore for BigtableSessionStore {
         client_id: &'a ClientId,
         now: Timestamp,
         via: Option<&'a Via>,
-    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
-        self.touch_in(client_id, now, via, CallContext::empty())
-    }
-
-    fn touch_in<'a>(
-        &'a self,
-        client_id: &'a ClientId,
-        now: Timestamp,
-        via: Option<&'a Via>,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {

@@ -18,8 +18,8 @@ use tracking_bigtable::admin::create_table;
 use tracking_bigtable::schema::{ID, LONG, SHORT, latest_since, read_visitor, row_key};
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore, BootstrapOutcome, bootstrap};
 use tracking_core::{
-    ClientId, Clock, ManualClock, RandomIds, SequentialIds, SessionId, SessionPolicy, SessionStore,
-    StoreError, Timestamp, Ttls, Via,
+    CallContext, ClientId, Clock, ManualClock, RandomIds, SequentialIds, SessionId, SessionPolicy,
+    SessionStore, StoreError, Timestamp, Ttls, Via,
 };
 use uuid::Uuid;
 
@@ -87,10 +87,16 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     let v = id("visitor-1");
     let ad = Via::new(Some("ad"), None, None).unwrap();
 
-    let a = s.touch(&v, clock.now(), Some(&ad)).await.unwrap();
+    let a = s
+        .touch(&v, clock.now(), Some(&ad), CallContext::empty())
+        .await
+        .unwrap();
     assert!(a.short_new && a.long_new);
     clock.advance(29 * MIN);
-    let b = s.touch(&v, clock.now(), None).await.unwrap();
+    let b = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
     assert_eq!((&b.short_id, &b.long_id), (&a.short_id, &a.long_id));
     assert!(!b.short_new && !b.long_new);
     assert_eq!(
@@ -98,19 +104,31 @@ async fn sessions_continue_within_the_ttl_and_renew_after_it() {
         Some(Some("ad"))
     );
     clock.advance(30 * MIN);
-    let c = s.touch(&v, clock.now(), None).await.unwrap();
+    let c = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
     assert_ne!(c.short_id, a.short_id);
     assert!(c.short_new && !c.long_new);
     assert_eq!(c.long_id, a.long_id);
     // The via was recorded 59 minutes ago with a 60-minute TTL: still attached.
     assert!(c.via.is_some());
     clock.advance(MIN);
-    assert!(s.touch(&v, clock.now(), None).await.unwrap().via.is_none());
+    assert!(
+        s.touch(&v, clock.now(), None, CallContext::empty())
+            .await
+            .unwrap()
+            .via
+            .is_none()
+    );
 
     // A new store (a restarted process) sees the same sessions: they live in Bigtable.
     s.flush().await;
     let again = store(cfg).await;
-    let d = again.touch(&v, clock.now(), None).await.unwrap();
+    let d = again
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
     assert_eq!((&d.short_id, &d.long_id), (&c.short_id, &c.long_id));
     // One read and one write per event: the two that minted (the first,
     // and the third's short session) wrote conditionally, the other two
@@ -199,7 +217,10 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
     );
 
     let s = store(cfg).await;
-    let got = s.touch(&v, clock.now(), None).await.unwrap();
+    let got = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
     assert!(
         got.short_new,
         "the newest short cell is 45 minutes old: expired"
@@ -225,12 +246,17 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
     let clock = clock();
     let s = store(cfg.clone()).await;
     let v = id("v-dead");
-    s.touch(&v, clock.now(), None).await.unwrap();
+    s.touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
     s.flush().await;
 
     emu.stop();
     let started = Instant::now();
-    let err = s.touch(&v, clock.now(), None).await.unwrap_err();
+    let err = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Unavailable(_) | StoreError::Timeout(_)),
         "{err:?}"
@@ -246,7 +272,7 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
     bootstrap(&cfg, ttls()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let back = loop {
-        match s.touch(&v, clock.now(), None).await {
+        match s.touch(&v, clock.now(), None, CallContext::empty()).await {
             Ok(x) => break x,
             Err(e) if Instant::now() > deadline => panic!("store did not recover: {e:?}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -266,7 +292,7 @@ async fn concurrent_events_of_one_visitor_share_one_session() {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (s, v, now) = (Arc::clone(&s), v.clone(), clock.now());
-            tokio::spawn(async move { s.touch(&v, now, None).await.unwrap() })
+            tokio::spawn(async move { s.touch(&v, now, None, CallContext::empty()).await.unwrap() })
         })
         .collect();
     let mut ids = Vec::new();
@@ -418,7 +444,7 @@ async fn a_renewal_at_the_end_of_a_session_adopts_a_mint_it_raced() {
     let (a, b, gate) = racing_stores(&emu, &cfg).await;
     let t0 = clock().now();
     let v = id("ending");
-    let first = a.touch(&v, t0, None).await.unwrap();
+    let first = a.touch(&v, t0, None, CallContext::empty()).await.unwrap();
     let before_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 - 1_000);
     let after_end = Timestamp::from_millis(t0.as_millis() + 30 * 60_000 + 10);
     let (minted, renewed) = race(&a, &b, &v, after_end, before_end).await;
@@ -442,10 +468,10 @@ async fn race(
 ) -> (tracking_core::Sessions, tracking_core::Sessions) {
     let slow = tokio::spawn({
         let (b, v) = (b.clone(), v.clone());
-        async move { b.touch(&v, b_at, None).await.unwrap() }
+        async move { b.touch(&v, b_at, None, CallContext::empty()).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fast = a.touch(v, a_at, None).await.unwrap();
+    let fast = a.touch(v, a_at, None, CallContext::empty()).await.unwrap();
     (fast, slow.await.unwrap())
 }
 
@@ -490,7 +516,7 @@ async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
     let now = clock().now();
     let visitors: Vec<_> = (0..50).map(|i| id(&format!("batch-{i}"))).collect();
     for v in &visitors {
-        s.touch(v, now, None).await.unwrap();
+        s.touch(v, now, None, CallContext::empty()).await.unwrap();
     }
     let tasks: Vec<_> = visitors
         .iter()
@@ -500,8 +526,13 @@ async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
             tokio::spawn(async move {
                 let via = Via::new(Some(&format!("ad-{i}")), None, None).unwrap();
                 let later = Timestamp::from_millis(now.as_millis() + 1);
-                s.touch(&v, later, Some(&via)).await.unwrap();
-                let next = s.touch(&v, later, None).await.unwrap();
+                s.touch(&v, later, Some(&via), CallContext::empty())
+                    .await
+                    .unwrap();
+                let next = s
+                    .touch(&v, later, None, CallContext::empty())
+                    .await
+                    .unwrap();
                 next.via.and_then(|r| r.via.source.map(|x| x.to_string()))
             })
         })
@@ -544,9 +575,9 @@ async fn an_unreadable_live_cell_does_not_block_the_mint() {
         .await
         .unwrap();
     let s = store(cfg).await;
-    let first = s.touch(&v, now, None).await.unwrap();
+    let first = s.touch(&v, now, None, CallContext::empty()).await.unwrap();
     assert!(first.short_new && first.long_new);
-    let next = s.touch(&v, now, None).await.unwrap();
+    let next = s.touch(&v, now, None, CallContext::empty()).await.unwrap();
     assert_eq!(
         (next.short_id, next.long_id),
         (first.short_id, first.long_id)

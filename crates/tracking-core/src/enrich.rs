@@ -215,20 +215,29 @@ pub fn enrich(
         }),
         SessionOutcome::Unavailable => None,
     };
-    let parts = event.into_parts();
-    let event_id = match parts.event_id {
+    let Event {
+        ty,
+        client_id,
+        event_id,
+        ts,
+        url,
+        referrer,
+        via: _,
+        props,
+    } = event;
+    let event_id = match event_id {
         Some(id) => EventId::Client(id),
         None => EventId::Assigned(ids.new_id(ctx.received_at)),
     };
     EnrichedEvent {
         event_id,
-        ty: parts.ty,
-        client_id: parts.client_id,
+        ty,
+        client_id,
         received_at: ctx.received_at,
-        client_ts: parts.ts,
-        url: parts.url,
-        referrer: parts.referrer,
-        props: parts.props,
+        client_ts: ts,
+        url,
+        referrer,
+        props,
         session,
         via,
         ip: ctx.ip,

@@ -298,14 +298,16 @@ fn minified(raw: &RawValue) -> Box<RawValue> {
 /// A validated event. Built only through `TryFrom<RawEvent>`.
 #[derive(Debug, Clone)]
 pub struct Event {
-    ty: Box<str>,
-    client_id: ClientId,
-    event_id: Option<Box<str>>,
-    ts: Option<u64>,
-    url: Option<Box<str>>,
-    referrer: Option<Box<str>>,
-    via: Option<Via>,
-    props: Option<Box<RawValue>>,
+    // Crate-visible so that `enrich` moves them into the enriched event:
+    // a new field is added here, parsed below, and carried in `enrich`.
+    pub(crate) ty: Box<str>,
+    pub(crate) client_id: ClientId,
+    pub(crate) event_id: Option<Box<str>>,
+    pub(crate) ts: Option<u64>,
+    pub(crate) url: Option<Box<str>>,
+    pub(crate) referrer: Option<Box<str>>,
+    pub(crate) via: Option<Via>,
+    pub(crate) props: Option<Box<RawValue>>,
 }
 
 impl Event {
@@ -335,28 +337,6 @@ impl Event {
     pub fn props(&self) -> Option<&RawValue> {
         self.props.as_deref()
     }
-
-    pub(crate) fn into_parts(self) -> EventParts {
-        EventParts {
-            ty: self.ty,
-            client_id: self.client_id,
-            event_id: self.event_id,
-            ts: self.ts,
-            url: self.url,
-            referrer: self.referrer,
-            props: self.props,
-        }
-    }
-}
-
-pub(crate) struct EventParts {
-    pub ty: Box<str>,
-    pub client_id: ClientId,
-    pub event_id: Option<Box<str>>,
-    pub ts: Option<u64>,
-    pub url: Option<Box<str>>,
-    pub referrer: Option<Box<str>>,
-    pub props: Option<Box<RawValue>>,
 }
 
 impl TryFrom<RawEvent<'_>> for Event {

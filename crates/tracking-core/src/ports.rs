@@ -1,6 +1,8 @@
 //! The capabilities the domain needs from the outside world. Each trait is
-//! named for the capability and implemented by a type named for the backend
-//! (`MemorySessionStore`, `NdjsonSink`, …) in an adapter crate.
+//! named for the capability and implemented by a type named for the backend:
+//! in adapter crates (`BigtableSessionStore`, `PubsubSink`), and, for the
+//! embedded default and the migration client, in `tracking-api` itself
+//! (`MemorySessionStore`, `NdjsonSink`, `LegacySessionStore`).
 
 use std::fmt;
 use std::future::Future;
@@ -81,26 +83,16 @@ pub trait LegacySessions: Send + Sync + fmt::Debug {
 /// Reads, resolves and renews a visitor's sessions.
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Resolves the visitor's sessions for an event at `now` (recording `via`
-    /// when given) and stores the renewed state.
+    /// when given) and stores the renewed state, on behalf of a request whose
+    /// context (`ctx`, [`CallContext::empty`] for none) calls to other
+    /// services carry. Stores that call none ignore it.
     fn touch<'a>(
         &'a self,
         client_id: &'a ClientId,
         now: Timestamp,
         via: Option<&'a Via>,
-    ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
-
-    /// [`touch`](Self::touch) on behalf of a request whose context calls to
-    /// other services carry. Stores that call none ignore it.
-    fn touch_in<'a>(
-        &'a self,
-        client_id: &'a ClientId,
-        now: Timestamp,
-        via: Option<&'a Via>,
         ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
-        let _ = ctx;
-        self.touch(client_id, now, via)
-    }
+    ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
 
     /// Waits for work the store still owes (e.g. renewal writes in flight).
     fn close(&self) -> BoxFuture<'_, ()> {

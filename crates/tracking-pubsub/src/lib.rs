@@ -8,6 +8,7 @@
 //! Credentials (Workload Identity on GKE) are used.
 
 pub mod deadletter;
+pub mod metrics;
 pub mod sink;
 pub mod spool;
 pub mod stats;

@@ -1,3 +1,4 @@
 //! Sink adapters.
 
+pub mod metrics;
 pub mod ndjson;

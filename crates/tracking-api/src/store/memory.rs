@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
 use tracking_core::{
-    BoxFuture, ClientId, SessionPolicy, SessionStore, Sessions, StoreError, Timestamp, Via,
-    VisitorState,
+    BoxFuture, CallContext, ClientId, Clock, SessionPolicy, SessionStore, Sessions, StoreError,
+    Timestamp, Via, VisitorState,
 };
 
 const SHARDS: usize = 64;
@@ -97,6 +97,21 @@ impl MemorySessionStore {
         )
     }
 
+    /// Sweeps expired visitors once a minute, on the current runtime, for as
+    /// long as the store lives.
+    pub fn spawn_sweeper(self: &std::sync::Arc<Self>, clock: std::sync::Arc<dyn Clock>) {
+        let store = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                let removed = store.sweep(clock.now());
+                tracing::debug!(removed, "Swept expired visitors.");
+            }
+        });
+    }
+
     /// Removes every visitor whose whole state has expired at `now`.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let mut removed = 0;
@@ -168,12 +183,37 @@ impl MemorySessionStore {
     }
 }
 
+pub const VISITORS: &str = "tracking_memory_store_visitors";
+pub const EVICTIONS: &str = "tracking_memory_store_evictions_total";
+
+impl service_kit::prom::Collect for MemorySessionStore {
+    fn collect(&self, out: &mut String) {
+        use std::fmt::Write;
+        service_kit::prom::gauge(
+            out,
+            VISITORS,
+            "Visitors held by the memory session store.",
+            self.len() as f64,
+        );
+        service_kit::prom::header(
+            out,
+            EVICTIONS,
+            "counter",
+            "Visitors removed from the memory store, by reason.",
+        );
+        let (expired, capacity) = self.evictions();
+        let _ = writeln!(out, "{EVICTIONS}{{reason=\"expired\"}} {expired}");
+        let _ = writeln!(out, "{EVICTIONS}{{reason=\"capacity\"}} {capacity}");
+    }
+}
+
 impl SessionStore for MemorySessionStore {
     fn touch<'a>(
         &'a self,
         client_id: &'a ClientId,
         now: Timestamp,
         via: Option<&'a Via>,
+        _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(std::future::ready(self.touch_now(client_id, now, via)))
     }

@@ -152,6 +152,14 @@ impl TestApp {
         ));
         let sink = Arc::new(CollectingSink::new(o.queue, o.hold_queue));
         let deadletters = Arc::new(CollectingDeadLetters::default());
+        let registry = Arc::new(service_kit::prom::Registry::default());
+        registry.register(memory.clone());
+        registry.register(Arc::new(
+            tracking_api::sink::metrics::EventSinkMetrics::new(
+                sink.budget.clone(),
+                Default::default(),
+            ),
+        ));
         let state = AppState::new(Parts {
             limits: Limits {
                 max_body_bytes: o.max_body,
@@ -182,9 +190,7 @@ impl TestApp {
             ),
             geo: o.geo,
             metrics: Arc::new(Metrics::default()),
-            memory_store: Some(memory.clone()),
-            sink_budget: Some(sink.budget.clone()),
-            publisher: None,
+            registry,
             overload: Arc::new(tracking_api::overload::OverloadGuard::new(
                 tracking_api::overload::OverloadPolicy {
                     unready_after: Duration::from_secs(10),
@@ -193,7 +199,6 @@ impl TestApp {
                 },
                 0.0,
             )),
-            migration: None,
             forward_headers: Vec::new(),
             span_labels: Default::default(),
         });
@@ -274,10 +279,11 @@ impl SessionStore for SlowStore {
         client_id: &'a tracking_core::ClientId,
         now: Timestamp,
         via: Option<&'a tracking_core::Via>,
+        ctx: &'a tracking_core::CallContext,
     ) -> BoxFuture<'a, Result<tracking_core::Sessions, tracking_core::StoreError>> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
-            self.inner.touch(client_id, now, via).await
+            self.inner.touch(client_id, now, via, ctx).await
         })
     }
 }
@@ -292,6 +298,7 @@ impl SessionStore for BrokenStore {
         _client_id: &'a tracking_core::ClientId,
         _now: Timestamp,
         _via: Option<&'a tracking_core::Via>,
+        _ctx: &'a tracking_core::CallContext,
     ) -> BoxFuture<'a, Result<tracking_core::Sessions, tracking_core::StoreError>> {
         Box::pin(std::future::ready(Err(
             tracking_core::StoreError::Unavailable("backend down".into()),

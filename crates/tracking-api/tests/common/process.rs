@@ -137,6 +137,22 @@ impl Drop for ApiProcess {
     }
 }
 
+/// Runs `tracking-api bootstrap` with exactly `env` (creates the backends'
+/// tables and topics) and fails the test with its log if it fails.
+pub fn bootstrap(env: &[(&str, &str)]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .arg("bootstrap")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tracking-api bootstrap");
+    assert!(
+        out.status.success(),
+        "bootstrap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A raw HTTP/1.1 response.
 #[derive(Debug)]
 pub struct RawResponse {

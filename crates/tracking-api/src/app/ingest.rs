@@ -1,0 +1,356 @@
+//! The ingest path: `POST /v1/events` (and the pixel, through
+//! [`App::ingest`]): admission, body, validation, dead letters, and the task
+//! that resolves sessions and hands events to the sink.
+
+use super::*;
+
+/// What an accepted request did.
+#[derive(Debug)]
+pub(super) struct Ingested {
+    pub(super) accepted: usize,
+    pub(super) rejected: Vec<Rejected>,
+    pub(super) new_visitor: Option<ClientId>,
+}
+
+impl App {
+    pub(super) async fn events<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let decision = self.state.parts.cors.decide(req.headers());
+        let mut resp = match self.events_inner(req, peer).await {
+            Ok(i) if i.rejected.is_empty() => {
+                let mut r = empty(StatusCode::NO_CONTENT);
+                self.set_cookie(&mut r, i.new_visitor.as_ref());
+                r
+            }
+            Ok(i) => {
+                #[derive(Serialize)]
+                struct Partial<'a> {
+                    accepted: usize,
+                    rejected: &'a [Rejected],
+                }
+                let mut r = json_response(
+                    StatusCode::OK,
+                    &Partial {
+                        accepted: i.accepted,
+                        rejected: &i.rejected,
+                    },
+                );
+                self.set_cookie(&mut r, i.new_visitor.as_ref());
+                r
+            }
+            Err(e) => e.into_response(),
+        };
+        Cors::apply(&decision, resp.headers_mut());
+        resp
+    }
+
+    pub(super) fn set_cookie(&self, resp: &mut Response<Full<Bytes>>, id: Option<&ClientId>) {
+        if let Some(id) = id {
+            resp.headers_mut()
+                .insert(SET_COOKIE, self.state.parts.cookie.set(id));
+        }
+    }
+
+    pub(super) async fn events_inner<B>(
+        &self,
+        req: Request<B>,
+        peer: IpAddr,
+    ) -> Result<Ingested, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limits = self.state.parts.limits;
+        let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
+        let (parts, body) = req.into_parts();
+        // The body first: a slow one holds its connection and the bytes it
+        // sent, never an in-flight slot.
+        let memory = &self.state.body_memory;
+        let raw = read_body(body, limits.max_body_bytes, memory)
+            .await
+            .map_err(|e| self.body_error(e))?;
+        let _permit = self.admit()?;
+        let inflated = match encoding {
+            Encoding::Identity => None,
+            Encoding::Gzip => {
+                let _span = tracing::debug_span!("gunzip", bytes = raw.len()).entered();
+                Some(
+                    inflate_bounded(&raw, limits.max_decompressed_bytes, memory)
+                        .map_err(|e| self.body_error(e))?,
+                )
+            }
+        };
+        let body = inflated.as_deref().unwrap_or(&raw);
+        // Boxed: the ingest state is allocated only once a body has arrived,
+        // so a connection waiting for one keeps a small future.
+        Box::pin(self.ingest(body, &parts.headers, peer)).await
+    }
+
+    /// A body that could not be read or inflated; counted as shed when it
+    /// is our memory that ran out. Not a readiness signal: bodies fill it
+    /// because clients send slowly, and another pod would meet the same
+    /// clients (taking this one out of the load balancer would be theirs
+    /// to decide).
+    pub(super) fn body_error(&self, e: BodyReadError) -> ApiError {
+        if matches!(e, BodyReadError::Read(ReadError::NoMemory)) {
+            self.state.parts.metrics.record_shed(ShedReason::BodyMemory);
+        }
+        ApiError::Read(e)
+    }
+
+    /// Takes an in-flight slot, or sheds the request.
+    pub(super) fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let overload = &self.state.parts.overload;
+        match Arc::clone(&self.state.inflight).try_acquire_owned() {
+            Ok(permit) => {
+                overload.record_admitted();
+                Ok(permit)
+            }
+            Err(_) => {
+                overload.record_shed();
+                self.state.parts.metrics.record_shed(ShedReason::Inflight);
+                Err(ApiError::Overloaded)
+            }
+        }
+    }
+
+    /// Validates the events of a body and, when any is valid, processes them.
+    pub(super) async fn ingest(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Ingested, ApiError> {
+        let st = &self.state;
+        let received_at = st.parts.clock.now();
+        let items = {
+            let _span = tracing::debug_span!("decode", bytes = body.len()).entered();
+            parse_body(body, st.parts.limits.max_batch_events)?
+        };
+        let (accepted, admission, rejected, new_visitor) =
+            {
+                let validate = tracing::debug_span!(
+                    "validate",
+                    events = items.len(),
+                    accepted = tracing::field::Empty,
+                    rejected = tracing::field::Empty,
+                )
+                .entered();
+
+                let cookie_id = st.parts.cookie.read(headers);
+                let needs_fallback = items
+                    .iter()
+                    .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
+                let mut new_visitor = None;
+                let fallback = match cookie_id {
+                    Some(id) => Some(id),
+                    None if needs_fallback => {
+                        let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
+                        new_visitor.clone_from(&id);
+                        id
+                    }
+                    None => None,
+                };
+
+                let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+                let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
+                for item in items {
+                    let event = item.event.and_then(|mut raw| {
+                        raw.fallback_client_id.clone_from(&fallback);
+                        Event::try_from(raw)
+                    });
+                    match event {
+                        Ok(e) => accepted.push(e),
+                        Err(reason) => rejected.push((item.index, reason, item.raw)),
+                    }
+                }
+
+                let admission =
+                    if accepted.is_empty() {
+                        None
+                    } else {
+                        let bytes = accepted.iter().map(enriched_size_hint).sum();
+                        Some(st.parts.sink.try_admit(accepted.len(), bytes).map_err(
+                            |e| match e {
+                                SinkError::Full { .. } => {
+                                    st.parts.metrics.record_shed(ShedReason::QueueFull);
+                                    ApiError::QueueFull
+                                }
+                                SinkError::Unavailable(why) => {
+                                    st.parts.metrics.record_shed(ShedReason::OutputFailing);
+                                    ApiError::OutputFailing(why)
+                                }
+                                SinkError::Closed | SinkError::Failed(_) => {
+                                    st.parts.metrics.record_shed(ShedReason::Draining);
+                                    ApiError::Draining
+                                }
+                            },
+                        )?)
+                    };
+
+                let rejected: Vec<Rejected> = rejected
+                    .into_iter()
+                    .map(|(index, reason, raw)| {
+                        st.parts.metrics.record_rejected(reason);
+                        self.dead_letter(
+                            received_at,
+                            reason.as_str(),
+                            reason.to_string(),
+                            Some(index),
+                            raw.to_owned(),
+                        );
+                        Rejected {
+                            index,
+                            error: reason.to_string(),
+                        }
+                    })
+                    .collect();
+                validate.record("accepted", accepted.len());
+                validate.record("rejected", rejected.len());
+                (accepted, admission, rejected, new_visitor)
+            };
+        let request_span = tracing::Span::current();
+        if !rejected.is_empty() {
+            request_span.record("rejected", rejected.len());
+        }
+        let Some(admission) = admission else {
+            return Err(ApiError::AllRejected(rejected));
+        };
+
+        let ip = st.parts.client_ip.resolve(peer, headers);
+        let ctx = RequestContext {
+            received_at,
+            ip: Some(anonymize_ip(ip)),
+            ua: headers
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| st.ua.parse(ua)),
+            geo: st.parts.geo.as_ref().and_then(|g| g.lookup(ip)),
+        };
+        let call = CallContext {
+            headers: st
+                .parts
+                .forward_headers
+                .iter()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    (value.len() <= MAX_FORWARDED_HEADER_BYTES)
+                        .then(|| (name.as_str().into(), value.into()))
+                })
+                .collect(),
+        };
+        let n = accepted.len();
+        Metrics::add(&st.parts.metrics.events_accepted, n as u64);
+        request_span.record("events", n);
+        let task = st.tracker.spawn(
+            process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
+        );
+        task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Ingested {
+            accepted: n,
+            rejected,
+            new_visitor,
+        })
+    }
+
+    pub(super) fn dead_letter(
+        &self,
+        received_at: tracking_core::Timestamp,
+        reason: &'static str,
+        error: String,
+        index: Option<usize>,
+        raw: String,
+    ) {
+        let kept = self.state.parts.deadletters.reject(DeadLetter {
+            received_at,
+            reason,
+            error,
+            index,
+            raw,
+        });
+        if !kept {
+            Metrics::add(&self.state.parts.metrics.deadletters_dropped, 1);
+        }
+    }
+}
+
+/// Resolves sessions for each event in order, enriches them and hands them
+/// to the sink. Runs as its own task: nothing here is cancelled by the client.
+pub(super) async fn process(
+    st: Arc<AppState>,
+    events: Vec<Event>,
+    ctx: RequestContext,
+    call: CallContext,
+    admission: Admission,
+) {
+    let mut out = Vec::with_capacity(events.len());
+    let mut unavailable = 0usize;
+    let labels = st.parts.span_labels;
+    for event in events {
+        // `lookup` is recorded by the Bigtable and legacy stores: `hit` (a
+        // live session), `miss`, or `fallback` (found through migration-proxy).
+        let span = tracing::debug_span!(
+            "session",
+            store = labels.store,
+            mode = labels.mode,
+            outcome = tracing::field::Empty,
+            lookup = tracing::field::Empty,
+            short_new = tracing::field::Empty,
+            long_new = tracing::field::Empty,
+        );
+        let touch = st
+            .parts
+            .store
+            .touch(event.client_id(), ctx.received_at, event.via(), &call)
+            .instrument(span.clone());
+        let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
+            Ok(Ok(s)) => {
+                let m = &st.parts.metrics;
+                if s.short_new {
+                    Metrics::add(&m.sessions_short_new, 1);
+                }
+                if s.long_new {
+                    Metrics::add(&m.sessions_long_new, 1);
+                }
+                if !s.short_new && !s.long_new {
+                    Metrics::add(&m.sessions_continued, 1);
+                }
+                span.record("short_new", s.short_new);
+                span.record("long_new", s.long_new);
+                SessionOutcome::Resolved(s)
+            }
+            Ok(Err(e)) => {
+                Metrics::add(&st.parts.metrics.session_store_failures, 1);
+                Metrics::add(&st.parts.metrics.sessions_unavailable, 1);
+                st.warn_store(&e);
+                SessionOutcome::Unavailable
+            }
+            Err(_) => {
+                Metrics::add(&st.parts.metrics.session_store_timeouts, 1);
+                Metrics::add(&st.parts.metrics.sessions_unavailable, 1);
+                st.warn_store(&StoreError::Timeout(st.parts.limits.session_timeout));
+                SessionOutcome::Unavailable
+            }
+        };
+        span.record("outcome", outcome.status());
+        if matches!(outcome, SessionOutcome::Unavailable) {
+            unavailable += 1;
+            service_kit::telemetry::set_error(&span, "session store unavailable");
+        }
+        out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
+    }
+    if unavailable > 0 {
+        // Kept even when the trace is not sampled: the request span is.
+        let request = tracing::Span::current();
+        request.record("sessions.unavailable", unavailable);
+        service_kit::telemetry::set_error(
+            &request,
+            format!("{unavailable} events without sessions (store unavailable)"),
+        );
+    }
+    let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
+    st.parts.sink.send(out, admission);
+}

@@ -1,0 +1,124 @@
+//! The application state: the adapters and settings it is built from
+//! ([`Parts`]), and the request-time state around them.
+
+use super::*;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_inflight: usize,
+    /// Bytes of request bodies held at once, as sent and inflated.
+    pub body_memory: usize,
+    pub session_timeout: Duration,
+}
+
+/// Everything a request needs, built once at start-up: the adapters and
+/// settings it was built from, and the request-time state around them.
+#[derive(Debug)]
+pub struct AppState {
+    pub parts: Parts,
+    pub ua: UaParser,
+    pub(super) inflight: Arc<Semaphore>,
+    pub(super) body_memory: Arc<BodyMemory>,
+    pub(super) tracker: TaskTracker,
+    pub(super) ready: AtomicBool,
+    pub(super) store_warned: OncePerSecond,
+}
+
+/// The adapters and settings an [`AppState`] is built from.
+#[derive(Debug)]
+pub struct Parts {
+    pub limits: Limits,
+    pub store: Arc<dyn SessionStore>,
+    pub sink: Arc<dyn EventSink>,
+    pub deadletters: Arc<dyn DeadLetterSink>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub cors: Cors,
+    pub cookie: VisitorCookie,
+    pub client_ip: ClientIp,
+    pub geo: Option<GeoLookup>,
+    /// The API's own (HTTP-level) metrics.
+    pub metrics: Arc<Metrics>,
+    /// The adapters' metrics, each registered by the adapter's builder;
+    /// `/metrics` renders them after the API's own.
+    pub registry: Arc<Registry>,
+    /// Sustained-overload readiness (ticked once a second by the server).
+    pub overload: Arc<crate::overload::OverloadGuard>,
+    /// Request headers passed on to migration-proxy (empty in `cloud` mode).
+    pub forward_headers: Vec<http::HeaderName>,
+    /// Attributes of the `session` spans.
+    pub span_labels: SpanLabels,
+}
+
+/// Constant attributes of the `session` spans: which store answers, in which
+/// migration mode.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanLabels {
+    /// `memory`, `bigtable` or `migration-proxy` (legacy mode).
+    pub store: &'static str,
+    /// `cloud`, `parallel` or `legacy`.
+    pub mode: &'static str,
+}
+
+impl Default for SpanLabels {
+    fn default() -> Self {
+        Self {
+            store: "memory",
+            mode: "cloud",
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new(Self {
+            inflight: Arc::new(Semaphore::new(parts.limits.max_inflight)),
+            body_memory: BodyMemory::new(parts.limits.body_memory),
+            ua: UaParser::new(4096),
+            tracker: TaskTracker::new(),
+            ready: AtomicBool::new(false),
+            store_warned: OncePerSecond::default(),
+            parts,
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Ready to take traffic: started, not draining, not in sustained
+    /// overload (see [`crate::overload`]), and the event output works.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+            && !self.parts.overload.unready()
+            && self.parts.sink.healthy()
+    }
+
+    /// Event-processing tasks, for the drain.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    pub(super) fn gauges(&self) -> Gauges {
+        Gauges {
+            inflight: self.parts.limits.max_inflight - self.inflight.available_permits(),
+            body_memory: self.body_memory.used(),
+            body_memory_limit: self.body_memory.limit(),
+            store_ops: self.parts.store.counters(),
+            ready: self.is_ready(),
+            overloaded: self.parts.overload.unready(),
+            overload_flips: self.parts.overload.flips(),
+        }
+    }
+
+    /// Logs a session-store failure at most once a second.
+    pub(super) fn warn_store(&self, error: &StoreError) {
+        if self.store_warned.allow(self.parts.clock.now()) {
+            tracing::warn!(%error, "Session store failed; events are accepted without sessions.");
+        }
+    }
+}
