@@ -360,13 +360,20 @@ async fn cors_for_listed_unlisted_and_any_origins() {
             .contains("content-type")
     );
 
-    // Unlisted origin: no CORS headers; preflight refused.
+    // Unlisted origin: refused (a simple request needs no preflight), no
+    // CORS headers, nothing written; preflight refused.
+    let _ = t.sink.take();
     let req = post("")
         .header("origin", "https://evil.example")
         .body(body(r#"{"type":"t","client_id":"v"}"#))
         .unwrap();
     let (resp, _) = t.send(req).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        t.sink.take().is_empty(),
+        "an unlisted origin's event was written"
+    );
     let req = Request::options("/v1/events")
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")

@@ -3,6 +3,7 @@
 //! that resolves sessions and hands events to the sink.
 
 use super::*;
+use crate::cors::Decision;
 
 /// What an accepted request did.
 #[derive(Debug)]
@@ -19,6 +20,14 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let decision = self.state.parts.cors.decide(req.headers());
+        // A page of an origin that is not allowed: its events are refused,
+        // not written (a simple request needs no preflight, so the
+        // allowlist is enforced here, not only by the browser).
+        if matches!(decision, Decision::Refused) {
+            let mut r = ApiError::OriginRefused.into_response();
+            Cors::apply(&decision, r.headers_mut());
+            return r;
+        }
         let mut resp = match self.events_inner(req, peer).await {
             Ok(i) if i.rejected.is_empty() => {
                 let mut r = empty(StatusCode::NO_CONTENT);
