@@ -86,8 +86,9 @@ pub struct ServeArgs {
     #[arg(long, env = "MIGRATION_MAX_CONNECTIONS", default_value_t = 4096, value_parser = at_least_one())]
     pub max_connections: usize,
     /// Time allowed to receive a request's headers; also the longest a
-    /// keep-alive connection stays idle.
-    #[arg(long, env = "MIGRATION_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// keep-alive connection stays idle. Shorter than the drain timeout, so
+    /// that a half-sent head does not hold up a SIGTERM's drain.
+    #[arg(long, env = "MIGRATION_HEADER_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub header_timeout: Duration,
     /// Time allowed to receive a PUT's body (408 past it).
     #[arg(long, env = "MIGRATION_BODY_TIMEOUT", default_value = "5s", value_parser = duration)]
