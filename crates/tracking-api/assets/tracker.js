@@ -23,7 +23,8 @@
 
   // Events are kept as their JSON text `s` and its UTF-8 size `n`, oldest first.
   let queue = [],
-    sending = null, // the payload in flight (keepalive fetch)
+    sending = null, // the payload in flight (fetch)
+    keep = 0, // bytes of our keepalive fetches and beacons the browser may still count
     timer = 0,
     backoff = 0,
     down = false, // the last attempt failed: the API is unreachable for now
@@ -95,11 +96,18 @@
       p.b += r.n + 1;
       dropped = 0;
     }
+    // Keepalive only within the quota: Chromium refuses a keepalive fetch
+    // beyond it ("Failed to fetch"), and frees a request's bytes only after
+    // its answer is read, a task after the promise resolves.
+    const k = (p.k = keep + p.b <= QUOTA);
+    if (k) keep += p.b;
     const c = (p.c = new AbortController()), t = setTimeout(() => c.abort(), TIMEOUT);
-    fetch(endpoint, {method: 'POST', body: text(p), keepalive: true, credentials: 'include', signal: c.signal})
-      .then(r => r.status, () => 0)
+    fetch(endpoint, {method: 'POST', body: text(p), keepalive: k, credentials: 'include', signal: c.signal})
+      .then(r => r.text().then(() => r.status, () => r.status), () => 0)
+      .then(status => new Promise(go => setTimeout(() => go(status), 0)))
       .then(status => {
         clearTimeout(t);
+        if (k) keep -= p.b;
         // Taken back by `hide`.
         if (sending != p) return;
         sending = null;
@@ -131,22 +139,24 @@
     clearTimeout(timer);
     timer = 0;
     // A retry in flight while the API is unreachable is taken back: kept,
-    // not left to a request that will most likely fail after the page is gone.
-    if (down && sending) {
+    // not left to a request that will most likely fail after the page is gone;
+    // so is a fetch without keepalive, which the browser cancels at unload.
+    if (sending && (down || !sending.k)) {
       sending.c.abort();
       queue = sending.concat(queue);
       sending = null;
     }
-    let room = QUOTA - (sending ? sending.b : 0);
     while (!down && queue.length) {
-      const p = cut(Math.min(PAYLOAD, room));
+      const p = cut(Math.min(PAYLOAD, QUOTA - keep));
       let ok = false;
       if (p.length) try { ok = navigator.sendBeacon(endpoint, text(p)); } catch (e) {}
       if (!ok) {
         queue = p.concat(queue);
         break;
       }
-      room -= p.b;
+      // Counted until the browser has surely sent it; it never says when.
+      keep += p.b;
+      setTimeout(() => (keep -= p.b), TIMEOUT);
     }
     if (queue.length || dropped) {
       queue = bound(load().concat(queue));
