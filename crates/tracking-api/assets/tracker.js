@@ -28,7 +28,8 @@
     timer = 0,
     backoff = 0,
     down = false, // the last attempt failed: the API is unreachable for now
-    hidden = false, // the page was hidden: send at once, by beacon
+    hidden = false, // the page was hidden: what fails waits in localStorage
+    gone = false, // pagehide: no timer may fire any more, send at once, by beacon
     ready = false,
     dropped = 0; // events given up and not reported yet
 
@@ -190,19 +191,21 @@
   };
 
   const show = () => {
-    hidden = false;
+    hidden = gone = false;
     queue = bound(load().concat(queue));
     if (queue.length) later(DELAY);
   };
 
   const track = (type, props) => {
     add(type, props);
-    if (hidden) hide();
+    // Hidden but alive: batched like a visible page (a beacon per event
+    // would be one request per event); gone: no timer will ever fire.
+    if (gone) hide();
     else if (ready && !down && queue.length >= COUNT) {
       // At the next task: events tracked in one go share a payload.
       clearTimeout(timer);
       timer = setTimeout(flush, 0);
-    } else later(DELAY);
+    } else later(down ? backoff : DELAY);
   };
 
   const api = function (type, props) {
@@ -214,6 +217,6 @@
   ((stub && stub.q) || []).forEach(a => track(a[0], a[1]));
   ready = true;
   d.addEventListener('visibilitychange', () => (d.visibilityState == 'hidden' ? hide() : show()));
-  w.addEventListener('pagehide', hide);
+  w.addEventListener('pagehide', () => hide((gone = true)));
   w.addEventListener('pageshow', e => e.persisted && show());
 })();

@@ -598,6 +598,38 @@ test('events tracked after the page was hidden leave at once', () => {
   assert.equal(b.requests[0].kind, 'beacon');
 });
 
+test('a hidden page batches: 300 events are a few payloads, not 300 beacons', async () => {
+  const b = new Browser();
+  const page = b.open({calls: [['page_view']]});
+  await b.serve(1000);
+  page.hideTab();
+  for (let i = 0; i < 300; i++) page.call('bg', {i});
+  await b.serve(2000);
+  assert.equal(b.arrived.length, 301);
+  assert.ok(b.requests.length <= 3, `${b.requests.length} requests`);
+  for (let i = 300; i < 310; i++) page.call('bg', {i});
+  page.leave(); // what is queued leaves with the pagehide
+  b.pending().forEach(r => r.answer(204));
+  assert.equal(b.arrived.length, 311);
+});
+
+test('a hidden page whose requests fail keeps its events and sends them when visible', async () => {
+  const b = new Browser();
+  const page = b.open({calls: [['page_view']]});
+  await b.serve(1000);
+  page.hideTab();
+  for (let i = 0; i < 10; i++) {
+    page.call('bg', {i});
+    await b.serve(1000, () => 503);
+  }
+  assert.equal(b.arrived.length, 1);
+  assert.ok(b.requests.length <= 12, `${b.requests.length} requests`);
+  page.showTab();
+  await b.serve(3000);
+  assert.deepEqual(b.arrived.filter(e => e.type == 'bg').map(e => e.props.i).sort((x, y) => x - y), [...Array(10).keys()]);
+  assert.equal(new Set(b.ids()).size, 11);
+});
+
 test('held events are bounded: the oldest go first, counted and reported', async () => {
   const b = new Browser();
   const page = await unreachable(b, [['page_view']]); // everything is kept
