@@ -7,6 +7,7 @@
   const KEY = '_tracking', // localStorage: events waiting for a later page
     PAYLOAD = 61440, // bytes a payload may have (60 KiB)
     QUOTA = 65536, // bytes of keepalive fetches and beacons a page may have in flight
+    PROPS = 8192, // bytes of props the API accepts
     BATCH = 500, // events a payload may have (the API's default batch limit)
     COUNT = 10, // queued events that trigger a send at once
     DELAY = 500, // ms before a send otherwise
@@ -57,11 +58,13 @@
     url: location.href.slice(0, 2048), referrer: d.referrer.slice(0, 2048) || undefined,
   }));
 
+  // Never sendable: over a payload, or props the API refuses (over 8 KiB).
+  const big = (it, props) => it.n + 13 > PAYLOAD || size(JSON.stringify(props) || '') > PROPS;
+
   const add = (type, props) => {
     try {
       const it = event(type, props);
-      // Never fits a payload: the API would refuse it too.
-      if (it.n + 13 > PAYLOAD) dropped++;
+      if (big(it, props)) dropped++;
       else queue = bound(queue.concat(it));
     } catch (e) {
       dropped++; // props that JSON cannot carry
@@ -184,7 +187,14 @@
       const o = JSON.parse(v);
       if (o) {
         dropped += o.d | 0;
-        return o.e.map(e => item(JSON.stringify(e)));
+        // Stored by another version maybe: what cannot be sent is dropped,
+        // or it would block the queue behind it.
+        const l = [];
+        for (const e of o.e) {
+          const it = item(JSON.stringify(e));
+          big(it, (e || 0).props) ? dropped++ : l.push(it);
+        }
+        return l;
       }
     } catch (e) {}
     return [];

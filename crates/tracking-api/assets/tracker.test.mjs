@@ -693,6 +693,26 @@ test('an event too big for any payload, or that JSON cannot carry, is dropped an
   assert.deepEqual(b.arrived[1].props, {events: 2});
 });
 
+test('a stored event that cannot be sent is dropped and counted, not sent empty for ever', async () => {
+  const b = new Browser();
+  // As an older tracker, or the site, may have left it.
+  b.storage.setItem('_tracking', JSON.stringify({d: 0, e: [{type: 'big', props: {s: 'x'.repeat(70000)}}, {type: 'props9k', props: {s: 'y'.repeat(9000)}}, {type: 'small_after'}]}));
+  b.open({calls: [['page_view']]});
+  await b.serve(5000);
+  assert.deepEqual(types(b.arrived), ['small_after', 'page_view', 'tracker_dropped']);
+  assert.deepEqual(b.arrived[2].props, {events: 2});
+  assert.equal(b.requests.length, 1);
+});
+
+test('props over the API limit of 8192 bytes are dropped and counted at track time', async () => {
+  const b = new Browser();
+  // {"s":"…"} is 8 bytes besides the string.
+  b.open({calls: [['at_limit', {s: 'x'.repeat(8184)}], ['over', {s: 'x'.repeat(8185)}], ['over_utf8', {s: 'é'.repeat(4093)}]]});
+  await b.serve(1000);
+  assert.deepEqual(types(b.arrived), ['at_limit', 'tracker_dropped']);
+  assert.deepEqual(b.arrived[1].props, {events: 2});
+});
+
 test('a second copy of the script changes nothing', async () => {
   const b = new Browser();
   const page = b.open({calls: [['page_view']]});
