@@ -385,6 +385,28 @@ test('back-to-back payloads never overrun the keepalive quota, nor wait for a re
   assert.ok(b.requests.length >= 5 && b.requests.every(r => r.keepalive));
 });
 
+test('quota still held by beacons: a visible page fetches without keepalive, taken back at unload', async () => {
+  const b = new Browser();
+  const page = b.open();
+  for (let i = 0; i < 100; i++) page.call('big', bigProps(i));
+  page.hideTab(); // beacons take the quota; the browser has not sent them yet
+  const beacons = b.requests.length;
+  assert.ok(beacons >= 1);
+  page.showTab();
+  for (let i = 100; i < 110; i++) page.call('big', bigProps(i));
+  await b.advance(500);
+  const plain = b.pending().filter(r => r.kind == 'fetch');
+  assert.equal(plain.length, 1);
+  assert.equal(plain[0].keepalive, false, 'no room for a keepalive fetch');
+  page.leave(); // the browser would cancel it: the tracker takes it back first
+  assert.equal(plain[0].state, 'aborted');
+  b.pending().forEach(r => r.answer(204));
+  b.open();
+  await b.serve(3000);
+  assert.deepEqual(b.arrived.map(e => e.props.i).sort((x, y) => x - y), [...Array(110).keys()]);
+  assert.equal(b.quotaFailures, 0);
+});
+
 test('a payload of small events is cut at the batch limit of 500', async () => {
   const b = new Browser();
   // Tracked events carry two ids (~150 bytes): 500 of them exceed 60 KiB.
