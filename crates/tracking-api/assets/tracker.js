@@ -96,8 +96,9 @@
     if (!timer) timer = setTimeout(flush, ms);
   };
 
-  // One fetch at a time (visible, or hidden but alive), so that payloads stay
-  // in order and the quota is never exceeded.
+  // While visible: one keepalive fetch at a time, so that a browser without
+  // the visitor cookie sends its first payload alone and the rest wait for the
+  // answer that sets it, and the quota is never exceeded.
   const flush = () => {
     clearTimeout(timer);
     timer = 0;
