@@ -203,8 +203,6 @@
         // or it would block the queue behind it.
         const l = [];
         for (const e of o.e) {
-          // Stored without an id (an older version): this browser's.
-          if (e && !e.client_id) e.client_id = visitor;
           const it = item(JSON.stringify(e));
           big(it, (e || 0).props) ? dropped++ : l.push(it);
         }
