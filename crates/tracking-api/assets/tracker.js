@@ -53,20 +53,8 @@
     return [...b].map((x, i) => ([4, 6, 8, 10].includes(i) ? '-' : '') + (x + 256).toString(16).slice(1)).join('');
   };
 
-  // The visitor's id, decided once per browser before its first request and
-  // kept first-party: payloads without it (sent before the first answer set
-  // the API's cookie, by this page or the next) would each get an id of their
-  // own. Storage unusable: one id for this page.
-  let visitor;
-  try {
-    visitor = localStorage.getItem(KEY + '_id');
-    if (!/^[\w.:-]{1,128}$/.test(visitor || '')) localStorage.setItem(KEY + '_id', (visitor = id()));
-  } catch (e) {
-    visitor = visitor || id();
-  }
-
   const event = (type, props) => item(JSON.stringify({
-    type, props, client_id: visitor, event_id: id(), ts: Date.now(),
+    type, props, event_id: id(), ts: Date.now(),
     url: location.href.slice(0, 2048), referrer: d.referrer.slice(0, 2048) || undefined,
   }));
 
