@@ -389,7 +389,7 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
         ),
     );
     // First visit, the API slow: a page view, and 20 events while it is on
-    // its way (they wait for its answer: one payload at a time); once
+    // its way (they must wait for its answer, which sets the cookie); once
     // answered, 300 events of ~500 bytes are queued as the page navigates
     // away.
     pages.insert(
@@ -460,7 +460,7 @@ firstAnswer.then(async status => {
     );
 
     // Page 1, then page 2: the page view, the early events and all 300
-    // arrive, with page 2's page view, one visitor (the tracker's id), one session.
+    // arrive, with page 2's page view, one visitor (the cookie), one session.
     gate.set_delay(Duration::from_millis(300));
     assert_eq!(expect(&mut reports, "p1").await["status"], 204);
     gate.set_delay(Duration::ZERO);
@@ -477,7 +477,7 @@ firstAnswer.then(async status => {
     assert_eq!(view["via"]["source"], "browser_test");
     assert_eq!(view["session"]["short_new"], true);
     let visitor = view["client_id"].as_str().unwrap().to_owned();
-    assert_eq!(visitor.len(), 36, "a UUID (the tracker's visitor id): {visitor}");
+    assert_eq!(visitor.len(), 36, "an id the API minted: {visitor}");
     let mut bulk: Vec<u64> = events
         .iter()
         .filter(|e| e["type"] == "bulk")
