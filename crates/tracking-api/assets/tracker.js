@@ -7,6 +7,7 @@
   const KEY = '_tracking', // localStorage: events waiting for a later page
     PAYLOAD = 61440, // bytes a payload may have (60 KiB)
     QUOTA = 65536, // bytes of keepalive fetches and beacons a page may have in flight
+    PROPS = 8192, // bytes of props the API accepts
     BATCH = 500, // events a payload may have (the API's default batch limit)
     COUNT = 10, // queued events that trigger a send at once
     DELAY = 500, // ms before a send otherwise
@@ -23,11 +24,13 @@
 
   // Events are kept as their JSON text `s` and its UTF-8 size `n`, oldest first.
   let queue = [],
-    sending = null, // the payload in flight (keepalive fetch)
+    sending = null, // the payload in flight (fetch)
+    keep = 0, // bytes of our keepalive fetches and beacons the browser may still count
     timer = 0,
     backoff = 0,
     down = false, // the last attempt failed: the API is unreachable for now
-    hidden = false, // the page was hidden: send at once, by beacon
+    hidden = false, // the page was hidden: what fails waits in localStorage
+    gone = false, // pagehide: no timer may fire any more, send at once, by beacon
     ready = false,
     dropped = 0; // events given up and not reported yet
 
@@ -55,11 +58,13 @@
     url: location.href.slice(0, 2048), referrer: d.referrer.slice(0, 2048) || undefined,
   }));
 
+  // Never sendable: over a payload, or props the API refuses (over 8 KiB).
+  const big = (it, props) => it.n + 13 > PAYLOAD || size(JSON.stringify(props) || '') > PROPS;
+
   const add = (type, props) => {
     try {
       const it = event(type, props);
-      // Never fits a payload: the API would refuse it too.
-      if (it.n + 13 > PAYLOAD) dropped++;
+      if (big(it, props)) dropped++;
       else queue = bound(queue.concat(it));
     } catch (e) {
       dropped++; // props that JSON cannot carry
@@ -95,11 +100,18 @@
       p.b += r.n + 1;
       dropped = 0;
     }
+    // Keepalive only within the quota: Chromium refuses a keepalive fetch
+    // beyond it ("Failed to fetch"), and frees a request's bytes only after
+    // its answer is read, a task after the promise resolves.
+    const k = (p.k = keep + p.b <= QUOTA);
+    if (k) keep += p.b;
     const c = (p.c = new AbortController()), t = setTimeout(() => c.abort(), TIMEOUT);
-    fetch(endpoint, {method: 'POST', body: text(p), keepalive: true, credentials: 'include', signal: c.signal})
-      .then(r => r.status, () => 0)
+    fetch(endpoint, {method: 'POST', body: text(p), keepalive: k, credentials: 'include', signal: c.signal})
+      .then(r => r.text().then(() => r.status, () => r.status), () => 0)
+      .then(status => new Promise(go => setTimeout(() => go(status), 0)))
       .then(status => {
         clearTimeout(t);
+        if (k) keep -= p.b;
         // Taken back by `hide`.
         if (sending != p) return;
         sending = null;
@@ -131,22 +143,24 @@
     clearTimeout(timer);
     timer = 0;
     // A retry in flight while the API is unreachable is taken back: kept,
-    // not left to a request that will most likely fail after the page is gone.
-    if (down && sending) {
+    // not left to a request that will most likely fail after the page is gone;
+    // so is a fetch without keepalive, which the browser cancels at unload.
+    if (sending && (down || !sending.k)) {
       sending.c.abort();
       queue = sending.concat(queue);
       sending = null;
     }
-    let room = QUOTA - (sending ? sending.b : 0);
     while (!down && queue.length) {
-      const p = cut(Math.min(PAYLOAD, room));
+      const p = cut(Math.min(PAYLOAD, QUOTA - keep));
       let ok = false;
       if (p.length) try { ok = navigator.sendBeacon(endpoint, text(p)); } catch (e) {}
       if (!ok) {
         queue = p.concat(queue);
         break;
       }
-      room -= p.b;
+      // Counted until the browser has surely sent it; it never says when.
+      keep += p.b;
+      setTimeout(() => (keep -= p.b), TIMEOUT);
     }
     if (queue.length || dropped) {
       queue = bound(load().concat(queue));
@@ -173,26 +187,35 @@
       const o = JSON.parse(v);
       if (o) {
         dropped += o.d | 0;
-        return o.e.map(e => item(JSON.stringify(e)));
+        // Stored by another version maybe: what cannot be sent is dropped,
+        // or it would block the queue behind it.
+        const l = [];
+        for (const e of o.e) {
+          const it = item(JSON.stringify(e));
+          big(it, (e || 0).props) ? dropped++ : l.push(it);
+        }
+        return l;
       }
     } catch (e) {}
     return [];
   };
 
   const show = () => {
-    hidden = false;
+    hidden = gone = false;
     queue = bound(load().concat(queue));
     if (queue.length) later(DELAY);
   };
 
   const track = (type, props) => {
     add(type, props);
-    if (hidden) hide();
+    // Hidden but alive: batched like a visible page (a beacon per event
+    // would be one request per event); gone: no timer will ever fire.
+    if (gone) hide();
     else if (ready && !down && queue.length >= COUNT) {
       // At the next task: events tracked in one go share a payload.
       clearTimeout(timer);
       timer = setTimeout(flush, 0);
-    } else later(DELAY);
+    } else later(down ? backoff : DELAY);
   };
 
   const api = function (type, props) {
@@ -204,6 +227,6 @@
   ((stub && stub.q) || []).forEach(a => track(a[0], a[1]));
   ready = true;
   d.addEventListener('visibilitychange', () => (d.visibilityState == 'hidden' ? hide() : show()));
-  w.addEventListener('pagehide', hide);
+  w.addEventListener('pagehide', () => hide((gone = true)));
   w.addEventListener('pageshow', e => e.persisted && show());
 })();

@@ -190,21 +190,24 @@ class Page {
 
   fetch(url, init) {
     assert.equal(init.method, 'POST');
-    assert.equal(init.keepalive, true);
+    assert.equal(typeof init.keepalive, 'boolean');
     assert.equal(init.credentials, 'include');
     assert.equal(init.headers, undefined, 'no headers: a string body goes as text/plain, without a preflight');
     assert.equal(typeof init.body, 'string');
-    const bytes = Buffer.byteLength(init.body);
+    // Only keepalive requests count against the quota.
+    const bytes = init.keepalive ? Buffer.byteLength(init.body) : 0;
     if (this.inflight + bytes > QUOTA) {
       this.browser.quotaFailures++;
       return Promise.reject(new TypeError('Failed to fetch (keepalive quota)'));
     }
     return new Promise((resolve, reject) => {
-      const req = this.record('fetch', url, init.body, {signal: init.signal});
+      const req = this.record('fetch', url, init.body, {signal: init.signal, keepalive: init.keepalive});
       this.inflight += bytes;
+      // As in Chromium: the bytes are freed once the answer is complete, a
+      // task after the promise resolved, not when it resolves.
       const end = () => {
         if (req.state != 'open') return false;
-        this.inflight -= bytes;
+        this.setTimeout(() => (this.inflight -= bytes), 0);
         return true;
       };
       req.answer = status => {
@@ -212,7 +215,7 @@ class Page {
         req.state = 'answered';
         req.status = status;
         if (status >= 200 && status < 300) this.browser.arrived.push(...req.events);
-        if (this.alive) resolve({status});
+        if (this.alive) resolve({status, text: () => Promise.resolve('')});
       };
       req.fail = () => {
         if (!end()) return;
@@ -267,6 +270,8 @@ class Page {
     this.hideTab();
     this.fire('window', 'pagehide', {persisted: false});
     this.alive = false;
+    // The browser cancels what is not keepalive.
+    for (const r of this.browser.pending()) if (r.page == this && r.kind == 'fetch' && !r.keepalive) r.state = 'cancelled';
     this.timers.clear();
   }
 }
@@ -276,7 +281,7 @@ const unreachable = async (b, calls) => {
   const page = b.open({calls});
   await b.advance(500);
   b.requests.at(-1).fail();
-  await settle();
+  await b.advance(0);
   return page;
 };
 
@@ -345,7 +350,7 @@ test('one payload in flight at a time: the first goes alone, the rest wait for i
   assert.equal(b.pending().length, 1, 'still waiting for the first answer');
   assert.deepEqual(types(b.requests[0].events), ['page_view']);
   b.requests[0].answer(204);
-  await settle();
+  await b.advance(0);
   assert.equal(b.pending().length, 1);
   assert.equal(b.requests[1].events.length, 40, 'the rest in one payload');
 });
@@ -368,6 +373,40 @@ test('payloads stay under 60 KiB and the batch limit; all events arrive once, in
   assert.equal(b.quotaFailures, 0);
 });
 
+test('back-to-back payloads never overrun the keepalive quota, nor wait for a retry', async () => {
+  // Chromium frees a keepalive request's bytes a task after its answer:
+  // the next 60 KiB keepalive fetch started at once is refused.
+  const b = new Browser();
+  const page = b.open();
+  for (let i = 0; i < 600; i++) page.call('big', bigProps(i));
+  await b.serve(500);
+  assert.equal(b.quotaFailures, 0);
+  assert.equal(b.arrived.length, 600, 'all within half a second: no 1 s retry between payloads');
+  assert.ok(b.requests.length >= 5 && b.requests.every(r => r.keepalive));
+});
+
+test('quota still held by beacons: a visible page fetches without keepalive, taken back at unload', async () => {
+  const b = new Browser();
+  const page = b.open();
+  for (let i = 0; i < 100; i++) page.call('big', bigProps(i));
+  page.hideTab(); // beacons take the quota; the browser has not sent them yet
+  const beacons = b.requests.length;
+  assert.ok(beacons >= 1);
+  page.showTab();
+  for (let i = 100; i < 110; i++) page.call('big', bigProps(i));
+  await b.advance(500);
+  const plain = b.pending().filter(r => r.kind == 'fetch');
+  assert.equal(plain.length, 1);
+  assert.equal(plain[0].keepalive, false, 'no room for a keepalive fetch');
+  page.leave(); // the browser would cancel it: the tracker takes it back first
+  assert.equal(plain[0].state, 'aborted');
+  b.pending().forEach(r => r.answer(204));
+  b.open();
+  await b.serve(3000);
+  assert.deepEqual(b.arrived.map(e => e.props.i).sort((x, y) => x - y), [...Array(110).keys()]);
+  assert.equal(b.quotaFailures, 0);
+});
+
 test('a payload of small events is cut at the batch limit of 500', async () => {
   const b = new Browser();
   const page = b.open({href: 'https://a.b/', referrer: ''});
@@ -384,7 +423,7 @@ test('a 503 and a network error are retried with the same event ids, backing off
   await b.advance(500);
   const first = b.requests[0];
   first.answer(503);
-  await settle();
+  await b.advance(0);
   page.call('later');
   await b.advance(999);
   assert.equal(b.requests.length, 1, 'no retry before 1 s');
@@ -392,13 +431,13 @@ test('a 503 and a network error are retried with the same event ids, backing off
   assert.equal(b.requests.length, 2);
   assert.deepEqual(b.requests[1].events.slice(0, 2), first.events, 'same events, same ids');
   b.requests[1].fail();
-  await settle();
+  await b.advance(0);
   await b.advance(1999);
   assert.equal(b.requests.length, 2, 'then 2 s');
   await b.advance(1);
   assert.equal(b.requests.length, 3);
   b.requests[2].answer(204);
-  await settle();
+  await b.advance(0);
   assert.deepEqual(types(b.arrived), ['page_view', 'e', 'later']);
 });
 
@@ -524,7 +563,7 @@ test('a failure answered after the tab was hidden is kept, not dropped', async (
   await b.advance(500);
   page.hideTab();
   b.requests[0].answer(503);
-  await settle();
+  await b.advance(0);
   assert.deepEqual(types(stored(b).e), ['a']);
   page.showTab();
   assert.equal(b.storage.getItem('_tracking'), null, 'taken back when visible again');
@@ -551,7 +590,7 @@ test('two tabs share localStorage: each stored event is sent by one of them, onc
   const two = b.open({calls: [['two_a']]});
   await b.advance(500);
   b.pending().forEach(r => r.fail()); // both failed: the API is unreachable
-  await settle();
+  await b.advance(0);
   one.hideTab();
   two.hideTab();
   assert.deepEqual(types(stored(b).e), ['one_a', 'one_b', 'two_a'], 'merged, not overwritten');
@@ -579,6 +618,38 @@ test('events tracked after the page was hidden leave at once', () => {
   page.call('exit', {reason: 'pagehide handler'});
   assert.equal(b.requests.length, 1);
   assert.equal(b.requests[0].kind, 'beacon');
+});
+
+test('a hidden page batches: 300 events are a few payloads, not 300 beacons', async () => {
+  const b = new Browser();
+  const page = b.open({calls: [['page_view']]});
+  await b.serve(1000);
+  page.hideTab();
+  for (let i = 0; i < 300; i++) page.call('bg', {i});
+  await b.serve(2000);
+  assert.equal(b.arrived.length, 301);
+  assert.ok(b.requests.length <= 3, `${b.requests.length} requests`);
+  for (let i = 300; i < 310; i++) page.call('bg', {i});
+  page.leave(); // what is queued leaves with the pagehide
+  b.pending().forEach(r => r.answer(204));
+  assert.equal(b.arrived.length, 311);
+});
+
+test('a hidden page whose requests fail keeps its events and sends them when visible', async () => {
+  const b = new Browser();
+  const page = b.open({calls: [['page_view']]});
+  await b.serve(1000);
+  page.hideTab();
+  for (let i = 0; i < 10; i++) {
+    page.call('bg', {i});
+    await b.serve(1000, () => 503);
+  }
+  assert.equal(b.arrived.length, 1);
+  assert.ok(b.requests.length <= 12, `${b.requests.length} requests`);
+  page.showTab();
+  await b.serve(3000);
+  assert.deepEqual(b.arrived.filter(e => e.type == 'bg').map(e => e.props.i).sort((x, y) => x - y), [...Array(10).keys()]);
+  assert.equal(new Set(b.ids()).size, 11);
 });
 
 test('held events are bounded: the oldest go first, counted and reported', async () => {
@@ -641,6 +712,26 @@ test('an event too big for any payload, or that JSON cannot carry, is dropped an
   page.call('next');
   await b.serve(1000);
   assert.deepEqual(types(b.arrived), ['ok', 'tracker_dropped', 'next']);
+  assert.deepEqual(b.arrived[1].props, {events: 2});
+});
+
+test('a stored event that cannot be sent is dropped and counted, not sent empty for ever', async () => {
+  const b = new Browser();
+  // As an older tracker, or the site, may have left it.
+  b.storage.setItem('_tracking', JSON.stringify({d: 0, e: [{type: 'big', props: {s: 'x'.repeat(70000)}}, {type: 'props9k', props: {s: 'y'.repeat(9000)}}, {type: 'small_after'}]}));
+  b.open({calls: [['page_view']]});
+  await b.serve(5000);
+  assert.deepEqual(types(b.arrived), ['small_after', 'page_view', 'tracker_dropped']);
+  assert.deepEqual(b.arrived[2].props, {events: 2});
+  assert.equal(b.requests.length, 1);
+});
+
+test('props over the API limit of 8192 bytes are dropped and counted at track time', async () => {
+  const b = new Browser();
+  // {"s":"…"} is 8 bytes besides the string.
+  b.open({calls: [['at_limit', {s: 'x'.repeat(8184)}], ['over', {s: 'x'.repeat(8185)}], ['over_utf8', {s: 'é'.repeat(4093)}]]});
+  await b.serve(1000);
+  assert.deepEqual(types(b.arrived), ['at_limit', 'tracker_dropped']);
   assert.deepEqual(b.arrived[1].props, {events: 2});
 });
 
