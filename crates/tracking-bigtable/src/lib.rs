@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod locks;
+pub mod retry;
 pub mod schema;
 pub mod store;
 

@@ -42,6 +42,7 @@ use tracking_core::{
 };
 
 use crate::locks::{InFlight, VisitorLocks};
+use crate::retry::RetryBudget;
 use crate::schema::{
     LONG, SHORT, Unreadable, decode, encode, key_hash, latest_since, read_visitor, row_key,
     row_key_with,
@@ -72,6 +73,9 @@ pub struct Counters {
     /// Conditional writes that found another writer's cell and wrote
     /// nothing (the event then adopted that writer's session).
     pub conflicts: AtomicU64,
+    /// Retries not sent because the retry budget was spent (the call
+    /// failed instead).
+    pub retries_denied: AtomicU64,
 }
 
 struct Inner {
@@ -86,6 +90,8 @@ struct Inner {
     writes: TaskTracker,
     counters: Counters,
     warned: OncePerSecond,
+    /// Retries of reads, conditional and plain writes, as a share of calls.
+    retry_budget: RetryBudget,
     /// The parallel run: asked on a miss, told every renewal.
     legacy: Option<Arc<dyn LegacySessions>>,
 }
@@ -121,6 +127,15 @@ fn transient(e: &BtError) -> bool {
     }
 }
 
+/// The channel's deadline for any one RPC: the longest a call may take
+/// (a renewal write), not the read attempt's. Each read attempt is cut at
+/// its own deadline by the store; with the read's deadline on the channel,
+/// a renewal slower than a read attempt would be abandoned (the server
+/// still doing the work) and sent again.
+fn channel_timeout(cfg: &BigtableConfig) -> Duration {
+    cfg.attempt_timeout.max(cfg.write_timeout)
+}
+
 impl BigtableSessionStore {
     /// Connects (lazily: nothing is sent until the first call).
     pub async fn connect(cfg: BigtableConfig, policy: SessionPolicy) -> Result<Self, SetupError> {
@@ -131,7 +146,7 @@ impl BigtableSessionStore {
                 &cfg.instance,
                 false,
                 cfg.channels,
-                Some(cfg.attempt_timeout),
+                Some(channel_timeout(&cfg)),
             )
             .map_err(|e| SetupError::Connect(e.to_string()))?,
             None => {
@@ -143,7 +158,7 @@ impl BigtableSessionStore {
                     &cfg.instance,
                     false,
                     cfg.channels,
-                    Some(cfg.attempt_timeout),
+                    Some(channel_timeout(&cfg)),
                     provider,
                 )
                 .map_err(|e| SetupError::Connect(e.to_string()))?
@@ -161,6 +176,7 @@ impl BigtableSessionStore {
                 writes: TaskTracker::new(),
                 counters: Counters::default(),
                 warned: OncePerSecond::default(),
+                retry_budget: RetryBudget::default(),
                 legacy: None,
                 cfg,
             }),
@@ -313,7 +329,8 @@ impl Inner {
 
     /// Runs `call` (one request-path RPC) up to `READ_ATTEMPTS` times, each
     /// under the attempt timeout, retrying transient failures with backoff
-    /// (counted in `retries`); `attempt` counts the tries.
+    /// (counted in `retries`) while the retry budget allows; `attempt`
+    /// counts the tries.
     async fn attempts<T, F>(
         &self,
         attempt: &mut u32,
@@ -324,14 +341,24 @@ impl Inner {
         F: Future<Output = Result<T, BtError>>,
     {
         let mut backoff = Duration::from_millis(2);
+        self.retry_budget.earn();
         loop {
             *attempt += 1;
-            let error = match tokio::time::timeout(self.cfg.attempt_timeout, call()).await {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) if transient(&e) && *attempt < READ_ATTEMPTS => e.to_string(),
-                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-                Err(_) if *attempt < READ_ATTEMPTS => "attempt timed out".to_owned(),
-                Err(_) => return Err(StoreError::Timeout(self.cfg.attempt_timeout)),
+            let last = *attempt >= READ_ATTEMPTS;
+            let mut pending = std::pin::pin!(call());
+            let answer =
+                match tokio::time::timeout(self.cfg.attempt_timeout, pending.as_mut()).await {
+                    Ok(answer) => Some(answer),
+                    Err(_) if !last && self.may_retry() => None,
+                    // No retry: this attempt is still the best chance; the
+                    // caller's deadline (and the channel's) bounds the wait.
+                    Err(_) => Some(pending.await),
+                };
+            let error = match answer {
+                Some(Ok(answer)) => return Ok(answer),
+                Some(Err(e)) if transient(&e) && !last && self.may_retry() => e.to_string(),
+                Some(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                None => "attempt timed out".to_owned(),
             };
             if let Some(retries) = retries {
                 retries.fetch_add(1, Ordering::Relaxed);
@@ -351,6 +378,7 @@ impl Inner {
     ) -> bool {
         let deadline = tokio::time::Instant::now() + self.cfg.write_timeout;
         let mut backoff = Duration::from_millis(5);
+        self.retry_budget.earn();
         let span = tracing::Span::current();
         let mut attempts = 0u32;
         let done = |ok: bool, attempts: u32| {
@@ -380,7 +408,7 @@ impl Inner {
                     return done(false, attempts);
                 }
             };
-            if tokio::time::Instant::now() + backoff >= deadline {
+            if tokio::time::Instant::now() + backoff >= deadline || !self.may_retry() {
                 self.write_failed(&error);
                 return done(false, attempts);
             }
@@ -487,6 +515,15 @@ impl Inner {
             (left < guard).then(|| (family, Timestamp::from_millis(r.last_seen.as_millis() + 1)))
         })
         .collect()
+    }
+
+    /// Takes a retry from the budget; counts the refusal.
+    fn may_retry(&self) -> bool {
+        let granted = self.retry_budget.spend();
+        if !granted {
+            self.counters.retries_denied.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
     }
 
     fn write_failed(&self, error: &str) {
@@ -624,6 +661,7 @@ impl SessionStore for BigtableSessionStore {
             ("backfill", load(&c.backfills)),
             ("conditional_write", load(&c.conditional_writes)),
             ("conflict", load(&c.conflicts)),
+            ("retry_denied", load(&c.retries_denied)),
         ]
     }
 }

@@ -281,6 +281,70 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
     assert!(back.short_new, "the restarted emulator is empty");
 }
 
+/// With Bigtable unreachable, every call fails at once and would be tried
+/// three times; the retry budget keeps retries to the 100 saved up plus a
+/// tenth of the calls, so that retries cannot multiply the load on a store
+/// that is already failing. Every event still gets its answer (an error),
+/// none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_failing_store_stay_within_the_budget() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let gate = Gate::start(emu.host().parse().unwrap());
+    let s = Arc::new(
+        store(BigtableConfig {
+            emulator_host: Some(gate.host()),
+            ..cfg
+        })
+        .await,
+    );
+    s.read_state(&id("warm-up")).await.unwrap();
+    let reads_before = read_calls(&s);
+    gate.close();
+    const EVENTS: u64 = 1000;
+    let clock = clock();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let (s, now) = (Arc::clone(&s), clock.now());
+            tokio::spawn(async move {
+                let mut failed = 0u64;
+                for i in 0..EVENTS / 8 {
+                    let v = id(&format!("v-{task}-{i}"));
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(10), s.touch(&v, now, None))
+                            .await
+                            .expect("a touch of a failing store ends");
+                    failed += u64::from(answer.is_err());
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    assert_eq!(failed, EVENTS, "the gate is closed: every touch fails");
+    let sent = read_calls(&s) - reads_before;
+    // One first attempt per event; retries: 100 saved + a tenth of the calls
+    // (the warm-up's included). Without the budget: 3 per event.
+    assert!(sent >= EVENTS, "{sent} reads");
+    assert!(
+        sent <= EVENTS + 100 + (EVENTS + 1) / 10,
+        "{sent} reads for {EVENTS} events"
+    );
+}
+
+/// Read RPCs sent so far (retries included), from the store's counters.
+fn read_calls(s: &BigtableSessionStore) -> u64 {
+    s.counters()
+        .into_iter()
+        .find(|(name, _)| *name == "read")
+        .map(|(_, n)| n)
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_events_of_one_visitor_share_one_session() {
     let emu = BigtableEmulator::bigtable();
