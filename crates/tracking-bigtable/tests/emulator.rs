@@ -311,10 +311,12 @@ async fn retries_of_a_failing_store_stay_within_the_budget() {
                 let mut failed = 0u64;
                 for i in 0..EVENTS / 8 {
                     let v = id(&format!("v-{task}-{i}"));
-                    let answer =
-                        tokio::time::timeout(Duration::from_secs(10), s.touch(&v, now, None))
-                            .await
-                            .expect("a touch of a failing store ends");
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        s.touch(&v, now, None, CallContext::empty()),
+                    )
+                    .await
+                    .expect("a touch of a failing store ends");
                     failed += u64::from(answer.is_err());
                 }
                 failed
