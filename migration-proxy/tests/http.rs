@@ -87,6 +87,19 @@ async fn proxy_with_admin(
     (addr, admin_addr)
 }
 
+/// A proxy without a token, once it answers `/readyz` with `200` (bounded
+/// wait): its API and admin addresses.
+async fn ready_proxy(aerospike: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let (addr, admin) = proxy_with_admin(aerospike, None, true).await;
+    for _ in 0..100 {
+        if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (addr, admin)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -210,13 +223,7 @@ async fn without_aerospike_it_is_alive_but_not_ready_and_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records() {
     let aerospike = standin().await;
-    let (addr, admin) = proxy_with_admin(aerospike, None, true).await;
-    for _ in 0..100 {
-        if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (addr, admin) = ready_proxy(aerospike).await;
     let end = now_ms() + 1_800_000;
     let body = |short: &str, long: &str, source: &str| {
         format!(
@@ -323,13 +330,7 @@ async fn create_only_parts_are_written_once_and_a_loser_gets_the_winners_records
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_legacy_part_is_absent_and_a_mint_replaces_it() {
     let aerospike = standin().await;
-    let (addr, admin) = proxy_with_admin(aerospike, None, true).await;
-    for _ in 0..100 {
-        if http(addr, "GET", "/readyz", None, "").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (addr, admin) = ready_proxy(aerospike).await;
     let client = Client::new(&ClientPolicy::default(), &aerospike.to_string())
         .await
         .unwrap();
