@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{ApiProcess, request, wait_metric, workspace_binary};
+use common::process::{ApiProcess, post_json, request, wait_metric, workspace_binary};
 use test_support::{ReceivedSpan, TraceReceiver};
 
 /// The caller's trace: W3C ids, and their low 64 bits as Datadog sees them.
@@ -392,15 +392,7 @@ async fn a_dead_agent_costs_requests_nothing_and_memory_stays_bounded() {
                     r#"{{"events":[{}]}}"#,
                     [r#"{"type":"page_view","client_id":"dead-agent"}"#; 10].join(",")
                 );
-                let r = request(
-                    addr,
-                    "POST",
-                    "/v1/events",
-                    &[("content-type", "application/json")],
-                    body.as_bytes(),
-                )
-                .await
-                .unwrap();
+                let r = post_json(addr, &body).await.unwrap();
                 assert_eq!(r.status, 204, "request {i}");
             }
         }
