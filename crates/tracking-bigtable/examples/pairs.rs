@@ -107,11 +107,14 @@ async fn closed_loop(
             let table_name = table_name.to_owned();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                // Task t takes visitors t, t + concurrency, …: together the
+                // tasks write every visitor in order, each once per pass.
+                let stride = concurrency as u64;
                 let mut i = 0u64;
                 while Instant::now() < end {
-                    i += 1;
                     let started = Instant::now();
-                    pair(&mut client, &table_name, i * 7919 + t).await;
+                    pair(&mut client, &table_name, i * stride + t).await;
+                    i += 1;
                     latencies.push(started.elapsed().as_micros() as u64);
                 }
                 latencies
