@@ -3,6 +3,7 @@
 //! the request path through a bounded queue (`parallel` mode), and the store
 //! of `legacy` mode, which reads and renews through migration-proxy only.
 
+pub mod args;
 pub mod breaker;
 pub mod client;
 pub mod metrics;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tracking_core::Ttls;
 
+pub use args::MigrationArgs;
 pub use breaker::Breaker;
 pub use client::{MigrationClient, Minted};
 pub use metrics::{BREAKER_OPEN, BREAKER_OPENED, CALLS, INVALID, LATENCY, MigrationStats, QUEUE};
