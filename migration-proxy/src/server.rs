@@ -15,7 +15,6 @@ use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTI
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use service_kit::server::{BodyMemory, ReadError, ServerOptions, read_body};
-use service_kit::telemetry::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -153,18 +152,7 @@ impl Proxy {
                     (Route::GetSession, "GET /v1/sessions")
                 };
                 let id = p.trim_start_matches("/v1/sessions/").to_owned();
-                let incoming = Incoming::from_headers(req.headers());
-                let span = service_kit::root_span!(
-                    incoming.sampled(),
-                    "request",
-                    otel.name = name,
-                    otel.kind = "server",
-                    http.request.method = %req.method(),
-                    http.response.status_code = tracing::field::Empty,
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                );
-                service_kit::telemetry::continue_trace(&span, incoming);
+                let span = service_kit::request_span!(req.headers(), req.method(), name);
                 let resp = self.sessions(req, &id).instrument(span.clone()).await;
                 service_kit::telemetry::record_status(&span, resp.status().as_u16());
                 (route, resp)

@@ -19,6 +19,8 @@
 //!   traces.
 //! * `propagation`: both `traceparent` and `x-datadog-*` headers are read
 //!   ([`Incoming`], [`continue_trace`]) and written ([`inject`]).
+//! * `request`: the root span of a traced request to either service
+//!   ([`request_span!`](crate::request_span)), from the two above.
 //! * `outcome`: a span's status ([`record_status`], [`set_error`]).
 //! * `logs`: JSON lines on stderr (text on a terminal), filtered by
 //!   `RUST_LOG`; spans carry `trace_id`/`span_id` fields so each line names
@@ -31,6 +33,7 @@ mod export;
 mod logs;
 mod outcome;
 mod propagation;
+mod request;
 mod sampling;
 
 pub use args::{ExporterKind, TelemetryArgs};

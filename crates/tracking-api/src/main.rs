@@ -57,7 +57,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Bootstrap => {
             for done in bootstrap(&config).await? {
-                tracing::info!(store = ?config.session_store, sink = ?config.sink, "{done}");
+                tracing::info!(store = ?config.session_store, sink = ?config.sink.sink, "{done}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -85,13 +85,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let admin = tokio::net::TcpListener::bind(config.admin_listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-            let open_files = service_kit::server::raise_open_files_limit(config.max_connections);
+            let open_files =
+                service_kit::server::raise_open_files_limit(config.http.max_connections);
             tracing::info!(
                 addr = %listener.local_addr()?,
                 admin = %admin.local_addr()?,
                 open_files,
                 store = ?config.session_store,
-                sink = ?config.sink,
+                sink = ?config.sink.sink,
                 "Listening."
             );
             let app = app(state);

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::config::duration;
+
 /// Share of requests shed that makes a second count as overloaded.
 pub const SHED_RATIO: f64 = 0.05;
 /// Largest random stretch of `unready_after`, as a share of it.
@@ -29,6 +31,35 @@ pub struct OverloadPolicy {
     pub unready_after: Duration,
     pub ready_after: Duration,
     pub max_unready: Duration,
+}
+
+/// The readiness thresholds (`TRACKING_OVERLOAD_*`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OverloadArgs {
+    /// Seconds in a row with at least 5% of event requests shed before
+    /// /readyz answers 503 (stretched by a random 0-50% per process, so that
+    /// pods do not all leave at once).
+    #[arg(long, env = "TRACKING_OVERLOAD_UNREADY_AFTER", default_value = "10s", value_parser = duration, global = true)]
+    pub overload_unready_after: Duration,
+
+    /// Calm seconds in a row before /readyz answers 200 again.
+    #[arg(long, env = "TRACKING_OVERLOAD_READY_AFTER", default_value = "5s", value_parser = duration, global = true)]
+    pub overload_ready_after: Duration,
+
+    /// Longest time overload keeps /readyz at 503; then it answers 200 until
+    /// a new sustained period.
+    #[arg(long, env = "TRACKING_OVERLOAD_MAX_UNREADY", default_value = "30s", value_parser = duration, global = true)]
+    pub overload_max_unready: Duration,
+}
+
+impl OverloadArgs {
+    pub fn policy(&self) -> OverloadPolicy {
+        OverloadPolicy {
+            unready_after: self.overload_unready_after,
+            ready_after: self.overload_ready_after,
+            max_unready: self.overload_max_unready,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

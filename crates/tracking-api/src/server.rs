@@ -11,7 +11,8 @@ use service_kit::server::ServerOptions;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::app::App;
+use crate::app::{App, Limits};
+use crate::config::{ConfigError, bytes, duration, positive};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -162,4 +163,99 @@ pub async fn serve_admin(listener: TcpListener, app: App, stop: impl Future<Outp
         async move { app.handle_admin(req).await }
     };
     service_kit::server::serve_admin(listener, handler, stop).await;
+}
+
+/// The HTTP limits and timeouts (`TRACKING_MAX_*`, the header, body,
+/// shutdown and drain timeouts).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Largest request body, in bytes, as sent.
+    #[arg(long, env = "TRACKING_MAX_BODY_BYTES", default_value = "1048576", value_parser = positive, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Largest request body after gzip decompression, in bytes.
+    #[arg(long, env = "TRACKING_MAX_DECOMPRESSED_BYTES", default_value = "1048576", value_parser = positive, global = true)]
+    pub max_decompressed_bytes: usize,
+
+    /// Memory for request bodies being read or processed, all requests
+    /// together (as sent and inflated); beyond it 503 with Retry-After. Bodies
+    /// still arriving and bodies above 64 KiB share three quarters of it; the
+    /// rest is for small bodies that have arrived whole. Units B, KiB, MiB,
+    /// GiB.
+    #[arg(long, env = "TRACKING_MAX_BODY_MEMORY", default_value = "128MiB", value_parser = bytes, global = true)]
+    pub max_body_memory: u64,
+
+    /// Most events in one batch.
+    #[arg(long, env = "TRACKING_MAX_BATCH_EVENTS", default_value = "500", value_parser = positive, global = true)]
+    pub max_batch_events: usize,
+
+    /// Most event requests processed at once, counted from when their body
+    /// has arrived; beyond it 503 with Retry-After.
+    #[arg(long, env = "TRACKING_MAX_INFLIGHT", default_value = "4096", value_parser = positive, global = true)]
+    pub max_inflight: usize,
+
+    /// Most open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "TRACKING_MAX_CONNECTIONS", default_value = "8192", value_parser = positive, global = true)]
+    pub max_connections: usize,
+
+    /// Time allowed to receive a request's headers; also the longest a
+    /// keep-alive connection stays idle.
+    #[arg(long, env = "TRACKING_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub header_timeout: Duration,
+
+    /// Time allowed to receive a request's body (408 past it).
+    #[arg(long, env = "TRACKING_BODY_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub body_timeout: Duration,
+
+    /// On SIGTERM, how long /readyz reports 503 before the listener closes
+    /// (lets load balancers stop routing here first).
+    #[arg(long, env = "TRACKING_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration, global = true)]
+    pub shutdown_delay: Duration,
+
+    /// On SIGTERM, the most time given to in-flight requests and sinks to finish.
+    #[arg(long, env = "TRACKING_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration, global = true)]
+    pub drain_timeout: Duration,
+}
+
+impl HttpArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let largest_body = self.max_body_bytes as u64 + self.max_decompressed_bytes as u64;
+        if self.max_body_memory - self.max_body_memory / 4 < largest_body {
+            return Err(ConfigError::new(format!(
+                "TRACKING_MAX_BODY_MEMORY ({} bytes) must hold one largest body, as sent and inflated \
+                 (TRACKING_MAX_BODY_BYTES + TRACKING_MAX_DECOMPRESSED_BYTES = {largest_body} bytes), in three quarters of it",
+                self.max_body_memory
+            )));
+        }
+        if self.body_timeout.is_zero() || self.header_timeout.is_zero() {
+            return Err(ConfigError::new("timeouts must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// The request limits; `session_timeout` is the deadline of one
+    /// session-store call (`TRACKING_SESSION_TIMEOUT`).
+    pub fn limits(&self, session_timeout: Duration) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_batch_events: self.max_batch_events,
+            max_inflight: self.max_inflight,
+            body_memory: usize::try_from(self.max_body_memory).unwrap_or(usize::MAX),
+            session_timeout,
+        }
+    }
+
+    /// The server's options; `flush_timeout` is the time the sinks get after
+    /// the drain.
+    pub fn serve_options(&self, flush_timeout: Duration) -> ServeOptions {
+        ServeOptions {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
+            flush_timeout,
+        }
+    }
 }

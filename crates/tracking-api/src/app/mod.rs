@@ -34,7 +34,6 @@ use tracking_core::{
 };
 
 use service_kit::server::{BodyMemory, ReadError};
-use service_kit::telemetry::Incoming;
 use tracing::Instrument;
 
 use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_body};
@@ -94,24 +93,14 @@ impl App {
             _ => None,
         };
         let span = match name {
-            Some(name) => {
-                let incoming = Incoming::from_headers(req.headers());
-                let span = service_kit::root_span!(
-                    incoming.sampled(),
-                    "request",
-                    otel.name = name,
-                    otel.kind = "server",
-                    http.request.method = %req.method(),
-                    http.response.status_code = tracing::field::Empty,
-                    events = tracing::field::Empty,
-                    rejected = tracing::field::Empty,
-                    sessions.unavailable = tracing::field::Empty,
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                );
-                service_kit::telemetry::continue_trace(&span, incoming);
-                span
-            }
+            Some(name) => service_kit::request_span!(
+                req.headers(),
+                req.method(),
+                name,
+                events,
+                rejected,
+                sessions.unavailable,
+            ),
             None => tracing::Span::none(),
         };
         let (route, resp) = self.route(req, peer).instrument(span.clone()).await;

@@ -1,4 +1,6 @@
 //! Sink adapters.
 
+pub mod args;
 pub mod metrics;
 pub mod ndjson;
+pub mod pubsub;

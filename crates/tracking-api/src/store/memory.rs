@@ -20,11 +20,22 @@ use tracking_core::{
     Timestamp, Via, VisitorState,
 };
 
+use crate::config::positive;
+
 const SHARDS: usize = 64;
 /// Entries compared when evicting for capacity.
 pub const SAMPLE: usize = 5;
 /// Random entries checked for expiry on each insertion.
 const EXPIRY_PROBES: usize = 2;
+
+/// The memory store's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryArgs {
+    /// Most visitors the memory store keeps (about 0.5 KB each); beyond it the
+    /// least recently seen of a random sample is evicted (counted in metrics).
+    #[arg(long, env = "TRACKING_MEMORY_MAX_VISITORS", default_value = "200000", value_parser = positive, global = true)]
+    pub memory_max_visitors: usize,
+}
 
 #[derive(Debug)]
 struct Shard {

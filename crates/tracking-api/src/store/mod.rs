@@ -1,3 +1,4 @@
 //! Session store adapters.
 
+pub mod bigtable;
 pub mod memory;

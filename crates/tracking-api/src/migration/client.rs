@@ -1,9 +1,7 @@
-//! The parallel run's link to the legacy store, through migration-proxy:
-//! lookups with a tight deadline behind a circuit breaker, renewals sent off
-//! the request path through a bounded queue (`parallel` mode), and the store
-//! of `legacy` mode, which reads and renews through migration-proxy only.
+//! The HTTP client of migration-proxy: lookups, renewals through the
+//! bounded queue, and create-only writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,129 +17,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
     BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
-    OncePerSecond, SessionId, SessionPolicy, SessionStore, Sessions, StateParts, StoreError,
-    SystemClock, Timestamp, Ttls, Via, VisitorState,
+    OncePerSecond, StateParts, SystemClock, Timestamp, VisitorState,
 };
+
+use super::{Breaker, MigrationConfig, MigrationStats};
 
 /// Largest answer read from migration-proxy.
 const MAX_ANSWER: usize = 64 * 1024;
 /// Renewals sent at once by the queue's worker.
 const WRITE_CONCURRENCY: usize = 32;
-
-#[derive(Debug, Clone)]
-pub struct MigrationConfig {
-    /// Base URL, `http://host:port` (the mesh provides mTLS).
-    pub base_url: String,
-    /// Deadline of a lookup (the request waits this long at most).
-    pub timeout: Duration,
-    /// Deadline of a renewal (off the request path).
-    pub write_timeout: Duration,
-    pub token: Option<String>,
-    /// Renewals waiting to be sent; beyond it they are dropped and counted.
-    pub queue: usize,
-    /// Consecutive failures that open the circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit stays open before one probe is let through.
-    pub breaker_cooldown: Duration,
-    pub ttls: Ttls,
-}
-
-/// Outcomes of calls to migration-proxy, for metrics.
-#[derive(Debug, Default)]
-pub struct MigrationStats {
-    pub get_found: AtomicU64,
-    pub get_missing: AtomicU64,
-    pub get_error: AtomicU64,
-    pub get_timeout: AtomicU64,
-    pub get_breaker_open: AtomicU64,
-    pub put_ok: AtomicU64,
-    pub put_error: AtomicU64,
-    pub put_timeout: AtomicU64,
-    pub put_breaker_open: AtomicU64,
-    /// Renewals dropped because the queue was full.
-    pub put_dropped: AtomicU64,
-    /// Mints in `legacy` mode (create-only `PUT`s): created, or found
-    /// another writer's session (which the event then adopted).
-    pub create_ok: AtomicU64,
-    pub create_conflict: AtomicU64,
-    pub create_error: AtomicU64,
-    pub create_timeout: AtomicU64,
-    pub create_breaker_open: AtomicU64,
-    /// Legacy parts that could not be read (e.g. an id outside the accepted
-    /// set).
-    pub invalid_parts: AtomicU64,
-    pub breaker_opened: AtomicU64,
-    pub get_latency: service_kit::prom::Histogram,
-}
-
-#[derive(Debug, Default)]
-struct BreakerState {
-    failures: u32,
-    open_until: Option<Instant>,
-    probing: bool,
-}
-
-/// Stops calls while migration-proxy is failing: opens after N consecutive
-/// failures, lets one probe through after the cooldown, closes on its success.
-#[derive(Debug)]
-pub struct Breaker {
-    state: Mutex<BreakerState>,
-    threshold: u32,
-    cooldown: Duration,
-}
-
-impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self {
-            state: Mutex::default(),
-            threshold: threshold.max(1),
-            cooldown,
-        }
-    }
-
-    /// Whether a call may go out now.
-    pub fn allow(&self) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return true;
-        };
-        match s.open_until {
-            None => true,
-            Some(t) if Instant::now() < t => false,
-            Some(_) if s.probing => false,
-            Some(_) => {
-                s.probing = true;
-                true
-            }
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.state.lock().is_ok_and(|s| s.open_until.is_some())
-    }
-
-    fn success(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            if s.open_until.is_some() {
-                tracing::info!("migration-proxy answers again; circuit closed.");
-            }
-            *s = BreakerState::default();
-        }
-    }
-
-    /// Returns true when this failure opened the circuit.
-    fn failure(&self) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
-        s.failures = s.failures.saturating_add(1);
-        let reopen = s.probing || (s.open_until.is_none() && s.failures >= self.threshold);
-        s.probing = false;
-        if reopen {
-            s.open_until = Some(Instant::now() + self.cooldown);
-        }
-        reopen
-    }
-}
 
 struct Renewal {
     client_id: ClientId,
@@ -408,7 +292,11 @@ impl MigrationClient {
 
     /// The cloud view of a legacy record at `now`, and the parts that could
     /// not be read (left out and counted).
-    fn convert(&self, visitor: &LegacyVisitor, now: Timestamp) -> (VisitorState, StateParts) {
+    pub(super) fn convert(
+        &self,
+        visitor: &LegacyVisitor,
+        now: Timestamp,
+    ) -> (VisitorState, StateParts) {
         let (state, unreadable) = visitor.to_state(self.cfg.ttls, now);
         self.stats
             .invalid_parts
@@ -639,227 +527,5 @@ impl LegacySessions for MigrationClient {
             self.closing.notify_one();
             self.worker.wait().await;
         })
-    }
-}
-
-/// Conditional writes one event may lose before it gives up.
-const CREATE_ROUNDS: u32 = 4;
-
-/// `legacy` mode's store: sessions read and renewed through migration-proxy
-/// only. A renewal is a `PUT` off the request path; the visitor's next
-/// event in this process sees it (`InFlight`) until it lands. A mint is a
-/// create-only `PUT` that the event waits for: of two processes minting a
-/// visitor's session at the same moment, one creates it and the other
-/// adopts it from the conflict answer, in its own output.
-#[derive(Debug)]
-pub struct LegacySessionStore {
-    client: Arc<MigrationClient>,
-    policy: SessionPolicy,
-    in_flight: Arc<tracking_bigtable::InFlight>,
-    writes: TaskTracker,
-}
-
-impl LegacySessionStore {
-    pub fn new(client: Arc<MigrationClient>, policy: SessionPolicy) -> Self {
-        Self {
-            client,
-            policy,
-            in_flight: Arc::default(),
-            writes: TaskTracker::new(),
-        }
-    }
-}
-
-impl SessionStore for LegacySessionStore {
-    fn touch<'a>(
-        &'a self,
-        client_id: &'a ClientId,
-        now: Timestamp,
-        via: Option<&'a Via>,
-        ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
-        Box::pin(async move {
-            let hash = tracking_bigtable::schema::key_hash(client_id);
-            // Before the lookup: a renewal landing in between is then in
-            // one of the two.
-            let pending = self.in_flight.snapshot(hash, client_id);
-            let (lookup, mut unreadable) = self.client.get(client_id, now, ctx).await;
-            // The caller's `session` span, when traced.
-            let label = match lookup {
-                LegacyLookup::Found(_) => "hit",
-                _ => "miss",
-            };
-            tracing::Span::current().record("lookup", label);
-            let mut stored = match lookup {
-                LegacyLookup::Found(state) => state,
-                LegacyLookup::Missing => VisitorState::default(),
-                LegacyLookup::Unavailable => {
-                    return Err(StoreError::Unavailable(
-                        "migration-proxy did not answer".into(),
-                    ));
-                }
-            };
-            let ttls = self.policy.ttls();
-            // The ids this event tried to create, to know its own records in
-            // a conflict answer.
-            let mut minted: Vec<SessionId> = Vec::new();
-            for _ in 0..CREATE_ROUNDS {
-                let mut prev = stored;
-                if let Some(p) = &pending {
-                    prev.merge_newer(p);
-                }
-                let (mut sessions, next) = self.policy.resolve(Some(&prev), now, via);
-                // A part the legacy store holds but that cannot be read is
-                // overwritten: created only-if-absent it would never be.
-                let create = StateParts {
-                    short: sessions.short_new && !unreadable.short,
-                    long: sessions.long_new && !unreadable.long,
-                    via: false,
-                };
-                let minting = sessions.short_new || sessions.long_new;
-                sessions.short_new |= minted.contains(&sessions.short_id);
-                sessions.long_new |= minted.contains(&sessions.long_id);
-                let body = LegacyVisitor::from_state(&next, ttls);
-                if !minting {
-                    let landing = self.in_flight.begin(hash, client_id, &next);
-                    let client = Arc::clone(&self.client);
-                    let (id, headers) = (client_id.clone(), ctx.headers.clone());
-                    let span = tracing::Span::current();
-                    self.writes.spawn(async move {
-                        client.put(&span, &id, &body, &headers).await;
-                        drop(landing);
-                    });
-                    return Ok(sessions);
-                }
-                if sessions.short_new {
-                    minted.push(sessions.short_id.clone());
-                }
-                if sessions.long_new {
-                    minted.push(sessions.long_id.clone());
-                }
-                match self.client.create(client_id, &body, create, ctx).await {
-                    Minted::Created => return Ok(sessions),
-                    Minted::Taken(current) => {
-                        (stored, unreadable) = self.client.convert(&current, now);
-                    }
-                    Minted::Unavailable => {
-                        return Err(StoreError::Unavailable(
-                            "migration-proxy did not answer the mint".into(),
-                        ));
-                    }
-                }
-            }
-            Err(StoreError::Unavailable(format!(
-                "other writers won {CREATE_ROUNDS} create-only writes in a row"
-            )))
-        })
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.writes.close();
-            self.writes.wait().await;
-            LegacySessions::close(&*self.client).await;
-        })
-    }
-}
-
-pub const CALLS: &str = "tracking_migration_calls_total";
-pub const LATENCY: &str = "tracking_migration_lookup_duration_seconds";
-pub const BREAKER_OPEN: &str = "tracking_migration_breaker_open";
-pub const BREAKER_OPENED: &str = "tracking_migration_breaker_opened_total";
-pub const QUEUE: &str = "tracking_migration_queue_renewals";
-pub const INVALID: &str = "tracking_migration_invalid_parts_total";
-
-impl service_kit::prom::Collect for MigrationClient {
-    fn collect(&self, out: &mut String) {
-        let m = self;
-        let s = &m.stats;
-        use std::fmt::Write;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        service_kit::prom::header(
-            out,
-            CALLS,
-            "counter",
-            "Calls to migration-proxy by operation and outcome (create: a mint in legacy mode, conflict: another writer had created it; breaker_open: skipped by the open circuit; dropped: renewal queue full).",
-        );
-        for (op, outcome, c) in [
-            ("get", "found", &s.get_found),
-            ("get", "missing", &s.get_missing),
-            ("get", "error", &s.get_error),
-            ("get", "timeout", &s.get_timeout),
-            ("get", "breaker_open", &s.get_breaker_open),
-            ("put", "ok", &s.put_ok),
-            ("put", "error", &s.put_error),
-            ("put", "timeout", &s.put_timeout),
-            ("put", "breaker_open", &s.put_breaker_open),
-            ("put", "dropped", &s.put_dropped),
-            ("create", "ok", &s.create_ok),
-            ("create", "conflict", &s.create_conflict),
-            ("create", "error", &s.create_error),
-            ("create", "timeout", &s.create_timeout),
-            ("create", "breaker_open", &s.create_breaker_open),
-        ] {
-            let _ = writeln!(
-                out,
-                "{CALLS}{{op=\"{op}\",outcome=\"{outcome}\"}} {}",
-                load(c)
-            );
-        }
-        service_kit::prom::header(
-            out,
-            LATENCY,
-            "histogram",
-            "Latency of lookups in migration-proxy (what a Bigtable miss adds to an event).",
-        );
-        s.get_latency.render(out, LATENCY, "");
-        service_kit::prom::gauge(
-            out,
-            BREAKER_OPEN,
-            "1 while the circuit to migration-proxy is open.",
-            f64::from(u8::from(m.breaker().is_open())),
-        );
-        service_kit::prom::counter(
-            out,
-            BREAKER_OPENED,
-            "Times the circuit to migration-proxy opened.",
-            load(&s.breaker_opened),
-        );
-        service_kit::prom::gauge(
-            out,
-            QUEUE,
-            "Renewals waiting to be sent to migration-proxy.",
-            m.queue_depth() as f64,
-        );
-        service_kit::prom::counter(
-            out,
-            INVALID,
-            "Legacy session parts that could not be read (left out).",
-            load(&s.invalid_parts),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn breaker_opens_after_the_threshold_probes_once_and_closes() {
-        let b = Breaker::new(3, Duration::from_millis(50));
-        assert!(b.allow());
-        assert!(!b.failure());
-        assert!(!b.failure());
-        assert!(b.failure(), "the third failure opens it");
-        assert!(!b.allow() && b.is_open());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow(), "one probe after the cooldown");
-        assert!(!b.allow(), "only one");
-        assert!(b.failure(), "a failed probe reopens it");
-        assert!(!b.allow());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow());
-        b.success();
-        assert!(!b.is_open() && b.allow() && b.allow());
     }
 }

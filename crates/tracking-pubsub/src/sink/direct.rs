@@ -1,0 +1,113 @@
+//! Direct mode: the checker task that awaits the publishes of one hand-over
+//! and hands them to the backlog when they fail, stall or are taken over.
+
+use std::sync::Arc;
+
+use google_cloud_pubsub::error::PublishError;
+use tokio::sync::watch;
+use tracking_core::{Clock, SystemClock};
+
+use super::{Inner, Pending, classify};
+use crate::stats::{add, sub};
+
+/// What woke a checker task.
+enum Wake {
+    Answer(Result<String, PublishError>),
+    /// Its own publish is not acknowledged within the stall timeout.
+    Stall,
+    /// Another task switched to backlog mode.
+    Takeover,
+    /// Shutdown stopped waiting.
+    GiveUp,
+}
+
+/// Awaits the publishes of one hand-over. Until they are answered it hands
+/// them to the backlog when they stall, when any publish fails or stalls
+/// (takeover), or at shutdown.
+pub(super) async fn check(
+    inner: Arc<Inner>,
+    mut sent: Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
+    stall_at: tokio::time::Instant,
+    mut takeover: watch::Receiver<u64>,
+) {
+    let total = sent.len();
+    let (mut published, mut failed) = (0, 0);
+    let mut handed_over = false;
+    let mut i = 0;
+    while i < sent.len() {
+        let wake = {
+            let future = &mut sent[i].0;
+            tokio::select! {
+                r = future => Wake::Answer(r),
+                () = tokio::time::sleep_until(stall_at), if !handed_over => Wake::Stall,
+                r = takeover.changed(), if !handed_over => match r {
+                    Ok(()) => Wake::Takeover,
+                    Err(_) => Wake::GiveUp,
+                },
+                () = inner.give_up.cancelled() => Wake::GiveUp,
+            }
+        };
+        let hand_over = match wake {
+            Wake::Answer(Ok(_)) => {
+                sub(&inner.stats.in_flight, 1);
+                if !handed_over {
+                    sub(&inner.unspooled_bytes, sent[i].1.record.spooled_len());
+                }
+                published += 1;
+                add(&inner.stats.published, 1);
+                inner.stats.observe_delivery(
+                    sent[i].1.record.accepted_at_ms,
+                    SystemClock.now().as_millis(),
+                );
+                i += 1;
+                continue;
+            }
+            Wake::Answer(Err(e)) => {
+                sub(&inner.stats.in_flight, 1);
+                failed += 1;
+                inner.stats.count_failure(classify(&e));
+                let why = e.to_string();
+                i += 1;
+                (!handed_over).then(|| (i - 1, Some(why)))
+            }
+            Wake::Stall => Some((
+                i,
+                Some("no acknowledgement within the stall timeout".into()),
+            )),
+            Wake::Takeover => Some((i, None)),
+            Wake::GiveUp => {
+                // The messages may still be delivered; they are kept in the
+                // backlog too (at-least-once).
+                sub(&inner.stats.in_flight, (sent.len() - i) as u64);
+                if !handed_over {
+                    inner.to_backlog(sent[i..].iter().map(|(_, p)| p.clone()).collect());
+                }
+                failed += sent.len() - i;
+                break;
+            }
+        };
+        if let Some((from, why)) = hand_over {
+            handed_over = true;
+            // First the copies, then the mode: the pump returns to direct
+            // mode only once no hand-over is on its way.
+            inner.to_backlog(sent[from..].iter().map(|(_, p)| p.clone()).collect());
+            if let Some(why) = why {
+                inner.enter_backlog_mode(&why);
+            }
+        }
+    }
+    let span = tracing::Span::current();
+    span.record("published", published);
+    span.record("failed", failed);
+    if handed_over && !span.is_disabled() {
+        // An error span (kept whatever the sampling share once recorded);
+        // the events themselves are not lost: they are in the backlog.
+        span.record(
+            "otel.status_description",
+            format!(
+                "{} of {total} not acknowledged in time; kept in the backlog",
+                total - published
+            ),
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! `PubsubSink`: enriched events to a Pub/Sub topic, off the request path,
+//! with nothing lost behind it.
+//!
+//! Two modes, switched by evidence:
+//!
+//! - **direct**: `send` hands each event to the client's publisher (which
+//!   batches by count, bytes and delay) and a checker task awaits every
+//!   result. Acknowledged events release their share of the in-memory budget.
+//! - **backlog**: events go to the backlog first — the disk spool
+//!   (`TRACKING_SPOOL_DIR`), or memory when no spool is configured — and a
+//!   replay loop publishes the backlog oldest first, one chunk at a time,
+//!   committing each chunk once Pub/Sub acknowledged it.
+//!
+//! Direct → backlog when a publish fails after the client's own retries
+//! (bounded by `publish_timeout`), or when a publish has not been
+//! acknowledged `stall_timeout` after it was handed to the client. Either
+//! way every event not acknowledged yet is *taken over*: the checker tasks
+//! of all publishes still outstanding put a copy of their events into the
+//! backlog at once (their publishes go on: an event acknowledged later is
+//! published twice, at-least-once), so that a crash a moment later finds
+//! them in the spool. Backlog → direct only once the backlog is empty again,
+//! which only a successful replay achieves, and no hand-over is still on its
+//! way to it: one outage is one change to backlog and one back.
+//!
+//! Bounds: the in-memory budget, in events and bytes (events accepted and
+//! neither acknowledged nor spooled, each counted until both its publish has
+//! ended and its copy is on disk, because the client holds the data until
+//! then) and the spool's byte limit, which also counts what memory holds.
+//! Past either, `try_admit` says `Full` and the API answers 503 with
+//! `Retry-After`. A spool append that fails (a full disk, EIO) keeps its
+//! events in memory, in order, retried every tick; while it fails,
+//! `try_admit` says `Unavailable` (503), and a Pub/Sub that answers again
+//! gets those events replayed from memory.
+//!
+//! The backlog is owned by one "pump" thread (spool I/O and fsync never block
+//! the request runtime).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::error::PublishError;
+use google_cloud_pubsub::model::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracking_core::{
+    Admission, BoxFuture, Budget, EnrichedEvent, EventSink, SCHEMA_VERSION, SinkError,
+};
+
+use crate::spool::{Record, Spool};
+use crate::stats::{PublisherStats, Stats, add};
+
+mod backlog;
+mod direct;
+
+use backlog::{Backlog, Pump, PumpMsg};
+use direct::check;
+
+/// Memory an event costs besides its data: our record and the client's
+/// message (attributes, its future), about.
+pub const EVENT_OVERHEAD: usize = 512;
+
+/// How the sink is bounded and timed.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Events held in memory (accepted, not yet acknowledged or spooled).
+    pub max_queue: usize,
+    /// Bytes those events may take (data plus [`EVENT_OVERHEAD`] each).
+    pub max_queue_bytes: usize,
+    /// Spool directory; `None` keeps the backlog in memory (bounded by
+    /// `max_queue`, lost if the process stops while Pub/Sub is down).
+    pub spool_dir: Option<PathBuf>,
+    /// In backlog mode, no events are admitted while the spool holds this
+    /// many bytes.
+    pub spool_max_bytes: u64,
+    /// Segment size of the spool.
+    pub spool_segment_bytes: u64,
+    /// No acknowledgement for this long while publishes are outstanding →
+    /// backlog mode.
+    pub stall_timeout: Duration,
+    /// At shutdown, how long outstanding publishes may take before their
+    /// events are spooled instead.
+    pub flush_timeout: Duration,
+}
+
+/// Why a publish failed, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Unavailable, deadline exceeded, connection refused, …: retried.
+    Retryable,
+    /// Topic missing, permission denied, invalid: needs an operator; the
+    /// events wait in the backlog meanwhile.
+    Permanent,
+}
+
+pub(crate) fn classify(e: &PublishError) -> FailureClass {
+    use google_cloud_gax::error::rpc::Code;
+    match e {
+        PublishError::Rpc(err) => match err.status().map(|s| s.code) {
+            Some(
+                Code::NotFound
+                | Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::Unauthenticated
+                | Code::Unimplemented,
+            ) => FailureClass::Permanent,
+            _ => FailureClass::Retryable,
+        },
+        _ => FailureClass::Retryable,
+    }
+}
+
+pub(crate) fn message(kind: &str, data: bytes::Bytes) -> Message {
+    Message::new().set_data(data).set_attributes([
+        ("type", kind.to_owned()),
+        ("schema_version", SCHEMA_VERSION.to_string()),
+    ])
+}
+
+/// An event not yet acknowledged or spooled, holding its share of the
+/// request's admission. A taken-over event has two: its publish and its
+/// backlog copy; its share goes back when both are done.
+#[derive(Debug, Clone)]
+struct Pending {
+    record: Record,
+    _admission: Arc<Admission>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    publisher: Publisher,
+    budget: Arc<Budget>,
+    stats: Arc<Stats>,
+    direct: AtomicBool,
+    closed: AtomicBool,
+    /// Bumped on every change to backlog mode: checker tasks hand their
+    /// unacknowledged events over.
+    takeover: watch::Sender<u64>,
+    /// Spool-record bytes of the accepted events that may still have to go
+    /// to the spool: neither acknowledged on their first publish nor
+    /// appended (a taken-over event counts once, until its copy is).
+    unspooled_bytes: AtomicU64,
+    /// Set while spool appends fail, to the error.
+    spool_failing: Mutex<Option<String>>,
+    spool_failing_flag: AtomicBool,
+    tx: mpsc::Sender<PumpMsg>,
+    tracker: TaskTracker,
+    give_up: CancellationToken,
+    spool_max_bytes: Option<u64>,
+    opts: SinkOptions,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct PubsubSink {
+    inner: Arc<Inner>,
+    pump: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl PubsubSink {
+    /// Opens the spool (reporting damage), starts the pump thread and
+    /// returns the sink. `publisher` must already be configured (endpoint,
+    /// credentials, batching, retry time limit).
+    pub fn start(publisher: Publisher, opts: SinkOptions) -> anyhow::Result<Self> {
+        let stats = Arc::new(Stats::default());
+        let backlog = match &opts.spool_dir {
+            Some(dir) => {
+                let (spool, report) = Spool::open(dir, opts.spool_segment_bytes)?;
+                for d in &report.damage {
+                    tracing::error!(
+                        segment = %d.segment.display(), offset = d.offset, bytes = d.bytes, reason = %d.reason,
+                        "Spool damage found and skipped; the intact records before it are kept."
+                    );
+                    add(&stats.damaged_bytes, d.bytes);
+                }
+                if report.records > 0 {
+                    tracing::info!(
+                        events = report.records,
+                        bytes = report.bytes,
+                        "Spool holds events from an earlier run; replaying them."
+                    );
+                }
+                stats.spool_bytes.store(report.bytes, Ordering::Relaxed);
+                stats
+                    .backlog_events
+                    .store(report.records, Ordering::Relaxed);
+                Backlog::Disk {
+                    spool,
+                    unwritten: VecDeque::new(),
+                }
+            }
+            None => Backlog::Memory(VecDeque::new()),
+        };
+        let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+        let inner = Arc::new(Inner {
+            publisher,
+            budget: Budget::new(opts.max_queue, opts.max_queue_bytes),
+            stats,
+            // Start in backlog mode when there is a backlog, so that it is
+            // replayed before new events overtake it.
+            direct: AtomicBool::new(backlog.is_empty()),
+            closed: AtomicBool::new(false),
+            takeover: watch::Sender::new(0),
+            unspooled_bytes: AtomicU64::new(0),
+            spool_failing: Mutex::new(None),
+            spool_failing_flag: AtomicBool::new(false),
+            tx,
+            tracker: TaskTracker::new(),
+            give_up: CancellationToken::new(),
+            spool_max_bytes: opts.spool_dir.as_ref().map(|_| opts.spool_max_bytes),
+            opts,
+        });
+        let pump_inner = Arc::clone(&inner);
+        let pump = std::thread::Builder::new()
+            .name("pubsub-pump".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(Pump::new(pump_inner, backlog).run(rx)),
+                    Err(error) => tracing::error!(%error, "Cannot start the Pub/Sub pump."),
+                }
+            })?;
+        Ok(Self {
+            inner,
+            pump: Mutex::new(Some(pump)),
+        })
+    }
+
+    /// The in-memory budget (events accepted, not yet acknowledged or spooled).
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.inner.budget
+    }
+
+    pub fn stats(&self) -> PublisherStats {
+        let mut stats = self.inner.stats.snapshot(
+            self.inner.direct.load(Ordering::Relaxed),
+            self.inner.budget.used(),
+        );
+        stats.spool_failing = self.inner.spool_failing_flag.load(Ordering::Relaxed);
+        stats
+    }
+}
+
+impl Inner {
+    fn to_backlog(&self, pending: Vec<Pending>) {
+        let n = pending.len() as u64;
+        if let Err(e) = self.tx.try_send(PumpMsg::Backlog(pending)) {
+            // Cannot happen while the sink is open: the channel holds at most
+            // one message per admitted event. After close, it is a bug.
+            add(&self.stats.lost, n);
+            tracing::error!(events = n, error = %e, "Pub/Sub backlog is gone; events lost.");
+        }
+    }
+
+    /// Switches to backlog mode (once) and has every checker task hand its
+    /// unacknowledged events over.
+    fn enter_backlog_mode(&self, why: &str) {
+        if self.direct.swap(false, Ordering::AcqRel) {
+            add(&self.stats.mode_changes, 1);
+            self.takeover.send_modify(|g| *g += 1);
+            tracing::warn!(
+                why,
+                "Pub/Sub is not acknowledging; every unacknowledged and new event goes to the backlog."
+            );
+        }
+    }
+
+    fn set_spool_failing(&self, error: Option<String>) {
+        self.spool_failing_flag
+            .store(error.is_some(), Ordering::Release);
+        if let Ok(mut e) = self.spool_failing.lock() {
+            *e = error;
+        }
+    }
+
+    fn spool_failing(&self) -> Option<String> {
+        if !self.spool_failing_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.spool_failing.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+impl EventSink for PubsubSink {
+    fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(SinkError::Closed);
+        }
+        if let Some(error) = inner.spool_failing() {
+            return Err(SinkError::Unavailable(format!(
+                "the spool cannot be written: {error}"
+            )));
+        }
+        let bytes = bytes + n * EVENT_OVERHEAD;
+        let full = || SinkError::Full {
+            limit: inner.budget.limit(),
+            limit_bytes: inner.budget.limit_bytes(),
+        };
+        // Everything held in memory may still end up in the spool (a publish
+        // in flight can fail): count it, so that the spool's bound holds to
+        // within the requests being admitted concurrently, whatever the mode.
+        if let Some(max) = inner.spool_max_bytes {
+            let spooled = inner.stats.spool_bytes.load(Ordering::Relaxed);
+            let coming = inner.unspooled_bytes.load(Ordering::Relaxed) + bytes as u64;
+            if spooled + coming >= max {
+                return Err(full());
+            }
+        }
+        inner.budget.try_acquire(n, bytes).ok_or_else(full)
+    }
+
+    fn send(&self, events: Vec<EnrichedEvent>, mut admission: Admission) {
+        let inner = &self.inner;
+        // Subscribed before the mode is read: a switch to backlog mode after
+        // this point reaches the checker task.
+        let takeover = inner.takeover.subscribe();
+        let records: Vec<(Record, usize)> = events
+            .iter()
+            .map(|e| {
+                // Serializing our own types into memory cannot fail.
+                let data = serde_json::to_vec(e).unwrap_or_default();
+                let size = data.capacity() + e.event_type().len() + EVENT_OVERHEAD;
+                let record = Record {
+                    accepted_at_ms: e.received_at().as_millis(),
+                    kind: e.event_type().into(),
+                    data: data.into(),
+                };
+                (record, size)
+            })
+            .collect();
+        admission.set_bytes(records.iter().map(|(_, size)| size).sum());
+        add(
+            &inner.unspooled_bytes,
+            records.iter().map(|(r, _)| r.spooled_len()).sum(),
+        );
+        let pending: Vec<Pending> = records
+            .into_iter()
+            .map(|(record, size)| Pending {
+                record,
+                _admission: Arc::new(admission.split(1, size)),
+            })
+            .collect();
+        if !inner.direct.load(Ordering::Acquire) {
+            inner.to_backlog(pending);
+            return;
+        }
+        let stall_at = tokio::time::Instant::now() + inner.opts.stall_timeout;
+        let sent: Vec<_> = pending
+            .into_iter()
+            .map(|p| {
+                let future = inner
+                    .publisher
+                    .publish(message(&p.record.kind, p.record.data.clone()));
+                (future, p)
+            })
+            .collect();
+        add(&inner.stats.in_flight, sent.len() as u64);
+        // The publish results get a span of their own, linked to the request
+        // that handed the events over (it has ended by the time they come).
+        // It is recorded when that request's trace is sampled.
+        let span = tracing::debug_span!(
+            parent: None,
+            "pubsub.publish",
+            otel.kind = "producer",
+            messages = sent.len(),
+            published = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        span.follows_from(tracing::Span::current());
+        inner
+            .tracker
+            .spawn(check(Arc::clone(inner), sent, stall_at, takeover).instrument(span));
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if inner.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
+            inner.tracker.close();
+            if tokio::time::timeout_at(deadline, inner.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_flight = inner.stats.in_flight.load(Ordering::Relaxed),
+                    "Publishes still outstanding at the flush deadline; keeping them in the backlog."
+                );
+                inner.give_up.cancel();
+                inner.tracker.wait().await;
+            }
+            let (done, report) = oneshot::channel();
+            inner
+                .tx
+                .send(PumpMsg::Close { deadline, done })
+                .await
+                .map_err(|_| SinkError::Failed("the Pub/Sub pump has stopped".into()))?;
+            let report = report
+                .await
+                .map_err(|_| SinkError::Failed("the Pub/Sub pump has stopped".into()))?;
+            let handle = self.pump.lock().ok().and_then(|mut p| p.take());
+            if let Some(handle) = handle {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            if report.spooled > 0 {
+                tracing::info!(
+                    events = report.spooled,
+                    "Events left in the spool; the next start replays them."
+                );
+            }
+            if report.lost > 0 {
+                return Err(SinkError::Failed(match report.spool_error {
+                    Some(error) => format!(
+                        "{} events could not be published nor written to the spool ({error}): lost",
+                        report.lost
+                    ),
+                    None => format!(
+                        "{} events could not be published and no spool is configured (TRACKING_SPOOL_DIR): lost",
+                        report.lost
+                    ),
+                }));
+            }
+            Ok(())
+        })
+    }
+}
