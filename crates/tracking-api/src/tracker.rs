@@ -2,11 +2,13 @@
 //!
 //! The script (`assets/tracker.js`, tested by `assets/tracker.test.mjs`) is
 //! embedded in the binary, so a deployment always serves the tracker that
-//! matches its API. Its gzip form and strong entity tags are computed once;
-//! a request costs a header check and a reference-counted clone.
+//! matches its API, and its payload limits are set from this API's
+//! configuration (`TRACKING_MAX_BATCH_EVENTS`, `TRACKING_MAX_BODY_BYTES`) at
+//! start-up: a payload the tracker builds is never refused for its size.
+//! Its gzip form and strong entity tags are computed once; a request costs a
+//! header check and a reference-counted clone.
 
 use std::io::Write;
-use std::sync::LazyLock;
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -21,6 +23,14 @@ use http_body_util::Full;
 /// The tracker as it is in the repository.
 pub const SOURCE: &[u8] = include_bytes!("../assets/tracker.js");
 
+/// The declarations of the script's payload limits, as written in
+/// `SOURCE`, with the repository's values.
+const BATCH_DECL: &str = "BATCH = 500,";
+const PAYLOAD_DECL: &str = "PAYLOAD = 61440,";
+/// The largest payload the script builds: 60 KiB, under the 64 KiB that
+/// Chromium allows a page's keepalive requests in flight together.
+const PAYLOAD_MAX: usize = 61_440;
+
 /// How long browsers and CDNs may use it without asking again.
 const CACHE_CONTROL_VALUE: &str = "public, max-age=3600";
 
@@ -31,36 +41,50 @@ struct Representation {
     etag: HeaderValue,
 }
 
+/// The script as this API serves it.
 #[derive(Debug)]
-struct Asset {
+pub struct Script {
     identity: Representation,
     /// `None` only if compressing failed (then every client gets identity).
     gzip: Option<Representation>,
 }
 
-static ASSET: LazyLock<Asset> = LazyLock::new(|| {
-    // A strong validator must differ between versions and between encodings
-    // of one version: a hash of the source, and the encoding.
-    let tag = format!("{:x}-{:016x}", SOURCE.len(), fnv1a64(SOURCE));
-    let etag = |suffix: &str| {
-        HeaderValue::from_str(&format!("\"{tag}{suffix}\""))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"tracker\""))
-    };
-    Asset {
-        identity: Representation {
-            body: Bytes::from_static(SOURCE),
-            etag: etag(""),
-        },
-        gzip: gzip(SOURCE).map(|body| Representation {
-            body,
-            etag: etag("-gzip"),
-        }),
+impl Script {
+    /// The script with its batch limit set to `max_batch_events` and its
+    /// payload size to `max_body_bytes` (at most 60 KiB).
+    pub fn new(max_batch_events: usize, max_body_bytes: usize) -> Self {
+        let text = String::from_utf8_lossy(SOURCE)
+            .replacen(BATCH_DECL, &format!("BATCH = {max_batch_events},"), 1)
+            .replacen(
+                PAYLOAD_DECL,
+                &format!("PAYLOAD = {},", max_body_bytes.min(PAYLOAD_MAX)),
+                1,
+            );
+        let source = Bytes::from(text);
+        // A strong validator must differ between versions (and limits) and
+        // between encodings of one version: a hash of the text served, and
+        // the encoding.
+        let tag = format!("{:x}-{:016x}", source.len(), fnv1a64(&source));
+        let etag = |suffix: &str| {
+            HeaderValue::from_str(&format!("\"{tag}{suffix}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"tracker\""))
+        };
+        Self {
+            gzip: gzip(&source).map(|body| Representation {
+                body,
+                etag: etag("-gzip"),
+            }),
+            identity: Representation {
+                body: source,
+                etag: etag(""),
+            },
+        }
     }
-});
 
-/// The gzip-compressed script as served (for size checks).
-pub fn gzipped_len() -> Option<usize> {
-    ASSET.gzip.as_ref().map(|r| r.body.len())
+    /// The gzip-compressed script as served (for size checks).
+    pub fn gzipped_len(&self) -> Option<usize> {
+        self.gzip.as_ref().map(|r| r.body.len())
+    }
 }
 
 fn gzip(data: &[u8]) -> Option<Bytes> {
@@ -79,8 +103,7 @@ fn fnv1a64(data: &[u8]) -> u64 {
 /// The answer to `GET` or `HEAD /v1/tracker.js` (hyper leaves the body out
 /// for `HEAD`): `304` when `If-None-Match` names this version, else `200`
 /// with the script, gzip-compressed when the client accepts it.
-pub fn response(request: &HeaderMap) -> Response<Full<Bytes>> {
-    let asset = &*ASSET;
+pub fn response(asset: &Script, request: &HeaderMap) -> Response<Full<Bytes>> {
     let (chosen, gzipped) = match &asset.gzip {
         Some(gz) if accepts_gzip(request) => (gz, true),
         _ => (&asset.identity, false),
@@ -175,6 +198,30 @@ mod tests {
         check(&["*, gzip;q=0"], false);
         check(&["identity"], false);
         check(&["x-gzip"], true);
+    }
+
+    #[test]
+    fn the_limits_are_the_apis() {
+        let text = |s: &Script| String::from_utf8(s.identity.body.to_vec()).expect("utf-8");
+        // The defaults serve the repository's script byte for byte.
+        let default = Script::new(500, 1_048_576);
+        assert_eq!(default.identity.body, SOURCE);
+        let lower = Script::new(20, 4096);
+        let served = text(&lower);
+        assert!(served.contains("BATCH = 20,"), "{served}");
+        assert!(served.contains("PAYLOAD = 4096,"), "{served}");
+        assert_eq!(
+            served.replacen("BATCH = 20,", BATCH_DECL, 1).replacen(
+                "PAYLOAD = 4096,",
+                PAYLOAD_DECL,
+                1
+            ),
+            text(&default),
+            "only the two limits differ"
+        );
+        assert_ne!(lower.identity.etag, default.identity.etag);
+        // Never above what the keepalive quota allows.
+        assert!(text(&Script::new(500, 10_000_000)).contains(PAYLOAD_DECL));
     }
 
     #[test]

@@ -370,9 +370,11 @@ async fn the_tracker_across_page_loads_a_navigation_and_an_outage() {
         ("TRACKING_CORS_ORIGINS", &site_origin),
         // Plain http: a Secure cookie would not be stored. SameSite stays Lax.
         ("TRACKING_COOKIE_SECURE", "false"),
-        // Every payload must stay within 60 KiB: a larger one gets 413 and
-        // its events would be missing.
+        // Every payload must stay within 60 KiB and 50 events, the limits
+        // the API writes into the script it serves: a larger payload gets
+        // 413 and its events would be missing.
         ("TRACKING_MAX_BODY_BYTES", "61440"),
+        ("TRACKING_MAX_BATCH_EVENTS", "50"),
     ]);
     let gate = Gate::start(api.addr);
     let api_origin = format!("http://t.shop.test:{}", gate.addr.port());

@@ -132,9 +132,10 @@ impl App {
                 Route::Pixel,
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),
             ),
-            ("/v1/tracker.js", &Method::GET | &Method::HEAD) => {
-                (Route::Tracker, crate::tracker::response(req.headers()))
-            }
+            ("/v1/tracker.js", &Method::GET | &Method::HEAD) => (
+                Route::Tracker,
+                crate::tracker::response(&self.state.script, req.headers()),
+            ),
             ("/v1/tracker.js", _) => (
                 Route::Tracker,
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),

@@ -24,6 +24,8 @@ pub struct AppState {
     pub(super) inflight: Arc<Semaphore>,
     pub(super) body_memory: Arc<BodyMemory>,
     pub(super) tracker: TaskTracker,
+    /// `GET /v1/tracker.js`, with this API's limits.
+    pub(super) script: crate::tracker::Script,
     pub(super) ready: AtomicBool,
     pub(super) store_warned: OncePerSecond,
 }
@@ -80,6 +82,10 @@ impl AppState {
             body_memory: BodyMemory::new(parts.limits.body_memory),
             ua: UaParser::new(4096),
             tracker: TaskTracker::new(),
+            script: crate::tracker::Script::new(
+                parts.limits.max_batch_events,
+                parts.limits.max_body_bytes,
+            ),
             ready: AtomicBool::new(false),
             store_warned: OncePerSecond::default(),
             parts,
