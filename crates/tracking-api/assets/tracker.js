@@ -71,10 +71,10 @@
     }
   };
 
-  // Takes the oldest events that fit `max` bytes and the batch limit.
-  const cut = max => {
+  // Takes the oldest events that fit `max` bytes and `batch` events.
+  const cut = (max, batch = BATCH) => {
     let i = 0, b = 12;
-    while (i < queue.length && i < BATCH && b + queue[i].n + 1 <= max) b += queue[i++].n + 1;
+    while (i < queue.length && i < batch && b + queue[i].n + 1 <= max) b += queue[i++].n + 1;
     const p = queue.splice(0, i);
     p.b = b;
     return p;
@@ -91,11 +91,13 @@
     clearTimeout(timer);
     timer = 0;
     if (sending || !queue.length) return;
-    const p = (sending = cut(PAYLOAD));
-    // Events given up (and not reported yet) are reported to the API, riding
-    // along with real ones.
+    // Events given up (and not reported yet) are reported to the API, in
+    // room kept for the report in the next payload (with a batch limit of
+    // 1, the report goes alone).
     const r = dropped && event('tracker_dropped', {events: dropped});
-    if (r && p.length < BATCH && p.b + r.n < PAYLOAD) {
+    const room = r && 13 + r.n <= PAYLOAD;
+    const p = (sending = room ? cut(PAYLOAD - r.n - 1, BATCH - 1) : cut(PAYLOAD));
+    if (room) {
       p.push(r);
       p.b += r.n + 1;
       dropped = 0;

@@ -122,8 +122,11 @@ class Page {
     src = 'https://t.shop.example/v1/tracker.js',
     endpoint = null, // data-endpoint
     load = true,
+    batch = null, // the API's batch limit, written into the script as the API does
   } = {}) {
     this.browser = browser;
+    this.source = batch == null ? SOURCE : SOURCE.replace('BATCH = 500,', `BATCH = ${batch},`);
+    assert.ok(batch == null || this.source != SOURCE, 'tracker.js declares BATCH = 500,');
     this.alive = true;
     this.timers = new Map();
     this.nextTimer = 1;
@@ -162,7 +165,7 @@ class Page {
   }
 
   load() {
-    vm.runInContext(SOURCE, this.ctx);
+    vm.runInContext(this.source, this.ctx);
   }
 
   // tracking(...) as the page calls it.
@@ -713,6 +716,20 @@ test('an event too big for any payload, or that JSON cannot carry, is dropped an
   await b.serve(1000);
   assert.deepEqual(types(b.arrived), ['ok', 'tracker_dropped', 'next']);
   assert.deepEqual(b.arrived[1].props, {events: 2});
+});
+
+test('with a batch limit of 1 or 2 the drop report still goes, within the limit', async () => {
+  for (const batch of [1, 2]) {
+    const b = new Browser();
+    const page = b.open({batch, calls: [['huge', {blob: 'x'.repeat(70000)}], ['a'], ['b'], ['c']]});
+    await b.serve(3000);
+    assert.deepEqual(types(b.arrived).sort(), ['a', 'b', 'c', 'tracker_dropped'], `batch ${batch}`);
+    assert.deepEqual(b.arrived.find(e => e.type == 'tracker_dropped').props, {events: 1});
+    for (const r of b.requests) assert.ok(JSON.parse(r.body).events.length <= batch, `batch ${batch}: ${r.body}`);
+    page.call('d');
+    await b.serve(1000);
+    assert.equal(types(b.arrived).length, 5);
+  }
 });
 
 test('a stored event that cannot be sent is dropped and counted, not sent empty for ever', async () => {
