@@ -1,7 +1,7 @@
 //! How a visitor's state is laid out in a Bigtable row.
 
 use bigtable_rs::bigtable::RowCell;
-use bigtable_rs::google::bigtable::v2::mutation::{Mutation as Kind, SetCell};
+use bigtable_rs::google::bigtable::v2::mutation::{DeleteFromColumn, Mutation as Kind, SetCell};
 use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter, Interleave};
 use bigtable_rs::google::bigtable::v2::{
     Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
@@ -225,25 +225,46 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, Unreadable) {
     (state, corrupt)
 }
 
-fn set(family: &str, qualifier: &[u8], at: Timestamp, value: Vec<u8>) -> Mutation {
-    Mutation {
+/// Writes the cell at `at` and deletes the column's older versions, in the
+/// same mutation: a row keeps one version per column however often it is
+/// renewed. Without the delete, every renewal adds a version until garbage
+/// collection removes it (lazily in Bigtable; never in the emulator, whose
+/// collector does not run for a table created with its families), so a
+/// busy visitor's row grows with each event and so does each read of it.
+/// Only versions older than `at` go: a newer cell another writer made
+/// meanwhile stays the latest.
+fn set(out: &mut Vec<Mutation>, family: &str, qualifier: &[u8], at: Timestamp, value: Vec<u8>) {
+    let at = micros(at);
+    if at > 0 {
+        out.push(Mutation {
+            mutation: Some(Kind::DeleteFromColumn(DeleteFromColumn {
+                family_name: family.to_owned(),
+                column_qualifier: qualifier.to_vec(),
+                time_range: Some(TimestampRange {
+                    start_timestamp_micros: 0,
+                    end_timestamp_micros: at,
+                }),
+            })),
+        });
+    }
+    out.push(Mutation {
         mutation: Some(Kind::SetCell(SetCell {
             family_name: family.to_owned(),
             column_qualifier: qualifier.to_vec(),
-            timestamp_micros: micros(at),
+            timestamp_micros: at,
             value,
         })),
-    }
+    });
 }
 
 /// The cells that renew `next` at `now`: both sessions always (a new cell,
 /// timestamped with the latest event, in whole milliseconds), the via record
 /// only when this event recorded one.
 pub fn encode(next: &VisitorState, via_recorded: bool, now: Timestamp) -> Vec<Mutation> {
-    let mut out = Vec::with_capacity(3);
+    let mut out = Vec::with_capacity(6);
     for (family, rec) in [(SHORT, &next.short), (LONG, &next.long)] {
         if let Some(r) = rec {
-            out.push(set(family, ID, r.last_seen, id_bytes(&r.id)));
+            set(&mut out, family, ID, r.last_seen, id_bytes(&r.id));
         }
     }
     if via_recorded && let Some(v) = &next.via {
@@ -254,7 +275,7 @@ pub fn encode(next: &VisitorState, via_recorded: bool, now: Timestamp) -> Vec<Mu
             expires_at: v.expires_at.as_millis(),
         };
         if let Ok(json) = serde_json::to_vec(&stored) {
-            out.push(set(VIA, ROUTE, now, json));
+            set(&mut out, VIA, ROUTE, now, json);
         }
     }
     out
@@ -313,10 +334,28 @@ mod tests {
             via: Some(via.clone()),
         };
         let muts = encode(&state, true, Timestamp::from_millis(5_000));
-        assert_eq!(muts.len(), 3);
+        // Each cell: the column's older versions deleted, then the cell.
+        assert_eq!(muts.len(), 6);
+        for pair in muts.chunks(2) {
+            match (&pair[0].mutation, &pair[1].mutation) {
+                (Some(Kind::DeleteFromColumn(d)), Some(Kind::SetCell(s))) => {
+                    assert_eq!(
+                        (&d.family_name, &d.column_qualifier),
+                        (&s.family_name, &s.column_qualifier)
+                    );
+                    let range = d.time_range.as_ref().expect("a time range");
+                    assert_eq!(
+                        (range.start_timestamp_micros, range.end_timestamp_micros),
+                        (0, s.timestamp_micros),
+                        "only older versions"
+                    );
+                }
+                other => panic!("not a delete-then-set pair: {other:?}"),
+            }
+        }
         assert_eq!(
             encode(&state, false, Timestamp::from_millis(5_000)).len(),
-            2
+            4
         );
         let as_cells = |muts: &[Mutation]| -> Vec<RowCell> {
             muts.iter()
