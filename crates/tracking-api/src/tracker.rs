@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 /// The tracker as it is in the repository.
-pub const SOURCE: &[u8] = include_bytes!("../assets/tracker.js");
+pub const SOURCE: &str = include_str!("../assets/tracker.js");
 
 /// The declarations of the script's payload limits, as written in
 /// `SOURCE`, with the repository's values.
@@ -53,7 +53,7 @@ impl Script {
     /// The script with its batch limit set to `max_batch_events` and its
     /// payload size to `max_body_bytes` (at most 60 KiB).
     pub fn new(max_batch_events: usize, max_body_bytes: usize) -> Self {
-        let text = String::from_utf8_lossy(SOURCE)
+        let text = SOURCE
             .replacen(BATCH_DECL, &format!("BATCH = {max_batch_events},"), 1)
             .replacen(
                 PAYLOAD_DECL,
@@ -205,7 +205,7 @@ mod tests {
         let text = |s: &Script| String::from_utf8(s.identity.body.to_vec()).expect("utf-8");
         // The defaults serve the repository's script byte for byte.
         let default = Script::new(500, 1_048_576);
-        assert_eq!(default.identity.body, SOURCE);
+        assert_eq!(default.identity.body, SOURCE.as_bytes());
         let lower = Script::new(20, 4096);
         let served = text(&lower);
         assert!(served.contains("BATCH = 20,"), "{served}");

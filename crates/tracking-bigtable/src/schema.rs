@@ -225,6 +225,15 @@ pub fn decode(cells: &[RowCell]) -> (VisitorState, Unreadable) {
     (state, corrupt)
 }
 
+/// The cells a mutation list sets (each also carries the delete of its
+/// column's older versions).
+pub fn cells_set(mutations: &[Mutation]) -> usize {
+    mutations
+        .iter()
+        .filter(|m| matches!(m.mutation, Some(Kind::SetCell(_))))
+        .count()
+}
+
 /// Writes the cell at `at` and deletes the column's older versions, in the
 /// same mutation: a row keeps one version per column however often it is
 /// renewed. Without the delete, every renewal adds a version until garbage

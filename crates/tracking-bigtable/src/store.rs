@@ -256,7 +256,7 @@ impl BigtableSessionStore {
         let span = tracing::debug_span!(
             "bigtable.write",
             otel.kind = "client",
-            cells = mutations.len(),
+            cells = crate::schema::cells_set(&mutations),
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
@@ -433,7 +433,7 @@ impl Inner {
         let span = tracing::debug_span!(
             "bigtable.conditional_write",
             otel.kind = "client",
-            cells = mutations.len(),
+            cells = crate::schema::cells_set(&mutations),
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
