@@ -459,6 +459,7 @@ pub async fn run(
             channels: 4,
             attempt_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(10),
+            max_queued_renewals: tracking_bigtable::MAX_QUEUED_RENEWALS,
         },
         SessionPolicy::new(ttls, Arc::new(RandomIds)),
     )

@@ -36,6 +36,7 @@ fn config(emu: &str, table: &str) -> BigtableConfig {
         channels: 2,
         attempt_timeout: Duration::from_secs(2),
         write_timeout: Duration::from_secs(5),
+        max_queued_renewals: tracking_bigtable::MAX_QUEUED_RENEWALS,
     }
 }
 

@@ -221,6 +221,7 @@ fn bigtable_store(
         channels: 1,
         attempt_timeout: Duration::from_secs(2),
         write_timeout: Duration::from_secs(2),
+        max_queued_renewals: tracking_bigtable::MAX_QUEUED_RENEWALS,
     };
     let ttls = Ttls {
         short: Duration::from_secs(1800),

@@ -36,7 +36,15 @@ pub struct BigtableConfig {
     pub attempt_timeout: Duration,
     /// Time allowed for a renewal write, retries included.
     pub write_timeout: Duration,
+    /// Renewals queued or being written at most; past it a renewal is
+    /// given up and counted as a failed write. [`MAX_QUEUED_RENEWALS`]
+    /// unless a test needs a small queue.
+    pub max_queued_renewals: usize,
 }
+
+/// Renewals queued or being written at most (a renewal of the largest
+/// client id and via takes about 2 KiB: ~32 MiB in all).
+pub const MAX_QUEUED_RENEWALS: usize = 16_384;
 
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,7 @@ fn config(emu: &BigtableEmulator, table: &str) -> BigtableConfig {
         channels: 2,
         attempt_timeout: Duration::from_millis(200),
         write_timeout: Duration::from_secs(2),
+        max_queued_renewals: tracking_bigtable::MAX_QUEUED_RENEWALS,
     }
 }
 
@@ -707,5 +708,159 @@ async fn renewals_keep_one_version_per_column() {
             .iter()
             .all(|c| c.timestamp_micros == clock.now().as_millis() as i64 * 1000),
         "the newest versions stay"
+    );
+}
+
+/// A store counter by name.
+fn counter(s: &BigtableSessionStore, name: &str) -> u64 {
+    s.counters()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, n)| n)
+        .unwrap()
+}
+
+/// Renews `visitors` at once (each a returning visitor: minted first),
+/// each with a via of its own; returns when all touches answered.
+async fn renew_all(s: &Arc<BigtableSessionStore>, visitors: &[ClientId], at: Timestamp) {
+    let tasks: Vec<_> = visitors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let (s, v) = (Arc::clone(s), v.clone());
+            tokio::spawn(async move {
+                let via = Via::new(Some(&format!("ad-{i}")), None, None).unwrap();
+                let got = s.touch(&v, at, Some(&via), CallContext::empty()).await;
+                assert!(!got.unwrap().short_new, "a renewal");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Whether every visitor's row, read by another store, has the renewal
+/// made at `at` (session seen then, its own via).
+async fn all_renewed(
+    reader: &BigtableSessionStore,
+    visitors: &[ClientId],
+    at: Timestamp,
+) -> Vec<usize> {
+    let mut missing = Vec::new();
+    for (i, v) in visitors.iter().enumerate() {
+        let state = reader.read_state(v).await.unwrap();
+        let seen = state.short.map(|s| s.last_seen);
+        let via = state.via.and_then(|r| r.via.source.map(|x| x.to_string()));
+        if seen != Some(at) || via != Some(format!("ad-{i}")) {
+            missing.push(i);
+        }
+    }
+    missing
+}
+
+/// Renewals of many visitors at once go out together (fewer `MutateRows`
+/// calls than renewals) and every one of them lands in its own row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_at_once_share_calls_and_all_land() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let s = Arc::new(store(cfg.clone()).await);
+    let clock = clock();
+    let visitors: Vec<_> = (0..600).map(|i| id(&format!("many-{i}"))).collect();
+    for v in &visitors {
+        s.touch(v, clock.now(), None, CallContext::empty())
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    let (writes, calls) = (counter(&s, "write"), counter(&s, "write_call"));
+    renew_all(&s, &visitors, clock.now()).await;
+    s.flush().await;
+    let writes = counter(&s, "write") - writes;
+    let calls = counter(&s, "write_call") - calls;
+    assert_eq!(writes, 600, "one renewal written per event");
+    assert!(calls * 2 <= writes, "{calls} calls for {writes} renewals");
+    assert_eq!(counter(&s, "write_failure"), 0);
+    let missing = all_renewed(&store(cfg).await, &visitors, clock.now()).await;
+    assert!(
+        missing.is_empty(),
+        "renewals not in their rows: {missing:?}"
+    );
+}
+
+/// Renewals whose calls fail (the connection cut) are sent again and land
+/// once Bigtable is back within the write timeout; when it stays away
+/// longer, each is given up and counted, and `flush` returns by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_outlive_a_short_outage_and_give_up_after_a_long_one() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let gate = Gate::start(emu.host().parse().unwrap());
+    let s = Arc::new(
+        store(BigtableConfig {
+            emulator_host: Some(gate.host()),
+            ..cfg.clone()
+        })
+        .await,
+    );
+    let clock = clock();
+    let visitors: Vec<_> = (0..100).map(|i| id(&format!("cut-{i}"))).collect();
+    for v in &visitors {
+        s.touch(v, clock.now(), None, CallContext::empty())
+            .await
+            .unwrap();
+    }
+    s.flush().await;
+
+    // Short: the renewals' answers are held and their connections cut,
+    // then the gate opens again 300 ms later.
+    clock.advance(Duration::from_secs(1));
+    renew_all(&s, &visitors, clock.now()).await;
+    gate.set_reply_delay(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.close();
+    gate.set_reply_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.open();
+    s.flush().await;
+    assert!(
+        counter(&s, "write_retry") > 0,
+        "calls were cut and sent again"
+    );
+    assert_eq!(
+        counter(&s, "write_failure"),
+        0,
+        "back within the write timeout"
+    );
+    let reader = store(cfg.clone()).await;
+    let missing = all_renewed(&reader, &visitors, clock.now()).await;
+    assert!(
+        missing.is_empty(),
+        "renewals lost in a short outage: {missing:?}"
+    );
+
+    // Long: cut for longer than the write timeout (2 s).
+    clock.advance(Duration::from_secs(1));
+    renew_all(&s, &visitors, clock.now()).await;
+    gate.close();
+    let started = Instant::now();
+    s.flush().await;
+    let waited = started.elapsed();
+    gate.open();
+    assert!(waited < Duration::from_secs(4), "flush waited {waited:?}");
+    let failed = counter(&s, "write_failure");
+    let lost = all_renewed(&reader, &visitors, clock.now()).await.len();
+    // A call cut after Bigtable applied it is counted as failed and has
+    // landed all the same: in doubt, counted.
+    assert!(
+        (lost..=visitors.len()).contains(&(failed as usize)),
+        "{lost} renewals did not land, {failed} counted as failed"
+    );
+    assert!(
+        failed > 0,
+        "the cut came before some of the renewals landed"
     );
 }

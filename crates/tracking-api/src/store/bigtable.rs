@@ -67,6 +67,7 @@ impl BigtableArgs {
             channels: self.bigtable_channels,
             attempt_timeout: self.bigtable_attempt_timeout,
             write_timeout: self.bigtable_write_timeout,
+            max_queued_renewals: tracking_bigtable::MAX_QUEUED_RENEWALS,
         }
     }
 }

@@ -25,8 +25,10 @@
 //! In `parallel` mode a visitor without a live short or long session here
 //! is also looked up in the legacy store; per part the newer record wins.
 
-use std::sync::Arc;
+mod batch;
+
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
@@ -60,7 +62,11 @@ const WRITE_ROUNDS: u32 = 4;
 pub struct Counters {
     pub reads: AtomicU64,
     pub read_retries: AtomicU64,
+    /// Renewal writes sent (each entry of a batched call counts), retries
+    /// included.
     pub writes: AtomicU64,
+    /// `MutateRows` calls that carried them.
+    pub write_calls: AtomicU64,
     pub write_retries: AtomicU64,
     pub write_failures: AtomicU64,
     pub corrupt_cells: AtomicU64,
@@ -87,7 +93,10 @@ struct Inner {
     locks: VisitorLocks,
     /// Renewals sent and not landed yet, per visitor.
     in_flight: Arc<InFlight>,
+    /// Renewals queued and not landed yet count here (`flush`, `close`).
     writes: TaskTracker,
+    /// Plain renewals on their way to Bigtable; started with the first.
+    queue: OnceLock<batch::Queue>,
     counters: Counters,
     warned: OncePerSecond,
     /// Retries of reads, conditional and plain writes, as a share of calls.
@@ -112,19 +121,25 @@ impl std::fmt::Debug for BigtableSessionStore {
 /// Whether another attempt may succeed.
 fn transient(e: &BtError) -> bool {
     match e {
-        BtError::RpcError(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Aborted
-                | tonic::Code::Internal
-                | tonic::Code::ResourceExhausted
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-        ),
+        BtError::RpcError(s) => transient_code(s.code()),
         BtError::TransportError(_) | BtError::IoError(_) | BtError::TimeoutError(_) => true,
         _ => false,
     }
+}
+
+/// Whether another attempt may succeed after a call (or one entry of a
+/// `MutateRows` call) ended with `code`.
+fn transient_code(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Aborted
+            | tonic::Code::Internal
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+    )
 }
 
 /// The channel's deadline for any one RPC: the longest a call may take
@@ -174,6 +189,7 @@ impl BigtableSessionStore {
                 locks: VisitorLocks::default(),
                 in_flight: Arc::default(),
                 writes: TaskTracker::new(),
+                queue: OnceLock::new(),
                 counters: Counters::default(),
                 warned: OncePerSecond::default(),
                 retry_budget: RetryBudget::default(),
@@ -233,7 +249,7 @@ impl BigtableSessionStore {
         inner.write(row_key_with(hash, client_id), mutations).await
     }
 
-    /// Sends a plain renewal in a tracked task (the event does not wait),
+    /// Queues a plain renewal (the event does not wait; see `batch`),
     /// visible to this visitor's next events until it lands; tells the
     /// legacy store too in `parallel` mode.
     fn renew(
@@ -250,9 +266,8 @@ impl BigtableSessionStore {
             legacy.renew(client_id, &next, ctx);
         }
         let landing = inner.in_flight.begin(hash, client_id, &next);
-        let writer = Arc::clone(inner);
         // The renewal outlives the request; its span (when traced) is a
-        // child of the `session` span.
+        // child of the `session` span and lasts until the write lands.
         let span = tracing::debug_span!(
             "bigtable.write",
             otel.kind = "client",
@@ -260,13 +275,21 @@ impl BigtableSessionStore {
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        inner.writes.spawn(
-            async move {
-                writer.write(key, mutations).await;
-                drop(landing);
-            }
-            .instrument(span),
-        );
+        let queue = inner.queue.get_or_init(|| {
+            batch::Queue::start(Arc::downgrade(inner), inner.cfg.max_queued_renewals)
+        });
+        let renewal = batch::Renewal {
+            key,
+            mutations,
+            deadline: tokio::time::Instant::now() + inner.cfg.write_timeout,
+            landing,
+            token: inner.writes.token(),
+            span,
+        };
+        if let Some(renewal) = queue.push(renewal) {
+            batch::finish(renewal, 0, "error");
+            inner.write_failed("the renewal queue is full");
+        }
     }
 
     /// Waits for the renewal writes in flight.
@@ -655,6 +678,7 @@ impl SessionStore for BigtableSessionStore {
             ("read", load(&c.reads)),
             ("read_retry", load(&c.read_retries)),
             ("write", load(&c.writes)),
+            ("write_call", load(&c.write_calls)),
             ("write_retry", load(&c.write_retries)),
             ("write_failure", load(&c.write_failures)),
             ("corrupt_cell", load(&c.corrupt_cells)),
