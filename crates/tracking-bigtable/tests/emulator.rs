@@ -292,14 +292,7 @@ async fn retries_of_a_failing_store_stay_within_the_budget() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     bootstrap(&cfg, ttls()).await.unwrap();
-    let gate = Gate::start(emu.host().parse().unwrap());
-    let s = Arc::new(
-        store(BigtableConfig {
-            emulator_host: Some(gate.host()),
-            ..cfg
-        })
-        .await,
-    );
+    let (s, gate) = through_gate(&emu, &cfg).await;
     s.read_state(&id("warm-up")).await.unwrap();
     let reads_before = read_calls(&s);
     gate.close();
@@ -341,11 +334,21 @@ async fn retries_of_a_failing_store_stay_within_the_budget() {
 
 /// Read RPCs sent so far (retries included), from the store's counters.
 fn read_calls(s: &BigtableSessionStore) -> u64 {
-    s.counters()
-        .into_iter()
-        .find(|(name, _)| *name == "read")
-        .map(|(_, n)| n)
-        .unwrap()
+    counter(s, "read")
+}
+
+/// A store reaching the emulator through a [`Gate`].
+async fn through_gate(
+    emu: &BigtableEmulator,
+    cfg: &BigtableConfig,
+) -> (Arc<BigtableSessionStore>, Gate) {
+    let gate = Gate::start(emu.host().parse().unwrap());
+    let s = store(BigtableConfig {
+        emulator_host: Some(gate.host()),
+        ..cfg.clone()
+    })
+    .await;
+    (Arc::new(s), gate)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -798,14 +801,7 @@ async fn renewals_outlive_a_short_outage_and_give_up_after_a_long_one() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     bootstrap(&cfg, ttls()).await.unwrap();
-    let gate = Gate::start(emu.host().parse().unwrap());
-    let s = Arc::new(
-        store(BigtableConfig {
-            emulator_host: Some(gate.host()),
-            ..cfg.clone()
-        })
-        .await,
-    );
+    let (s, gate) = through_gate(&emu, &cfg).await;
     let clock = clock();
     let visitors: Vec<_> = (0..100).map(|i| id(&format!("cut-{i}"))).collect();
     for v in &visitors {
