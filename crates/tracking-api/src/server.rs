@@ -116,24 +116,19 @@ pub async fn serve(
     }
     // Sinks get their flush even when the drain overran: what they hold is accepted.
     let flush_deadline = deadline.max(Instant::now() + opts.flush_timeout);
-    // Session renewals still in flight (Bigtable writes) finish first.
-    if tokio::time::timeout_at(flush_deadline, state.parts.store.close())
-        .await
-        .is_err()
-    {
+    // The sinks and the session renewals still in flight (Bigtable writes,
+    // migration-proxy PUTs) flush side by side, each until the deadline: a
+    // slow session store must not take the events' time.
+    let (store, events, deadletters) = tokio::join!(
+        tokio::time::timeout_at(flush_deadline, state.parts.store.close()),
+        tokio::time::timeout_at(flush_deadline, state.parts.sink.close()),
+        tokio::time::timeout_at(flush_deadline, state.parts.deadletters.close()),
+    );
+    if store.is_err() {
         tracing::error!("Session store writes were still running at the flush deadline.");
     }
     let mut sinks_flushed = true;
-    for (name, result) in [
-        (
-            "events",
-            tokio::time::timeout_at(flush_deadline, state.parts.sink.close()).await,
-        ),
-        (
-            "dead letters",
-            tokio::time::timeout_at(flush_deadline, state.parts.deadletters.close()).await,
-        ),
-    ] {
+    for (name, result) in [("events", events), ("dead letters", deadletters)] {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {

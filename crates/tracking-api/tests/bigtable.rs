@@ -294,3 +294,111 @@ async fn rows_of_the_binary_format_read_as_the_same_ids() {
         "{e}"
     );
 }
+
+/// SIGTERM while session renewals hang on a Bigtable that took them and
+/// does not answer, and while the event output's reader is slow to read:
+/// the events still get their flush. Every event answered 204 reaches
+/// stdout; the renewals waiting do not take the events' flush time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_stuck_at_shutdown_do_not_take_the_events_flush_time() {
+    use std::io::Read;
+    let emu = BigtableEmulator::bigtable();
+    let gate = test_support::Gate::start(emu.host().parse().unwrap());
+    let (direct, through) = (emu.host(), gate.host());
+    let settings = [
+        ("TRACKING_SESSION_STORE", "bigtable"),
+        ("TRACKING_BIGTABLE_PROJECT", "p"),
+        ("TRACKING_BIGTABLE_INSTANCE", "i"),
+        ("TRACKING_DEADLETTER", "discard"),
+    ];
+    let mut env = settings.to_vec();
+    env.push(("BIGTABLE_EMULATOR_HOST", &direct));
+    bootstrap(&env);
+    let mut env = settings.to_vec();
+    env.extend([
+        ("BIGTABLE_EMULATOR_HOST", through.as_str()),
+        ("TRACKING_SESSION_TIMEOUT", "10s"),
+        ("TRACKING_BIGTABLE_ATTEMPT_TIMEOUT", "10s"),
+        ("TRACKING_BIGTABLE_WRITE_TIMEOUT", "120s"),
+        ("TRACKING_DRAIN_TIMEOUT", "2s"),
+    ]);
+    let mut api = ApiProcess::start_with_stdout(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tracking-api")),
+        &env,
+        std::process::Stdio::piped(),
+    );
+    // The output's reader starts reading only when told.
+    let mut stdout = api.child.stdout.take().unwrap();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let _ = wait.recv();
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).unwrap();
+        text
+    });
+    let pad = "x".repeat(7_000);
+    let event = |v: usize, n: usize| {
+        format!(
+            r#"{{"type":"page_view","client_id":"stuck-{v}","event_id":"stuck-{v}-{n}","props":{{"pad":"{pad}"}}}}"#
+        )
+    };
+    let mut accepted = Vec::new();
+    for v in 0..10 {
+        assert_eq!(send(&api, &event(v, 1)).await.0, 204, "first events");
+        accepted.push(format!("stuck-{v}-1"));
+    }
+    // The second events are renewals. Their reads are answered (late), and
+    // the renewals sent after them get no answer while the gate holds it.
+    gate.set_reply_delay(Duration::from_millis(300));
+    let seconds: Vec<_> = (0..10)
+        .map(|v| {
+            let (addr, body) = (api.addr, event(v, 2));
+            tokio::spawn(async move {
+                request(
+                    addr,
+                    "POST",
+                    "/v1/events",
+                    &[("content-type", "text/plain")],
+                    body.as_bytes(),
+                )
+                .await
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    for (v, s) in seconds.into_iter().enumerate() {
+        assert_eq!(s.await.unwrap(), 204, "second events");
+        accepted.push(format!("stuck-{v}-2"));
+    }
+    gate.set_reply_delay(Duration::from_secs(600));
+
+    // 20 events of ~7 KiB: more than a pipe holds, so the output has events
+    // to write when SIGTERM comes; its reader wakes up 1 s later.
+    api.signal("TERM");
+    std::thread::sleep(Duration::from_secs(1));
+    go.send(()).unwrap();
+    api.wait_exit(Duration::from_secs(30));
+    let text = reader.join().unwrap();
+    let log = api.stderr.lock().unwrap().join("\n");
+    assert!(
+        log.contains("Session store writes were still running at the flush deadline."),
+        "the scenario needs renewals still waiting at shutdown: {log}"
+    );
+    assert!(!log.contains("Sink flush timed out"), "{log}");
+    let written: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    common::process::assert_all_arrived(
+        &accepted,
+        |id| written.contains(id),
+        "stuck renewals at SIGTERM",
+    );
+    drop(gate);
+}
