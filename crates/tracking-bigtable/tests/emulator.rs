@@ -860,3 +860,35 @@ async fn renewals_outlive_a_short_outage_and_give_up_after_a_long_one() {
         "the cut came before some of the renewals landed"
     );
 }
+
+/// A renewal's write deadline counts from its event's arrival (the
+/// `CallContext`), not from when the store was called: an event that
+/// arrived longer than the write timeout ago has its renewal given up and
+/// counted, never sent — it could land after the session had ended.
+#[tokio::test]
+async fn a_renewal_past_its_events_deadline_is_given_up_unsent() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    bootstrap(&cfg, ttls()).await.unwrap();
+    let s = store(cfg).await;
+    let clock = clock();
+    let v = id("late");
+    let first = clock.now();
+    s.touch(&v, first, None, CallContext::empty())
+        .await
+        .unwrap();
+    s.flush().await;
+    let writes = counter(&s, "write");
+    clock.advance(Duration::from_secs(1));
+    let ctx = CallContext {
+        headers: Vec::new(),
+        received: Some(std::time::Instant::now() - Duration::from_secs(3)),
+    };
+    let next = s.touch(&v, clock.now(), None, &ctx).await.unwrap();
+    assert!(!next.short_new, "a renewal");
+    s.flush().await;
+    assert_eq!(counter(&s, "write") - writes, 0, "not sent");
+    assert_eq!(counter(&s, "write_failure"), 1, "counted");
+    let stored = s.read_state(&v).await.unwrap();
+    assert_eq!(stored.short.map(|r| r.last_seen), Some(first));
+}

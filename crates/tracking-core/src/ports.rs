@@ -37,10 +37,16 @@ pub enum StoreError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CallContext {
     pub headers: Vec<(Box<str>, Box<str>)>,
+    /// When the event's request was received (when its session time was
+    /// read): work done for the event off the request path (a renewal)
+    /// counts its deadline from here, not from when it started. `None`:
+    /// from when the store is called.
+    pub received: Option<std::time::Instant>,
 }
 
 static EMPTY_CONTEXT: CallContext = CallContext {
     headers: Vec::new(),
+    received: None,
 };
 
 impl CallContext {

@@ -135,6 +135,7 @@ impl App {
     ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let received_at = st.parts.clock.now();
+        let received = std::time::Instant::now();
         let items = {
             let _span = tracing::debug_span!("decode", bytes = body.len()).entered();
             parse_body(body, st.parts.limits.max_batch_events)?
@@ -250,6 +251,7 @@ impl App {
                         .then(|| (name.as_str().into(), value.into()))
                 })
                 .collect(),
+            received: Some(received),
         };
         let n = accepted.len();
         Metrics::add(&st.parts.metrics.events_accepted, n as u64);

@@ -281,7 +281,13 @@ impl BigtableSessionStore {
         let renewal = batch::Renewal {
             key,
             mutations,
-            deadline: tokio::time::Instant::now() + inner.cfg.write_timeout,
+            // From the event, not from now: a renewal sent as a plain
+            // write (more than the write timeout left of its sessions)
+            // must not land after the session it renews has ended.
+            deadline: ctx
+                .received
+                .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)
+                + inner.cfg.write_timeout,
             landing,
             token: inner.writes.token(),
             span,
