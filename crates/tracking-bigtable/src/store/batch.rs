@@ -9,9 +9,12 @@
 //! CPU the client and Bigtable spend per event. The event never waits for
 //! any of it: its response does not depend on the renewal.
 //!
-//! Each renewal keeps its own deadline, the write timeout counted from when
-//! it was queued (as a renewal written on its own had): a call's deadline is
-//! its oldest entry's, and the entries Bigtable refused with a transient
+//! Each renewal keeps its own deadline, the write timeout counted from its
+//! event's arrival (so a plain renewal cannot land after the session it
+//! renews has ended, which is what decides between a plain and a
+//! conditional renewal). At most [`MAX_CALLS`] calls are in flight; a
+//! call's deadline is its earliest entry's, and the entries Bigtable
+//! refused with a transient
 //! status are sent again, alone of the rest, while their deadline and the
 //! retry budget allow. Setting cells at explicit timestamps is idempotent,
 //! so an entry sent twice does no harm.
@@ -36,6 +39,11 @@ use crate::locks::Landing;
 
 /// How long a batch waits for more renewals after its first.
 pub const LINGER: Duration = Duration::from_millis(1);
+/// `MutateRows` calls in flight at most. A call that Bigtable is slow to
+/// answer holds its connection's buffers and a task; beyond this the
+/// renewals wait in the queue (small) and go out in fuller calls. 64 calls
+/// of 100 renewals answered in 0.5 s carry 12,800 renewals a second.
+pub const MAX_CALLS: usize = 64;
 /// Entries in one `MutateRows` call at most (Bigtable allows 100,000
 /// mutations per call; a renewal has at most six).
 pub const MAX_ENTRIES: usize = 100;
@@ -100,6 +108,7 @@ impl Queue {
 }
 
 async fn drive(inner: Weak<Inner>, mut rx: mpsc::Receiver<Queued>) {
+    let calls = Arc::new(Semaphore::new(MAX_CALLS));
     while let Some(first) = rx.recv().await {
         let closes = Instant::now() + LINGER;
         let mut batch = vec![first];
@@ -109,10 +118,24 @@ async fn drive(inner: Weak<Inner>, mut rx: mpsc::Receiver<Queued>) {
                 Ok(None) | Err(_) => break,
             }
         }
+        // Every call slot busy (Bigtable slow): wait for one, and take what
+        // queued meanwhile into this call.
+        let Ok(slot) = Arc::clone(&calls).acquire_owned().await else {
+            return;
+        };
+        while batch.len() < MAX_ENTRIES {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        tokio::spawn(async move { inner.write_batch(batch).await });
+        tokio::spawn(async move {
+            inner.write_batch(batch).await;
+            drop(slot);
+        });
     }
 }
 
