@@ -139,53 +139,80 @@ async fn drive(inner: Weak<Inner>, mut rx: mpsc::Receiver<Queued>) {
     }
 }
 
-/// One renewal's progress through the attempts of its batch.
-struct Entry {
-    renewal: Renewal,
-    attempts: u32,
-    _room: OwnedSemaphorePermit,
+/// One row for [`Inner::write_rows`].
+pub(super) struct Row<'a> {
+    pub key: &'a [u8],
+    pub mutations: &'a [Mutation],
+    pub deadline: Instant,
 }
 
+/// What became of a row: written, or given up with the reason; each with
+/// the attempts it took.
+pub(super) type Written = Result<u32, (u32, String)>;
+
 impl Inner {
-    /// Writes `batch` (oldest first), retrying the entries refused with a
-    /// transient status; each entry's span records its attempts and outcome.
+    /// Writes `batch` (oldest first) and ends each renewal: landed, or
+    /// given up and counted; its span records its attempts and outcome.
     async fn write_batch(&self, batch: Vec<Queued>) {
-        let mut pending: Vec<Entry> = Vec::with_capacity(batch.len());
-        for Queued { renewal, _room } in batch {
-            if Instant::now() >= renewal.deadline {
-                self.give_up(renewal, 0, "write deadline passed");
+        let rows: Vec<Row<'_>> = batch
+            .iter()
+            .map(|q| Row {
+                key: &q.renewal.key,
+                mutations: &q.renewal.mutations,
+                deadline: q.renewal.deadline,
+            })
+            .collect();
+        let written = self.write_rows(&rows).await;
+        drop(rows);
+        for (Queued { renewal, _room }, written) in batch.into_iter().zip(written) {
+            match written {
+                Ok(attempts) => finish(renewal, attempts, "ok"),
+                Err((attempts, error)) => {
+                    finish(renewal, attempts, "error");
+                    self.write_failed(&error);
+                }
+            }
+        }
+    }
+
+    /// Writes `rows` as `MutateRows` calls, retrying the rows refused with
+    /// a transient status, each until its own deadline (a row already past
+    /// it is not sent), while the retry budget allows: one retry of a call,
+    /// whatever its size, spends one unit, as a retried single write did.
+    /// Counts writes (rows sent, retries included), calls and retried calls.
+    pub(super) async fn write_rows(&self, rows: &[Row<'_>]) -> Vec<Written> {
+        let mut written: Vec<Option<Written>> = vec![None; rows.len()];
+        let mut attempts = vec![0u32; rows.len()];
+        let mut pending: Vec<usize> = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if Instant::now() >= row.deadline {
+                written[i] = Some(Err((0, "write deadline passed".to_owned())));
             } else {
-                pending.push(Entry {
-                    renewal,
-                    attempts: 0,
-                    _room,
-                });
+                self.retry_budget.earn();
+                pending.push(i);
             }
         }
         let mut backoff = Duration::from_millis(5);
-        for _ in &pending {
-            self.retry_budget.earn();
-        }
         while !pending.is_empty() {
             let deadline = pending
                 .iter()
-                .map(|e| e.renewal.deadline)
+                .map(|&i| rows[i].deadline)
                 .min()
                 .unwrap_or_else(Instant::now);
             let request = MutateRowsRequest {
                 table_name: self.table_name.clone(),
                 entries: pending
                     .iter()
-                    .map(|e| mutate_rows_request::Entry {
-                        row_key: e.renewal.key.clone(),
-                        mutations: e.renewal.mutations.clone(),
+                    .map(|&i| mutate_rows_request::Entry {
+                        row_key: rows[i].key.to_vec(),
+                        mutations: rows[i].mutations.to_vec(),
                         ..mutate_rows_request::Entry::default()
                     })
                     .collect(),
                 ..MutateRowsRequest::default()
             };
-            for e in &mut pending {
-                e.attempts += 1;
+            for &i in &pending {
+                attempts[i] += 1;
             }
             self.counters
                 .writes
@@ -197,31 +224,26 @@ impl Inner {
                     .unwrap_or_else(|_| {
                         vec![Status::Transient("write deadline passed".to_owned()); pending.len()]
                     });
-            // One retry of the call (whatever its size) spends one unit of
-            // the retry budget, as a retried single write did: retries stay
-            // a share of the calls.
             let mut retry = None;
             let mut again = Vec::new();
-            for (entry, status) in pending.into_iter().zip(statuses) {
+            for (i, status) in pending.into_iter().zip(statuses) {
                 let error = match status {
                     Status::Ok => {
-                        self.landed(entry);
+                        written[i] = Some(Ok(attempts[i]));
                         continue;
                     }
-                    Status::Failed(error) => {
-                        self.give_up(entry.renewal, entry.attempts, &error);
+                    Status::Failed(error) => error,
+                    Status::Transient(error)
+                        if Instant::now() + backoff < rows[i].deadline
+                            && *retry.get_or_insert_with(|| self.may_retry()) =>
+                    {
+                        tracing::debug!(%error, attempt = attempts[i], "Bigtable write failed; retrying.");
+                        again.push(i);
                         continue;
                     }
                     Status::Transient(error) => error,
                 };
-                if Instant::now() + backoff >= entry.renewal.deadline
-                    || !*retry.get_or_insert_with(|| self.may_retry())
-                {
-                    self.give_up(entry.renewal, entry.attempts, &error);
-                    continue;
-                }
-                tracing::debug!(%error, attempt = entry.attempts, "Bigtable renewal failed; retrying.");
-                again.push(entry);
+                written[i] = Some(Err((attempts[i], error)));
             }
             if !again.is_empty() {
                 self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +254,10 @@ impl Inner {
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }
         }
+        written
+            .into_iter()
+            .map(|w| w.unwrap_or_else(|| Err((0, "not written".to_owned()))))
+            .collect()
     }
 
     /// One `MutateRows` call: the status of each of its `n` entries, in
@@ -281,15 +307,6 @@ impl Inner {
             .into_iter()
             .map(|s| s.unwrap_or_else(|| missing.clone()))
             .collect()
-    }
-
-    fn landed(&self, entry: Entry) {
-        finish(entry.renewal, entry.attempts, "ok");
-    }
-
-    fn give_up(&self, renewal: Renewal, attempts: u32, error: &str) {
-        finish(renewal, attempts, "error");
-        self.write_failed(error);
     }
 }
 

@@ -6,7 +6,7 @@
 //! the sessions. What it writes then depends on what it decided:
 //!
 //! * **A renewal** (both sessions alive, neither near its end) is one plain
-//!   write, handed to a tracked task: the event does not wait for it, and
+//!   write, queued and sent with others (`batch`): the event does not wait for it, and
 //!   neither does the visitor's next event (it sees the renewal in
 //!   `InFlight` until it lands).
 //! * **A mint** (no live short or long session) is a conditional write
@@ -32,9 +32,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bigtable_rs::bigtable::{BigTable, BigTableConnection, Error as BtError};
-use bigtable_rs::google::bigtable::v2::{
-    CheckAndMutateRowRequest, MutateRowRequest, Mutation, RowFilter,
-};
+use bigtable_rs::google::bigtable::v2::{CheckAndMutateRowRequest, Mutation, RowFilter};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
@@ -246,7 +244,9 @@ impl BigtableSessionStore {
         if mutations.is_empty() {
             return true;
         }
-        inner.write(row_key_with(hash, client_id), mutations).await
+        inner
+            .write(&row_key_with(hash, client_id), &mutations)
+            .await
     }
 
     /// Queues a plain renewal (the event does not wait; see `batch`),
@@ -398,52 +398,22 @@ impl Inner {
         }
     }
 
-    /// Writes the renewal, retrying transient failures until the write
-    /// deadline. Setting cells at explicit timestamps is idempotent.
-    async fn write(
-        &self,
-        key: Vec<u8>,
-        mutations: Vec<bigtable_rs::google::bigtable::v2::Mutation>,
-    ) -> bool {
-        let deadline = tokio::time::Instant::now() + self.cfg.write_timeout;
-        let mut backoff = Duration::from_millis(5);
-        self.retry_budget.earn();
-        let span = tracing::Span::current();
-        let mut attempts = 0u32;
-        let done = |ok: bool, attempts: u32| {
-            span.record("attempts", attempts);
-            span.record("outcome", if ok { "ok" } else { "error" });
-            ok
+    /// Writes one row and waits for it (the bulk copy), retrying as
+    /// renewals are until the write timeout; `false` (counted) when it
+    /// could not.
+    async fn write(&self, key: &[u8], mutations: &[Mutation]) -> bool {
+        let row = batch::Row {
+            key,
+            mutations,
+            deadline: tokio::time::Instant::now() + self.cfg.write_timeout,
         };
-        loop {
-            attempts += 1;
-            let request = MutateRowRequest {
-                table_name: self.table_name.clone(),
-                row_key: key.clone(),
-                mutations: mutations.clone(),
-                ..MutateRowRequest::default()
-            };
-            let mut client = self.client.clone();
-            self.counters.writes.fetch_add(1, Ordering::Relaxed);
-            let error = match tokio::time::timeout_at(deadline, client.mutate_row(request)).await {
-                Ok(Ok(_)) => return done(true, attempts),
-                Ok(Err(e)) if transient(&e) => e.to_string(),
-                Ok(Err(e)) => {
-                    self.write_failed(&e.to_string());
-                    return done(false, attempts);
-                }
-                Err(_) => {
-                    self.write_failed("write deadline passed");
-                    return done(false, attempts);
-                }
-            };
-            if tokio::time::Instant::now() + backoff >= deadline || !self.may_retry() {
+        match self.write_rows(&[row]).await.pop() {
+            Some(Ok(_)) => true,
+            Some(Err((_, error))) => {
                 self.write_failed(&error);
-                return done(false, attempts);
+                false
             }
-            self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            None => false,
         }
     }
 
