@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{ApiProcess, read_ndjson, request, wait_for_lines};
+use common::process::{ApiProcess, post_json, read_ndjson, request, wait_for_lines};
 use test_support::BigtableEmulator;
 
 fn env<'a>(emu: &'a str, sink: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -353,18 +353,7 @@ async fn renewals_stuck_at_shutdown_do_not_take_the_events_flush_time() {
     let seconds: Vec<_> = (0..10)
         .map(|v| {
             let (addr, body) = (api.addr, event(v, 2));
-            tokio::spawn(async move {
-                request(
-                    addr,
-                    "POST",
-                    "/v1/events",
-                    &[("content-type", "text/plain")],
-                    body.as_bytes(),
-                )
-                .await
-                .unwrap()
-                .status
-            })
+            tokio::spawn(async move { post_json(addr, &body).await.unwrap().status })
         })
         .collect();
     for (v, s) in seconds.into_iter().enumerate() {
@@ -386,15 +375,7 @@ async fn renewals_stuck_at_shutdown_do_not_take_the_events_flush_time() {
         "the scenario needs renewals still waiting at shutdown: {log}"
     );
     assert!(!log.contains("Sink flush timed out"), "{log}");
-    let written: std::collections::HashSet<String> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let written = common::process::event_ids(text.lines());
     common::process::assert_all_arrived(
         &accepted,
         |id| written.contains(id),

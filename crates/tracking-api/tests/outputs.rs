@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    ApiProcess, assert_503_with_retry_after, assert_all_arrived, metric, post_json, read_ndjson,
-    request, shed, wait_for_lines, wait_metric,
+    ApiProcess, assert_503_with_retry_after, assert_all_arrived, event_ids, metric, post_json,
+    read_ndjson, request, shed, wait_for_lines, wait_metric,
 };
 use test_support::{Tmpfs, peak_rss_kib};
 
@@ -329,15 +329,7 @@ async fn a_closed_stdout_stops_the_process_with_an_error_and_no_2xx_is_lost() {
     );
     assert!(log.contains("gone for good"), "{log}");
     let lines = lines.lock().unwrap();
-    let seen: HashSet<String> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let seen = event_ids(lines.iter().map(String::as_str));
     assert!(accepted.iter().all(|id| seen.contains(id)));
 }
 

@@ -287,6 +287,21 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `event_id`s of NDJSON lines (every line an event).
+pub fn event_ids<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashSet<String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// Waits (bounded) until `path` holds at least `n` lines.
 pub fn wait_for_lines(path: &Path, n: usize, within: Duration) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + within;
