@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::event::{ClientId, Event, Via};
 use crate::ids::IdSource;
+use crate::segment::SegmentPart;
 use crate::session::Sessions;
 use crate::time::Timestamp;
 
@@ -131,14 +132,14 @@ impl Serialize for EventId {
 }
 
 /// The one thing serialized to sinks (NDJSON line, Pub/Sub message data).
-#[derive(Debug, Serialize)]
+/// Serialized by hand (below): an event from the Segment API adds its
+/// Segment fields after the common ones.
+#[derive(Debug)]
 pub struct EnrichedEvent {
     event_id: EventId,
-    #[serde(rename = "type")]
     ty: Box<str>,
     client_id: ClientId,
     received_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
     client_ts: Option<u64>,
     url: Option<Box<str>>,
     referrer: Option<Box<str>>,
@@ -147,9 +148,51 @@ pub struct EnrichedEvent {
     via: Option<ViaOut>,
     ip: Option<IpAddr>,
     ua: Option<Arc<UserAgent>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     geo: Option<Arc<Geo>>,
     schema_version: u32,
+    segment: Option<Box<SegmentPart>>,
+}
+
+impl Serialize for EnrichedEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("EnrichedEvent", 0)?;
+        st.serialize_field("event_id", &self.event_id)?;
+        st.serialize_field("type", &self.ty)?;
+        st.serialize_field("client_id", &self.client_id)?;
+        st.serialize_field("received_at", &self.received_at)?;
+        if let Some(ts) = self.client_ts {
+            st.serialize_field("client_ts", &ts)?;
+        }
+        st.serialize_field("url", &self.url)?;
+        st.serialize_field("referrer", &self.referrer)?;
+        st.serialize_field("props", &self.props)?;
+        st.serialize_field("session", &self.session)?;
+        st.serialize_field("via", &self.via)?;
+        st.serialize_field("ip", &self.ip)?;
+        st.serialize_field("ua", &self.ua)?;
+        if let Some(geo) = &self.geo {
+            st.serialize_field("geo", geo)?;
+        }
+        st.serialize_field("schema_version", &self.schema_version)?;
+        if let Some(p) = &self.segment {
+            st.serialize_field("call", p.call.as_str())?;
+            st.serialize_field("event", &p.event)?;
+            st.serialize_field("category", &p.category)?;
+            st.serialize_field("user_id", &p.user_id)?;
+            st.serialize_field("anonymous_id", &p.anonymous_id)?;
+            st.serialize_field("group_id", &p.group_id)?;
+            st.serialize_field("previous_id", &p.previous_id)?;
+            st.serialize_field("properties", &p.properties)?;
+            st.serialize_field("traits", &p.traits)?;
+            st.serialize_field("context", &p.context)?;
+            st.serialize_field("integrations", &p.integrations)?;
+            st.serialize_field("source", &*p.source)?;
+            st.serialize_field("sent_at", &p.sent_at)?;
+            st.serialize_field("original_timestamp", &p.original_timestamp)?;
+            st.serialize_field("timestamp", &p.corrected_timestamp(self.received_at))?;
+        }
+        st.end()
+    }
 }
 
 impl EnrichedEvent {
@@ -198,6 +241,7 @@ pub fn enriched_size_hint(event: &Event) -> usize {
         + len(event.referrer())
         + event.props().map_or(0, |p| p.get().len())
         + via
+        + event.segment().map_or(0, SegmentPart::size_hint)
 }
 
 /// Builds the enriched event. An event without `event_id` gets a UUIDv7
@@ -224,6 +268,7 @@ pub fn enrich(
         referrer,
         via: _,
         props,
+        segment,
     } = event;
     let event_id = match event_id {
         Some(id) => EventId::Client(id),
@@ -244,6 +289,7 @@ pub fn enrich(
         ua: ctx.ua.clone(),
         geo: ctx.geo.clone(),
         schema_version: SCHEMA_VERSION,
+        segment,
     }
 }
 

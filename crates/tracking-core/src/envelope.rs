@@ -11,6 +11,8 @@ pub enum BodyError {
     NotUtf8,
     #[error("body is not a JSON event object or {{\"events\": [...]}}: {0}")]
     Malformed(String),
+    #[error("body is not a Segment call or {{\"batch\": [...]}}: {0}")]
+    NotACall(String),
     #[error("the batch holds no events")]
     NoEvents,
     #[error("the batch holds {got} events; at most {limit} are accepted")]

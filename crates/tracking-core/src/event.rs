@@ -30,10 +30,25 @@ pub enum RejectReason {
     InvalidReferrer,
     InvalidVia,
     InvalidProps,
+    // The Segment API's own (see `segment`).
+    InvalidCall,
+    MissingUserId,
+    InvalidUserId,
+    MissingEvent,
+    InvalidEventName,
+    InvalidMessageId,
+    MissingGroupId,
+    MissingPreviousId,
+    InvalidProperties,
+    InvalidTraits,
+    InvalidContext,
+    InvalidIntegrations,
+    InvalidTimestamp,
+    CallTooLarge,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 25] = [
         Self::NotAnObject,
         Self::MissingType,
         Self::InvalidType,
@@ -45,6 +60,20 @@ impl RejectReason {
         Self::InvalidReferrer,
         Self::InvalidVia,
         Self::InvalidProps,
+        Self::InvalidCall,
+        Self::MissingUserId,
+        Self::InvalidUserId,
+        Self::MissingEvent,
+        Self::InvalidEventName,
+        Self::InvalidMessageId,
+        Self::MissingGroupId,
+        Self::MissingPreviousId,
+        Self::InvalidProperties,
+        Self::InvalidTraits,
+        Self::InvalidContext,
+        Self::InvalidIntegrations,
+        Self::InvalidTimestamp,
+        Self::CallTooLarge,
     ];
 
     /// Short stable name, used as a metric label and in dead letters.
@@ -61,6 +90,20 @@ impl RejectReason {
             Self::InvalidReferrer => "invalid_referrer",
             Self::InvalidVia => "invalid_via",
             Self::InvalidProps => "invalid_props",
+            Self::InvalidCall => "invalid_call",
+            Self::MissingUserId => "missing_user_id",
+            Self::InvalidUserId => "invalid_user_id",
+            Self::MissingEvent => "missing_event",
+            Self::InvalidEventName => "invalid_event_name",
+            Self::InvalidMessageId => "invalid_message_id",
+            Self::MissingGroupId => "missing_group_id",
+            Self::MissingPreviousId => "missing_previous_id",
+            Self::InvalidProperties => "invalid_properties",
+            Self::InvalidTraits => "invalid_traits",
+            Self::InvalidContext => "invalid_context",
+            Self::InvalidIntegrations => "invalid_integrations",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::CallTooLarge => "call_too_large",
         }
     }
 
@@ -85,6 +128,32 @@ impl fmt::Display for RejectReason {
                 "`via` must be an object whose `source`, `medium`, `campaign` are strings of at most 256 bytes"
             }
             Self::InvalidProps => "`props` must be a JSON object of at most 8192 bytes",
+            Self::InvalidCall => {
+                "`type` must be one of track, page, screen, identify, group, alias"
+            }
+            Self::MissingUserId => "`userId` or `anonymousId` is required",
+            Self::InvalidUserId => {
+                "`userId` and `anonymousId` must be strings (or numbers) of 1 to 512 bytes"
+            }
+            Self::MissingEvent => "a track call needs `event`",
+            Self::InvalidEventName => {
+                "`event`, `name` and `category` must be strings of at most 1024 bytes"
+            }
+            Self::InvalidMessageId => {
+                "`messageId` must be a string of 1 to 128 printable ASCII characters"
+            }
+            Self::MissingGroupId => "a group call needs `groupId` (a string of 1 to 512 bytes)",
+            Self::MissingPreviousId => {
+                "an alias call needs `previousId` (a string of 1 to 512 bytes)"
+            }
+            Self::InvalidProperties => "`properties` must be a JSON object",
+            Self::InvalidTraits => "`traits` must be a JSON object",
+            Self::InvalidContext => "`context` must be a JSON object",
+            Self::InvalidIntegrations => "`integrations` must be a JSON object",
+            Self::InvalidTimestamp => {
+                "`timestamp`, `originalTimestamp` and `sentAt` must be ISO 8601 date-times with an offset"
+            }
+            Self::CallTooLarge => "the call exceeds the largest call accepted",
         })
     }
 }
@@ -112,6 +181,24 @@ impl ClientId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A visitor id from another system's id (a Segment `anonymousId` or
+    /// `userId`): the id itself when it is a valid client id, else `h.`
+    /// and the hex SHA-256 of it, so that any id keys one visitor.
+    pub fn from_foreign(id: &str) -> Self {
+        if is_id(id) {
+            return Self(id.into());
+        }
+        use sha2::Digest;
+        use std::fmt::Write;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let mut out = String::with_capacity(2 + 2 * digest.len());
+        out.push_str("h.");
+        for b in digest.iter() {
+            let _ = write!(out, "{b:02x}");
+        }
+        Self(out.into())
     }
 }
 
@@ -172,7 +259,7 @@ impl Via {
     }
 }
 
-fn truncate(s: Cow<'_, str>, max: usize) -> String {
+pub(crate) fn truncate(s: Cow<'_, str>, max: usize) -> String {
     if s.len() <= max {
         return s.into_owned();
     }
@@ -212,7 +299,7 @@ pub struct RawEvent<'a> {
 }
 
 /// A JSON string value, borrowed when it has no escapes.
-fn json_str<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+pub(crate) fn json_str<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
     let text = raw.get();
     if !text.starts_with('"') {
         return None;
@@ -263,7 +350,7 @@ fn parse_via(raw: &RawValue) -> Result<Option<Via>, RejectReason> {
 /// (escapes, U+2028/U+2029). A valid JSON text has no raw control character
 /// inside a string, so a byte scan that skips strings finds every space,
 /// tab, CR and LF outside them.
-fn minified(raw: &RawValue) -> Box<RawValue> {
+pub(crate) fn minified(raw: &RawValue) -> Box<RawValue> {
     let text = raw.get();
     let mut out: Option<String> = None;
     let (mut in_string, mut escaped) = (false, false);
@@ -308,6 +395,8 @@ pub struct Event {
     pub(crate) referrer: Option<Box<str>>,
     pub(crate) via: Option<Via>,
     pub(crate) props: Option<Box<RawValue>>,
+    /// The Segment fields, for an event that came through the Segment API.
+    pub(crate) segment: Option<Box<crate::segment::SegmentPart>>,
 }
 
 impl Event {
@@ -336,6 +425,10 @@ impl Event {
     }
     pub fn props(&self) -> Option<&RawValue> {
         self.props.as_deref()
+    }
+    /// The Segment fields, when the event came through the Segment API.
+    pub fn segment(&self) -> Option<&crate::segment::SegmentPart> {
+        self.segment.as_deref()
     }
 }
 
@@ -399,6 +492,7 @@ impl TryFrom<RawEvent<'_>> for Event {
             referrer,
             via,
             props,
+            segment: None,
         })
     }
 }

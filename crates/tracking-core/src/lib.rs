@@ -14,6 +14,7 @@ pub mod event;
 pub mod ids;
 pub mod legacy;
 pub mod ports;
+pub mod segment;
 pub mod session;
 pub mod time;
 
@@ -29,6 +30,10 @@ pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
     BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup, LegacySessions,
     SessionStore, SinkError, StoreError,
+};
+pub use segment::{
+    Call, CallRules, RawCall, SegmentBody, SegmentItem, SegmentLimits, SegmentPart, Source,
+    parse_segment_body,
 };
 pub use session::{
     SessionPolicy, SessionRecord, Sessions, StateParts, Ttls, ViaRecord, VisitorState,

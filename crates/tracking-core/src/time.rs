@@ -61,6 +61,108 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses an RFC 3339 / ISO 8601 date-time with a UTC offset, as the
+    /// Segment SDKs write it: `2026-12-07T11:20:18.123Z`,
+    /// `2026-12-07T11:20:18.123456+00:00`, `2026-12-07 11:20:18+0900`.
+    /// Fractions beyond milliseconds are cut; a time without an offset, or
+    /// before 1970, is `None`.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let b = text.as_bytes();
+        let num = |range: std::ops::Range<usize>| -> Option<u64> {
+            let digits = b.get(range)?;
+            digits.iter().try_fold(0u64, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+            })
+        };
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't' | b' ')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&month)
+            || day == 0
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
+            return None;
+        }
+        let mut i = 19;
+        let mut millis = 0;
+        if b[i] == b'.' {
+            let start = i + 1;
+            i = start;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if i - start < 3 {
+                    millis = millis * 10 + u64::from(b[i] - b'0');
+                }
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+            for _ in (i - start)..3 {
+                millis *= 10;
+            }
+        }
+        let offset_secs: i64 = match b.get(i..)? {
+            [b'Z' | b'z'] => 0,
+            [sign @ (b'+' | b'-'), rest @ ..] => {
+                let (h, m) = match rest {
+                    [_, _, b':', _, _] => (num(i + 1..i + 3)?, num(i + 4..i + 6)?),
+                    [_, _, _, _] => (num(i + 1..i + 3)?, num(i + 3..i + 5)?),
+                    [_, _] => (num(i + 1..i + 3)?, 0),
+                    _ => return None,
+                };
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                let secs = i64::try_from(h * 3600 + m * 60).ok()?;
+                if *sign == b'+' { secs } else { -secs }
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(year, month, day)?;
+        let local = days * 86_400 + i64::try_from(hour * 3600 + minute * 60 + second).ok()?;
+        let utc = u64::try_from(local - offset_secs).ok()?;
+        Some(Self(utc.checked_mul(1000)?.checked_add(millis)?))
+    }
+}
+
+fn is_leap(year: u64) -> bool {
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// A proleptic Gregorian date to days since 1970-01-01 (H. Hinnant's
+/// algorithm); `None` before year 1.
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<i64> {
+    let y = i64::try_from(year).ok()? - i64::from(month <= 2);
+    let m = i64::try_from(month).ok()?;
+    let d = i64::try_from(day).ok()?;
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
@@ -184,6 +286,48 @@ mod tests {
             (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
         ] {
             check_format(ms, expected);
+        }
+    }
+
+    fn check_parse(text: &str, expected: Option<u64>) {
+        assert_eq!(
+            Timestamp::parse_rfc3339(text).map(Timestamp::as_millis),
+            expected,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        for (text, expected) in [
+            ("1970-01-01T00:00:00Z", Some(0)),
+            ("2023-11-14T22:13:20.123Z", Some(1_700_000_000_123)),
+            ("2023-11-14T22:13:20.123456+00:00", Some(1_700_000_000_123)),
+            ("2023-11-14T22:13:20.1Z", Some(1_700_000_000_100)),
+            ("2023-11-15T07:13:20.123+09:00", Some(1_700_000_000_123)),
+            ("2023-11-14T21:13:20.123-0100", Some(1_700_000_000_123)),
+            ("2023-11-14 22:13:20.123+00", Some(1_700_000_000_123)),
+            ("2023-11-14t22:13:20.123z", Some(1_700_000_000_123)),
+            ("2000-02-29T00:00:00.000Z", Some(951_782_400_000)),
+            ("2100-03-01T00:00:00Z", Some(4_107_542_400_000)),
+            ("2001-02-29T00:00:00Z", None),
+            ("2023-11-14T22:13:20", None),
+            ("2023-11-14T22:13:20.Z", None),
+            ("2023-11-14T24:00:00Z", None),
+            ("2023-13-01T00:00:00Z", None),
+            ("2023-11-14T22:13:20+25:00", None),
+            ("2023-11-14T22:13:20Zjunk", None),
+            ("1969-12-31T23:59:59Z", None),
+            ("1970-01-01T00:30:00+01:00", None),
+            ("2023-11-14", None),
+            ("", None),
+            ("2023-11-14T22:13:2\u{e9}Z", None),
+        ] {
+            check_parse(text, expected);
+        }
+        // Whatever it formats, it reads back.
+        for ms in [0, 951_782_400_000, 1_700_000_000_123, 4_107_542_400_000] {
+            check_parse(&Timestamp::from_millis(ms).to_string(), Some(ms));
         }
     }
 
