@@ -34,10 +34,27 @@ pub enum BodyReadError {
     UnsupportedEncoding(String),
 }
 
-/// Checks `Content-Type` (JSON or sendBeacon's text/plain; absent is read as
-/// JSON), `Content-Encoding` and a declared `Content-Length`.
-pub fn check_headers(headers: &HeaderMap, max_body: usize) -> Result<Encoding, BodyReadError> {
-    if let Some(ct) = headers.get(CONTENT_TYPE) {
+/// Which `Content-Type`s a route reads as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json` or sendBeacon's `text/plain` (absent is JSON).
+    JsonOrText,
+    /// Any: the Segment API reads every body as JSON, whatever the header
+    /// says, as Segment's own does.
+    Any,
+}
+
+/// Checks `Content-Type` (see [`Media`]), `Content-Encoding` and a declared
+/// `Content-Length`.
+pub fn check_headers(
+    headers: &HeaderMap,
+    media: Media,
+    max_body: usize,
+) -> Result<Encoding, BodyReadError> {
+    if let Some(ct) = headers
+        .get(CONTENT_TYPE)
+        .filter(|_| media == Media::JsonOrText)
+    {
         let ct = ct.to_str().unwrap_or_default();
         let media = ct.split(';').next().unwrap_or_default().trim();
         if !media.eq_ignore_ascii_case("application/json")
@@ -168,7 +185,7 @@ mod tests {
                     v.parse().expect("value"),
                 );
             }
-            let got = check_headers(&h, 100).map_err(|e| e.to_string());
+            let got = check_headers(&h, Media::JsonOrText, 100).map_err(|e| e.to_string());
             match expected {
                 Ok(enc) => assert_eq!(got.ok(), Some(enc), "{pairs:?}"),
                 Err(frag) => assert!(
@@ -201,5 +218,14 @@ mod tests {
         );
         check(&[("content-length", "101")], Err("exceeds 100"));
         check(&[("content-length", "100")], Ok(Encoding::Identity));
+        let mut form = HeaderMap::new();
+        form.insert(
+            CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().expect("value"),
+        );
+        assert_eq!(
+            check_headers(&form, Media::Any, 100).ok(),
+            Some(Encoding::Identity)
+        );
     }
 }

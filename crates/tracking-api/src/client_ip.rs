@@ -16,7 +16,8 @@ impl ClientIp {
         Self { trusted }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the configured proxies.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.trusted.iter().any(|n| n.contains(&ip))
     }

@@ -7,8 +7,8 @@
 //! adapter's own group of flags, which lives beside the adapter with its
 //! validation and the adapter's settings built from it: `migration::args`,
 //! `store::memory`, `store::bigtable`, `sink::args` (the stdout/file sink and
-//! the dead-letter output), `sink::pubsub`, `server` (HTTP limits) and
-//! `overload`. The groups are flattened in the order their flags appear in
+//! the dead-letter output), `sink::pubsub`, `segment` (the Segment API's
+//! write keys and limits), `server` (HTTP limits) and `overload`. The groups are flattened in the order their flags appear in
 //! `--help`.
 
 use std::net::SocketAddr;
@@ -262,6 +262,9 @@ pub struct Config {
     pub geoip_db: Option<PathBuf>,
 
     #[command(flatten)]
+    pub segment: crate::segment::SegmentArgs,
+
+    #[command(flatten)]
     pub http: crate::server::HttpArgs,
 
     #[command(flatten)]
@@ -328,6 +331,8 @@ impl Config {
         self.migration
             .validate(self.session_store, self.session_timeout)?;
         self.http.validate()?;
+        self.segment
+            .validate(self.http.max_body_bytes, self.http.max_decompressed_bytes)?;
         if self.session_timeout.is_zero() {
             return fail("timeouts must be greater than zero".into());
         }

@@ -9,7 +9,10 @@ use http::header::{
 };
 
 /// Request headers a browser may send on a preflighted request.
-const ALLOWED_HEADERS: &str = "content-type, content-encoding, traceparent, tracestate, x-env";
+/// `authorization` and `x-retry-count` are what analytics.js (the Segment
+/// browser SDK) sends with every call, `x-write-key` the other way to name
+/// a write key.
+const ALLOWED_HEADERS: &str = "content-type, content-encoding, authorization, x-write-key, x-retry-count, traceparent, tracestate, x-env";
 
 #[derive(Debug, Clone, Default)]
 pub struct Cors {

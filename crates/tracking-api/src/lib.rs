@@ -17,6 +17,7 @@ pub mod geo;
 pub mod metrics;
 pub mod migration;
 pub mod overload;
+pub mod segment;
 pub mod server;
 pub mod sink;
 pub mod store;
@@ -223,5 +224,6 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 MigrationMode::Legacy => "legacy",
             },
         },
+        segment: config.segment.settings()?,
     }))
 }

@@ -33,6 +33,10 @@ pub const OVERLOAD_FLIPS: &str = "tracking_overload_readiness_changes_total";
 pub enum Route {
     Events,
     Pixel,
+    /// The Segment API's call and batch routes.
+    Segment,
+    /// `GET /v1/projects/{writeKey}/settings`.
+    SegmentSettings,
     Preflight,
     Tracker,
     Healthz,
@@ -42,9 +46,11 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 10] = [
         Self::Events,
         Self::Pixel,
+        Self::Segment,
+        Self::SegmentSettings,
         Self::Preflight,
         Self::Tracker,
         Self::Healthz,
@@ -57,6 +63,8 @@ impl Route {
         match self {
             Self::Events => "events",
             Self::Pixel => "pixel",
+            Self::Segment => "segment",
+            Self::SegmentSettings => "segment_settings",
             Self::Preflight => "preflight",
             Self::Tracker => "tracker",
             Self::Healthz => "healthz",

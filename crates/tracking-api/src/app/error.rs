@@ -21,6 +21,9 @@ pub enum ApiError {
     /// The body is not a valid envelope (client's fault).
     #[error("{0}")]
     Body(#[from] BodyError),
+    /// The request lacks what the route needs (client's fault).
+    #[error("{0}")]
+    BadRequest(&'static str),
     /// Every event was invalid (client's fault).
     #[error("every event was rejected")]
     AllRejected(Vec<Rejected>),
@@ -43,6 +46,9 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("origin not allowed")]
     OriginRefused,
+    /// A Segment route's write key is missing or unknown (client's fault).
+    #[error("{0}")]
+    Unauthorized(#[from] crate::segment::KeyError),
     /// A bug (ours).
     #[error("internal error")]
     Internal(String),
@@ -62,7 +68,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Body(_) | Self::AllRejected(_) => StatusCode::BAD_REQUEST,
+            Self::Body(_) | Self::AllRejected(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Read(BodyReadError::Read(ReadError::TimedOut(_))) => StatusCode::REQUEST_TIMEOUT,
             Self::Read(BodyReadError::Read(ReadError::NoMemory)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::QueueFull | Self::OutputFailing(_) | Self::Draining => {
@@ -71,6 +77,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginRefused => StatusCode::FORBIDDEN,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,15 +89,54 @@ impl ApiError {
             #[serde(skip_serializing_if = "Option::is_none")]
             rejected: Option<&'a [Rejected]>,
         }
-        let status = self.status();
         let body = Body {
             error: self.to_string(),
-            rejected: match &self {
-                Self::AllRejected(r) => Some(r),
-                _ => None,
-            },
+            rejected: self.rejected(),
         };
-        let mut resp = json_response(status, &body);
+        self.respond(&body)
+    }
+
+    /// The answer on a Segment route: `{"code", "message"}`, which the
+    /// SDKs read (analytics-python logs both).
+    pub(super) fn into_segment_response(self) -> Response<Full<Bytes>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'static str,
+            message: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rejected: Option<&'a [Rejected]>,
+        }
+        let body = Body {
+            code: match self.status() {
+                StatusCode::BAD_REQUEST => "invalid_request",
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                StatusCode::REQUEST_TIMEOUT => "request_timeout",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+                _ => "internal_error",
+            },
+            message: self.to_string(),
+            rejected: self.rejected(),
+        };
+        self.respond(&body)
+    }
+
+    fn rejected(&self) -> Option<&[Rejected]> {
+        match self {
+            Self::AllRejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// `body` with the error's status and headers (`Retry-After` on `503`,
+    /// `Allow` on `405`).
+    fn respond<T: Serialize>(&self, body: &T) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut resp = json_response(status, body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

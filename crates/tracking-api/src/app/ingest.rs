@@ -13,6 +13,32 @@ pub(super) struct Ingested {
     pub(super) new_visitor: Option<ClientId>,
 }
 
+/// A request's events, validated and admitted (`admission` is `None` when
+/// none was valid), and the refused ones, already sent to the dead-letter
+/// output.
+#[derive(Debug)]
+pub(super) struct Validated {
+    accepted: Vec<Event>,
+    admission: Option<Admission>,
+    rejected: Vec<Rejected>,
+}
+
+/// A request whose body has arrived, holding its in-flight slot.
+#[derive(Debug)]
+pub(super) struct Received {
+    pub(super) parts: http::request::Parts,
+    raw: service_kit::server::BodyBuf,
+    inflated: Option<service_kit::server::BodyBuf>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Received {
+    /// The body as sent, or inflated.
+    pub(super) fn body(&self) -> &[u8] {
+        self.inflated.as_deref().unwrap_or(&self.raw)
+    }
+}
+
 impl App {
     pub(super) async fn events<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
     where
@@ -73,29 +99,54 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = self.state.parts.limits;
-        let encoding = check_headers(req.headers(), limits.max_body_bytes)?;
+        let received = self
+            .receive(
+                req,
+                Media::JsonOrText,
+                limits.max_body_bytes,
+                limits.max_decompressed_bytes,
+            )
+            .await?;
+        // Boxed: the ingest state is allocated only once a body has arrived,
+        // so a connection waiting for one keeps a small future.
+        Box::pin(self.ingest(received.body(), &received.parts.headers, peer)).await
+    }
+
+    /// Reads a request's body within `max_body` bytes as sent, takes an
+    /// in-flight slot, and inflates a gzip body into at most
+    /// `max_inflated` bytes: the body first, so that a slow one holds its
+    /// connection and the bytes it sent, never an in-flight slot.
+    pub(super) async fn receive<B>(
+        &self,
+        req: Request<B>,
+        media: Media,
+        max_body: usize,
+        max_inflated: usize,
+    ) -> Result<Received, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let encoding = check_headers(req.headers(), media, max_body)?;
         let (parts, body) = req.into_parts();
-        // The body first: a slow one holds its connection and the bytes it
-        // sent, never an in-flight slot.
         let memory = &self.state.body_memory;
-        let raw = read_body(body, limits.max_body_bytes, memory)
+        let raw = read_body(body, max_body, memory)
             .await
             .map_err(|e| self.body_error(e))?;
-        let _permit = self.admit()?;
+        let permit = self.admit()?;
         let inflated = match encoding {
             Encoding::Identity => None,
             Encoding::Gzip => {
                 let _span = tracing::debug_span!("gunzip", bytes = raw.len()).entered();
-                Some(
-                    inflate_bounded(&raw, limits.max_decompressed_bytes, memory)
-                        .map_err(|e| self.body_error(e))?,
-                )
+                Some(inflate_bounded(&raw, max_inflated, memory).map_err(|e| self.body_error(e))?)
             }
         };
-        let body = inflated.as_deref().unwrap_or(&raw);
-        // Boxed: the ingest state is allocated only once a body has arrived,
-        // so a connection waiting for one keeps a small future.
-        Box::pin(self.ingest(body, &parts.headers, peer)).await
+        Ok(Received {
+            parts,
+            raw,
+            inflated,
+            _permit: permit,
+        })
     }
 
     /// A body that could not be read or inflated; counted as shed when it
@@ -140,88 +191,144 @@ impl App {
             let _span = tracing::debug_span!("decode", bytes = body.len()).entered();
             parse_body(body, st.parts.limits.max_batch_events)?
         };
-        let (accepted, admission, rejected, new_visitor) =
-            {
-                let validate = tracing::debug_span!(
-                    "validate",
-                    events = items.len(),
-                    accepted = tracing::field::Empty,
-                    rejected = tracing::field::Empty,
-                )
-                .entered();
-
-                let cookie_id = st.parts.cookie.read(headers);
-                let needs_fallback = items
-                    .iter()
-                    .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
-                let mut new_visitor = None;
-                let fallback = match cookie_id {
-                    Some(id) => Some(id),
-                    None if needs_fallback => {
-                        let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
-                        new_visitor.clone_from(&id);
-                        id
-                    }
-                    None => None,
-                };
-
-                let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
-                let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
-                for item in items {
-                    let event = item.event.and_then(|mut raw| {
-                        raw.fallback_client_id.clone_from(&fallback);
-                        Event::try_from(raw)
-                    });
-                    match event {
-                        Ok(e) => accepted.push(e),
-                        Err(reason) => rejected.push((item.index, reason, item.raw)),
-                    }
+        let mut new_visitor = None;
+        let validated = self.validate(items.len(), received_at, || {
+            let cookie_id = st.parts.cookie.read(headers);
+            let needs_fallback = items
+                .iter()
+                .any(|i| i.event.as_ref().is_ok_and(|r| r.client_id.is_none()));
+            let fallback = match cookie_id {
+                Some(id) => Some(id),
+                None if needs_fallback => {
+                    let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
+                    new_visitor.clone_from(&id);
+                    id
                 }
-
-                let admission =
-                    if accepted.is_empty() {
-                        None
-                    } else {
-                        let bytes = accepted.iter().map(enriched_size_hint).sum();
-                        Some(st.parts.sink.try_admit(accepted.len(), bytes).map_err(
-                            |e| match e {
-                                SinkError::Full { .. } => {
-                                    st.parts.metrics.record_shed(ShedReason::QueueFull);
-                                    ApiError::QueueFull
-                                }
-                                SinkError::Unavailable(why) => {
-                                    st.parts.metrics.record_shed(ShedReason::OutputFailing);
-                                    ApiError::OutputFailing(why)
-                                }
-                                SinkError::Closed | SinkError::Failed(_) => {
-                                    st.parts.metrics.record_shed(ShedReason::Draining);
-                                    ApiError::Draining
-                                }
-                            },
-                        )?)
-                    };
-
-                let rejected: Vec<Rejected> = rejected
-                    .into_iter()
-                    .map(|(index, reason, raw)| {
-                        st.parts.metrics.record_rejected(reason);
-                        self.dead_letter(
-                            received_at,
-                            reason.as_str(),
-                            reason.to_string(),
-                            Some(index),
-                            raw.to_owned(),
-                        );
-                        Rejected {
-                            index,
-                            error: reason.to_string(),
-                        }
-                    })
-                    .collect();
-                validate.record("accepted", accepted.len());
-                validate.record("rejected", rejected.len());
-                (accepted, admission, rejected, new_visitor)
+                None => None,
             };
+            let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+            let mut rejected: Vec<(usize, RejectReason, &str)> = Vec::new();
+            for item in items {
+                let event = item.event.and_then(|mut raw| {
+                    raw.fallback_client_id.clone_from(&fallback);
+                    Event::try_from(raw)
+                });
+                match event {
+                    Ok(e) => accepted.push(e),
+                    Err(reason) => rejected.push((item.index, reason, item.raw)),
+                }
+            }
+            (accepted, rejected)
+        })?;
+        let (n, rejected) = self
+            .dispatch(validated, headers, peer, received_at, received)
+            .await?;
+        Ok(Ingested {
+            accepted: n,
+            rejected,
+            new_visitor,
+        })
+    }
+
+    /// Runs `validate` (a request's `events` split into valid events and
+    /// refused ones) in the `validate` span, then admits them.
+    pub(super) fn validate<'b>(
+        &self,
+        events: usize,
+        received_at: tracking_core::Timestamp,
+        validate: impl FnOnce() -> (Vec<Event>, Vec<(usize, RejectReason, &'b str)>),
+    ) -> Result<Validated, ApiError> {
+        let span = tracing::debug_span!(
+            "validate",
+            events,
+            accepted = tracing::field::Empty,
+            rejected = tracing::field::Empty,
+        )
+        .entered();
+        let (accepted, rejected) = validate();
+        let (admission, rejected) = self.admit_events(&accepted, rejected, received_at)?;
+        span.record("accepted", accepted.len());
+        span.record("rejected", rejected.len());
+        Ok(Validated {
+            accepted,
+            admission,
+            rejected,
+        })
+    }
+
+    /// Reserves the sink's room for a request's valid events (`None` when
+    /// there are none), then sends its refused ones to the dead-letter
+    /// output. When the sink has no room nothing is taken, not even the
+    /// dead letters: the client will send the whole request again.
+    pub(super) fn admit_events(
+        &self,
+        accepted: &[Event],
+        rejected: Vec<(usize, RejectReason, &str)>,
+        received_at: tracking_core::Timestamp,
+    ) -> Result<(Option<Admission>, Vec<Rejected>), ApiError> {
+        let st = &self.state;
+        let admission = if accepted.is_empty() {
+            None
+        } else {
+            let bytes = accepted.iter().map(enriched_size_hint).sum();
+            Some(
+                st.parts
+                    .sink
+                    .try_admit(accepted.len(), bytes)
+                    .map_err(|e| match e {
+                        SinkError::Full { .. } => {
+                            st.parts.metrics.record_shed(ShedReason::QueueFull);
+                            ApiError::QueueFull
+                        }
+                        SinkError::Unavailable(why) => {
+                            st.parts.metrics.record_shed(ShedReason::OutputFailing);
+                            ApiError::OutputFailing(why)
+                        }
+                        SinkError::Closed | SinkError::Failed(_) => {
+                            st.parts.metrics.record_shed(ShedReason::Draining);
+                            ApiError::Draining
+                        }
+                    })?,
+            )
+        };
+        let rejected = rejected
+            .into_iter()
+            .map(|(index, reason, raw)| {
+                st.parts.metrics.record_rejected(reason);
+                self.dead_letter(
+                    received_at,
+                    reason.as_str(),
+                    reason.to_string(),
+                    Some(index),
+                    raw.to_owned(),
+                );
+                Rejected {
+                    index,
+                    error: reason.to_string(),
+                }
+            })
+            .collect();
+        Ok((admission, rejected))
+    }
+
+    /// Hands admitted events to the `process` task, with what the request
+    /// tells about them, and waits for it; returns how many there were, and
+    /// the refused ones. A request whose every event was refused is
+    /// answered as such.
+    pub(super) async fn dispatch(
+        &self,
+        validated: Validated,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        received_at: tracking_core::Timestamp,
+        received: Instant,
+    ) -> Result<(usize, Vec<Rejected>), ApiError> {
+        let st = &self.state;
+        let Validated {
+            accepted,
+            admission,
+            rejected,
+        } = validated;
         let request_span = tracing::Span::current();
         if !rejected.is_empty() {
             request_span.record("rejected", rejected.len());
@@ -229,7 +336,6 @@ impl App {
         let Some(admission) = admission else {
             return Err(ApiError::AllRejected(rejected));
         };
-
         let ip = st.parts.client_ip.resolve(peer, headers);
         let ctx = RequestContext {
             received_at,
@@ -260,11 +366,7 @@ impl App {
             process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
         );
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Ingested {
-            accepted: n,
-            rejected,
-            new_visitor,
-        })
+        Ok((n, rejected))
     }
 
     pub(super) fn dead_letter(
@@ -351,7 +453,18 @@ pub(super) async fn process(
             unavailable += 1;
             service_kit::telemetry::set_error(&span, "session store unavailable");
         }
-        out.push(enrich(event, outcome, &ctx, &*st.parts.ids));
+        // A Segment call may name its own user agent and (server-side
+        // keys) address.
+        let own = event
+            .segment()
+            .filter(|p| p.user_agent().is_some() || p.ip().is_some())
+            .map(|p| st.context_for(&ctx, p.user_agent(), p.ip()));
+        out.push(enrich(
+            event,
+            outcome,
+            own.as_ref().unwrap_or(&ctx),
+            &*st.parts.ids,
+        ));
     }
     if unavailable > 0 {
         // Kept even when the trace is not sampled: the request span is.

@@ -36,7 +36,7 @@ use tracking_core::{
 use service_kit::server::{BodyMemory, ReadError};
 use tracing::Instrument;
 
-use crate::body::{BodyReadError, Encoding, check_headers, inflate_bounded, read_body};
+use crate::body::{BodyReadError, Encoding, Media, check_headers, inflate_bounded, read_body};
 use crate::client_ip::ClientIp;
 use crate::cookie::VisitorCookie;
 use crate::cors::Cors;
@@ -48,6 +48,7 @@ use service_kit::prom::Registry;
 mod error;
 mod ingest;
 mod pixel;
+mod segment;
 mod state;
 
 pub use error::{ApiError, Rejected};
@@ -90,7 +91,7 @@ impl App {
         let name = match req.uri().path() {
             "/v1/events" => Some("POST /v1/events"),
             "/v1/pixel.gif" => Some("GET /v1/pixel.gif"),
-            _ => None,
+            path => segment::segment_path(path).map(segment::SegmentPath::span_name),
         };
         let span = match name {
             Some(name) => service_kit::request_span!(
@@ -140,11 +141,15 @@ impl App {
                 Route::Tracker,
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),
             ),
-            // `/metrics` is served on the admin listener only.
-            (path, &Method::GET) => self
-                .probe(path)
+            (path, method) => match segment::segment_path(path) {
+                Some(segment) => self.segment_route(segment, req, peer.ip()).await,
+                // `/metrics` is served on the admin listener only.
+                None => match method {
+                    &Method::GET => self.probe(path),
+                    _ => None,
+                }
                 .unwrap_or_else(|| (Route::Other, ApiError::NotFound.into_response())),
-            _ => (Route::Other, ApiError::NotFound.into_response()),
+            },
         }
     }
 

@@ -54,6 +54,8 @@ pub struct Parts {
     pub forward_headers: Vec<http::HeaderName>,
     /// Attributes of the `session` spans.
     pub span_labels: SpanLabels,
+    /// The Segment API's write keys, limits and public address.
+    pub segment: crate::segment::SegmentSettings,
 }
 
 /// Constant attributes of the `session` spans: which store answers, in which
@@ -118,6 +120,29 @@ impl AppState {
             ready: self.is_ready(),
             overloaded: self.parts.overload.unready(),
             overload_flips: self.parts.overload.flips(),
+        }
+    }
+
+    /// The request's context for an event that names its own user agent
+    /// or address (a Segment call's `context.userAgent`, a server-side
+    /// key's `context.ip`): those replace the request's, and the geo-IP
+    /// follows the address.
+    pub(super) fn context_for(
+        &self,
+        request: &RequestContext,
+        ua: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> RequestContext {
+        RequestContext {
+            received_at: request.received_at,
+            ip: ip.map(anonymize_ip).or(request.ip),
+            ua: ua
+                .map(|ua| self.ua.parse(ua))
+                .or_else(|| request.ua.clone()),
+            geo: match ip {
+                Some(ip) => self.parts.geo.as_ref().and_then(|g| g.lookup(ip)),
+                None => request.geo.clone(),
+            },
         }
     }
 

@@ -105,6 +105,9 @@ pub struct Options {
     pub session_timeout: Duration,
     pub geo: Option<tracking_api::geo::GeoLookup>,
     pub body_memory: usize,
+    /// Segment API flags (e.g. `--write-keys`, `wk1=web`), over the
+    /// defaults of the binary.
+    pub segment_args: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -122,6 +125,7 @@ impl Default for Options {
             session_timeout: Duration::from_millis(100),
             geo: None,
             body_memory: 64 << 20,
+            segment_args: vec![],
         }
     }
 }
@@ -201,6 +205,17 @@ impl TestApp {
             )),
             forward_headers: Vec::new(),
             span_labels: Default::default(),
+            segment: {
+                use clap::Parser;
+                let mut argv = vec!["tracking-api"];
+                argv.extend(&o.segment_args);
+                tracking_api::config::Cli::try_parse_from(argv)
+                    .unwrap()
+                    .config
+                    .segment
+                    .settings()
+                    .unwrap()
+            },
         });
         state.set_ready(true);
         Self {
