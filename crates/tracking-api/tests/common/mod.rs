@@ -6,6 +6,7 @@
 
 pub mod mmdb;
 pub mod process;
+pub mod sdk;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
