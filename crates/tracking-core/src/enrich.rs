@@ -179,11 +179,18 @@ impl Serialize for EnrichedEvent {
         if let Some(p) = &self.segment {
             st.serialize_field("call", p.call.as_str())?;
             st.serialize_field("event", &p.event)?;
-            st.serialize_field("category", &p.category)?;
+            // The fields of one call type only, when it has them.
+            for (key, value) in [
+                ("category", &p.category),
+                ("group_id", &p.group_id),
+                ("previous_id", &p.previous_id),
+            ] {
+                if let Some(v) = value {
+                    st.serialize_field(key, v)?;
+                }
+            }
             st.serialize_field("user_id", &p.user_id)?;
             st.serialize_field("anonymous_id", &p.anonymous_id)?;
-            st.serialize_field("group_id", &p.group_id)?;
-            st.serialize_field("previous_id", &p.previous_id)?;
             st.serialize_field("properties", &p.properties)?;
             st.serialize_field("traits", &p.traits)?;
             st.serialize_field("context", &p.context)?;

@@ -149,8 +149,8 @@ impl SegmentPart {
     }
 }
 
-/// A Segment call as sent, or a batch envelope: every field optional and
-/// unchecked; `null` means absent; unknown fields are ignored.
+/// A Segment call as sent: every field optional and unchecked; `null` means
+/// absent; unknown fields are ignored.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawCall<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -187,9 +187,21 @@ pub struct RawCall<'a> {
     sent_at: Option<&'a RawValue>,
     #[serde(rename = "writeKey", borrow, default)]
     write_key: Option<&'a RawValue>,
-    /// A batch envelope's calls.
+}
+
+/// A batch body: its calls, and what it gives them all.
+#[derive(Debug, Default, Deserialize)]
+struct RawBatch<'a> {
     #[serde(borrow, default)]
-    batch: Option<&'a RawValue>,
+    batch: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    integrations: Option<&'a RawValue>,
+    #[serde(rename = "sentAt", borrow, default)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(rename = "writeKey", borrow, default)]
+    write_key: Option<&'a RawValue>,
 }
 
 /// The parts of `context` the pipeline reads; the rest is carried as sent.
@@ -236,7 +248,8 @@ pub struct SegmentItem<'a> {
 /// What a body's envelope gives every call of it.
 #[derive(Debug, Default)]
 struct Envelope<'a> {
-    sent_at: Option<&'a RawValue>,
+    /// Its `sentAt`, read once for all its calls.
+    sent_at: Option<Result<Timestamp, RejectReason>>,
     context: Option<&'a RawValue>,
     integrations: Option<&'a RawValue>,
 }
@@ -283,31 +296,29 @@ pub fn parse_segment_body(
     if !text.trim_start().starts_with('{') {
         return Err(malformed("expected a JSON object".into()));
     }
-    let top: RawCall<'_> = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
-    let write_key = top.write_key.and_then(json_str);
-    if route_call.is_some() {
-        let envelope = Envelope {
-            sent_at: top.sent_at,
-            ..Envelope::default()
-        };
+    if let Some(call) = route_call {
+        let top: RawCall<'_> =
+            serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        // A single call's own `sentAt` is read with its other times.
         return Ok(SegmentBody {
+            write_key: top.write_key.and_then(json_str),
             items: vec![SegmentItem {
                 index: 0,
                 raw: text.trim(),
                 call: Ok(top),
             }],
-            write_key,
             rules: CallRules {
-                route_call,
-                envelope,
+                route_call: Some(call),
+                envelope: Envelope::default(),
             },
         });
     }
-    let Some(batch) = top.batch else {
+    // The batch's calls are split in the same pass as its envelope.
+    let top: RawBatch<'_> = serde_json::from_str(text)
+        .map_err(|e| malformed(format!("{e} (`batch` must be an array of calls)")))?;
+    let Some(calls) = top.batch else {
         return Err(malformed("`batch` is required".into()));
     };
-    let calls: Vec<&RawValue> = serde_json::from_str(batch.get())
-        .map_err(|_| malformed("`batch` must be an array".into()))?;
     if calls.is_empty() {
         return Err(BodyError::NoEvents);
     }
@@ -333,7 +344,7 @@ pub fn parse_segment_body(
         })
         .collect();
     // A batch without a key of its own: the first call that names one.
-    let write_key = write_key.or_else(|| {
+    let write_key = top.write_key.and_then(json_str).or_else(|| {
         items
             .iter()
             .find_map(|i| i.call.as_ref().ok()?.write_key.and_then(json_str))
@@ -342,9 +353,9 @@ pub fn parse_segment_body(
         items,
         write_key,
         rules: CallRules {
-            route_call,
+            route_call: None,
             envelope: Envelope {
-                sent_at: top.sent_at,
+                sent_at: top.sent_at.map(parse_time),
                 context: top.context.filter(|c| c.get().starts_with('{')),
                 integrations: top.integrations.filter(|c| c.get().starts_with('{')),
             },
@@ -365,7 +376,7 @@ impl<'a> CallRules<'a> {
             },
         };
         let id = |raw: Option<&RawValue>, reason| -> Result<Option<Box<str>>, RejectReason> {
-            raw.map(|r| segment_id(r).ok_or(reason)).transpose()
+            raw.map_or(Ok(None), |r| segment_id(r).ok_or(reason))
         };
         let user_id = id(call.user_id, RejectReason::InvalidUserId)?;
         let anonymous_id = id(call.anonymous_id, RejectReason::InvalidUserId)?;
@@ -422,16 +433,12 @@ impl<'a> CallRules<'a> {
         let traits = object(call.traits, RejectReason::InvalidTraits)?;
         let context = object(call.context, RejectReason::InvalidContext)?;
         let integrations = object(call.integrations, RejectReason::InvalidIntegrations)?;
-        let time = |raw: Option<&RawValue>| -> Result<Option<Timestamp>, RejectReason> {
-            raw.map(|r| {
-                json_str(r)
-                    .and_then(|s| Timestamp::parse_rfc3339(&s))
-                    .ok_or(RejectReason::InvalidTimestamp)
-            })
-            .transpose()
-        };
         let original_timestamp = time(call.original_timestamp.or(call.timestamp))?;
-        let sent_at = time(call.sent_at.or(self.envelope.sent_at))?;
+        let sent_at = match (call.sent_at, self.envelope.sent_at) {
+            (Some(own), _) => time(Some(own))?,
+            (None, Some(batch)) => Some(batch?),
+            (None, None) => None,
+        };
 
         let ctx: RawContext<'_> = context
             .and_then(|c| serde_json::from_str(c.get()).ok())
@@ -496,9 +503,22 @@ impl<'a> CallRules<'a> {
     }
 }
 
+/// An ISO 8601 date-time string.
+fn parse_time(raw: &RawValue) -> Result<Timestamp, RejectReason> {
+    json_str(raw)
+        .and_then(|s| Timestamp::parse_rfc3339(&s))
+        .ok_or(RejectReason::InvalidTimestamp)
+}
+
+/// An ISO 8601 date-time string, if there is one.
+fn time(raw: Option<&RawValue>) -> Result<Option<Timestamp>, RejectReason> {
+    raw.map(parse_time).transpose()
+}
+
 /// A user, anonymous, group or previous id: a string (or a number, which
-/// some SDKs let through) of 1 to [`MAX_SEGMENT_ID_BYTES`] bytes.
-fn segment_id(raw: &RawValue) -> Option<Box<str>> {
+/// some SDKs let through) of at most [`MAX_SEGMENT_ID_BYTES`] bytes; `""`
+/// is absent (`Some(None)`), as Segment reads it.
+fn segment_id(raw: &RawValue) -> Option<Option<Box<str>>> {
     let text = raw.get();
     let s: Cow<'_, str> = if text.starts_with('"') {
         json_str(raw)?
@@ -507,7 +527,7 @@ fn segment_id(raw: &RawValue) -> Option<Box<str>> {
     } else {
         return None;
     };
-    (!s.is_empty() && s.len() <= MAX_SEGMENT_ID_BYTES).then(|| s.into())
+    (s.len() <= MAX_SEGMENT_ID_BYTES).then(|| (!s.is_empty()).then(|| s.into()))
 }
 
 /// `context.campaign` as a via record: `source`, `medium`, and `name` as the
@@ -662,6 +682,10 @@ mod tests {
         assert_eq!(e["user_id"], "jane doe@x.com");
         assert_eq!(e["anonymous_id"], serde_json::Value::Null);
         assert_eq!(e["traits"], serde_json::json!({"plan": "pro"}));
+        // An empty id is absent.
+        let e = one(r#"{"type":"identify","userId":"","anonymousId":"a-1"}"#, None).expect("valid");
+        assert_eq!(e["client_id"], "a-1");
+        assert_eq!(e["user_id"], serde_json::Value::Null);
         // Numbers are ids too.
         let e = one(r#"{"type":"identify","userId":42}"#, None).expect("valid");
         assert_eq!(e["client_id"], "42");
@@ -683,7 +707,8 @@ mod tests {
             ),
             (r#"{"userId":"u"}"#, MissingType),
             (r#"{"type":"purchase","userId":"u"}"#, InvalidCall),
-            (r#"{"type":"page","userId":""}"#, InvalidUserId),
+            (r#"{"type":"page","userId":""}"#, MissingUserId),
+            (r#"{"type":"page","userId":"","anonymousId":""}"#, MissingUserId),
             (r#"{"type":"page","anonymousId":{}}"#, InvalidUserId),
             (
                 r#"{"type":"page","userId":"u","messageId":"a b"}"#,
