@@ -122,6 +122,9 @@ impl SegmentArgs {
             limits: SegmentLimits {
                 max_calls: self.segment_max_batch_calls,
                 max_call_bytes: call_bytes,
+                // A batch's context and integrations, counted in each call,
+                // may make up to four batches' worth of calls.
+                max_expanded_bytes: batch_bytes.saturating_mul(4),
             },
             public_url: self
                 .segment_public_url

@@ -362,6 +362,42 @@ async fn limits() {
 }
 
 #[tokio::test]
+async fn a_batch_context_cannot_multiply_the_output() {
+    let t = TestApp::new(Options::default());
+    // 4000 tiny calls under a 200 KB batch context: a 500 KB body that
+    // would make 800 MB of output. Refused whole, nothing written.
+    let calls = vec![r#"{"type":"track","event":"e","anonymousId":"amp"}"#; 4000].join(",");
+    let body = format!(
+        r#"{{"context":{{"big":"{}"}},"batch":[{calls}]}}"#,
+        "x".repeat(200_000)
+    );
+    assert!(body.len() < 512 * 1024);
+    let (s, j) = send(&t, "/v1/batch", &[], body).await;
+    assert_error(s, &j, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert!(t.sink.take().is_empty());
+    // A context that makes one call too large refuses that call alone.
+    let body = format!(
+        r#"{{"context":{{"big":"{}"}},"batch":[{{"type":"track","event":"e","anonymousId":"a"}}]}}"#,
+        "x".repeat(33_000)
+    );
+    let (s, j) = send(&t, "/v1/batch", &[], body).await;
+    assert_error(s, &j, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(
+        t.deadletters.0.lock().unwrap()[0]["reason"],
+        "call_too_large"
+    );
+    // An honest batch context is every call's, enrichment included.
+    let body = r#"{"context":{"campaign":{"name":"w49","source":"news"},"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"},
+        "batch":[{"type":"track","event":"e","anonymousId":"a"},{"type":"page","anonymousId":"b"}]}"#;
+    let (s, _) = send(&t, "/v1/batch", &[], body.to_owned()).await;
+    assert_eq!(s, StatusCode::OK);
+    for e in t.sink.take() {
+        assert_eq!(e["via"]["campaign"], "w49", "{e}");
+        assert_eq!(e["ua"]["name"], "Chrome", "{e}");
+    }
+}
+
+#[tokio::test]
 async fn bad_bodies_and_bad_calls() {
     let t = TestApp::new(Options::default());
     let bodies: [&[u8]; 6] = [
@@ -402,7 +438,7 @@ async fn bad_bodies_and_bad_calls() {
         &t,
         "/v1/batch",
         &[],
-        r#"{"batch":[{"type":"track","anonymousId":"a","event":"e","messageId":"has space"}]}"#
+        r#"{"batch":[{"type":"track","anonymousId":"a","event":"e","messageId":"caf\u00e9"}]}"#
             .to_owned(),
     )
     .await;
@@ -591,6 +627,18 @@ async fn cors_preflight_and_settings() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(json(&bytes)["code"], "forbidden");
     assert_eq!(t.sink.take().len(), 1);
+    let (resp, bytes) = t
+        .send(
+            Request::options("/v1/batch")
+                .header("origin", "https://evil.example")
+                .header("access-control-request-method", "POST")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(json(&bytes)["code"], "forbidden");
 
     // Settings point the SDK's Segment.io destination here, from the Host.
     let get = |path: &str, host: &str| {

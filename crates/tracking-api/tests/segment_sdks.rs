@@ -1403,7 +1403,7 @@ async fn bad_input_is_answered_and_loses_nothing_valid() {
         ),
         ("7", "not_an_object"),
         (
-            r#"{"type":"page","userId":"u","messageId":"a b"}"#,
+            r#"{"type":"page","userId":"u","messageId":"tab\there"}"#,
             "invalid_message_id",
         ),
         (&oversized, "call_too_large"),

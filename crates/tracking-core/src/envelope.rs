@@ -13,6 +13,10 @@ pub enum BodyError {
     Malformed(String),
     #[error("body is not a Segment call or {{\"batch\": [...]}}: {0}")]
     NotACall(String),
+    #[error(
+        "the batch's context and integrations, counted in each of its calls, make {got} bytes; at most {limit} are accepted"
+    )]
+    ExpandsTooMuch { limit: usize, got: usize },
     #[error("the batch holds no events")]
     NoEvents,
     #[error("the batch holds {got} events; at most {limit} are accepted")]

@@ -124,7 +124,8 @@ impl SegmentPart {
             (Some(original), Some(sent)) => {
                 let t = i128::from(received_at.as_millis()) - i128::from(sent.as_millis())
                     + i128::from(original.as_millis());
-                Timestamp::from_millis(u64::try_from(t.max(0)).unwrap_or(u64::MAX))
+                let latest = i128::from(Timestamp::LATEST.as_millis());
+                Timestamp::from_millis(u64::try_from(t.clamp(0, latest)).unwrap_or(0))
             }
             (Some(original), None) => original,
             (None, _) => received_at,
@@ -279,8 +280,12 @@ pub struct CallRules<'a> {
 pub struct SegmentLimits {
     /// Most calls in one batch.
     pub max_calls: usize,
-    /// Largest call, in bytes of JSON text.
+    /// Largest call, in bytes of JSON text, with the batch's `context` and
+    /// `integrations` counted in.
     pub max_call_bytes: usize,
+    /// Most bytes of calls a batch may hold once its `context` and
+    /// `integrations` are counted in each call.
+    pub max_expanded_bytes: usize,
 }
 
 /// Splits a Segment body into its calls, in order: one call object for
@@ -297,8 +302,7 @@ pub fn parse_segment_body(
         return Err(malformed("expected a JSON object".into()));
     }
     if let Some(call) = route_call {
-        let top: RawCall<'_> =
-            serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        let top: RawCall<'_> = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
         // A single call's own `sentAt` is read with its other times.
         return Ok(SegmentBody {
             write_key: top.write_key.and_then(json_str),
@@ -328,13 +332,26 @@ pub fn parse_segment_body(
             got: calls.len(),
         });
     }
+    let context = top.context.filter(|c| c.get().starts_with('{'));
+    let integrations = top.integrations.filter(|c| c.get().starts_with('{'));
+    // The batch's context and integrations go into every call: they count
+    // toward each call's size, and toward the batch's once per call, so a
+    // small body cannot make a large output.
+    let shared = context.map_or(0, |c| c.get().len()) + integrations.map_or(0, |c| c.get().len());
+    let expanded = calls.iter().map(|c| c.get().len() + shared).sum::<usize>();
+    if expanded > limits.max_expanded_bytes {
+        return Err(BodyError::ExpandsTooMuch {
+            limit: limits.max_expanded_bytes,
+            got: expanded,
+        });
+    }
     let items: Vec<SegmentItem<'_>> = calls
         .into_iter()
         .enumerate()
         .map(|(index, raw)| SegmentItem {
             index,
             raw: raw.get(),
-            call: if raw.get().len() > limits.max_call_bytes {
+            call: if raw.get().len() + shared > limits.max_call_bytes {
                 Err(RejectReason::CallTooLarge)
             } else if raw.get().starts_with('{') {
                 serde_json::from_str(raw.get()).map_err(|_| RejectReason::NotAnObject)
@@ -356,8 +373,8 @@ pub fn parse_segment_body(
             route_call: None,
             envelope: Envelope {
                 sent_at: top.sent_at.map(parse_time),
-                context: top.context.filter(|c| c.get().starts_with('{')),
-                integrations: top.integrations.filter(|c| c.get().starts_with('{')),
+                context,
+                integrations,
             },
         },
     })
@@ -390,7 +407,7 @@ impl<'a> CallRules<'a> {
             Some(raw) => match json_str(raw) {
                 Some(s)
                     if (1..=MAX_MESSAGE_ID_BYTES).contains(&s.len())
-                        && s.bytes().all(|b| b.is_ascii_graphic()) =>
+                        && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
                 {
                     Some(Box::from(s))
                 }
@@ -407,7 +424,11 @@ impl<'a> CallRules<'a> {
             }
         };
         let event = match ty {
-            Call::Track => Some(name(call.event)?.ok_or(RejectReason::MissingEvent)?),
+            Call::Track => Some(
+                name(call.event)?
+                    .filter(|e| !e.is_empty())
+                    .ok_or(RejectReason::MissingEvent)?,
+            ),
             Call::Page | Call::Screen => name(call.name)?,
             _ => None,
         };
@@ -440,7 +461,10 @@ impl<'a> CallRules<'a> {
             (None, None) => None,
         };
 
+        // Read from the call's context as merged with its batch's.
+        let context = merged(context, self.envelope.context);
         let ctx: RawContext<'_> = context
+            .as_deref()
             .and_then(|c| serde_json::from_str(c.get()).ok())
             .unwrap_or_default();
         let page: RawPage<'_> = ctx
@@ -481,7 +505,7 @@ impl<'a> CallRules<'a> {
             previous_id,
             properties: properties.map(minified),
             traits: traits.map(minified),
-            context: merged(context, self.envelope.context),
+            context,
             integrations: merged(integrations, self.envelope.integrations),
             source: Arc::clone(&source.name),
             sent_at,
@@ -577,6 +601,7 @@ mod tests {
     const LIMITS: SegmentLimits = SegmentLimits {
         max_calls: 3,
         max_call_bytes: 1000,
+        max_expanded_bytes: 4000,
     };
 
     fn source(server: bool) -> Source {
@@ -683,7 +708,11 @@ mod tests {
         assert_eq!(e["anonymous_id"], serde_json::Value::Null);
         assert_eq!(e["traits"], serde_json::json!({"plan": "pro"}));
         // An empty id is absent.
-        let e = one(r#"{"type":"identify","userId":"","anonymousId":"a-1"}"#, None).expect("valid");
+        let e = one(
+            r#"{"type":"identify","userId":"","anonymousId":"a-1"}"#,
+            None,
+        )
+        .expect("valid");
         assert_eq!(e["client_id"], "a-1");
         assert_eq!(e["user_id"], serde_json::Value::Null);
         // Numbers are ids too.
@@ -708,12 +737,16 @@ mod tests {
             (r#"{"userId":"u"}"#, MissingType),
             (r#"{"type":"purchase","userId":"u"}"#, InvalidCall),
             (r#"{"type":"page","userId":""}"#, MissingUserId),
-            (r#"{"type":"page","userId":"","anonymousId":""}"#, MissingUserId),
+            (
+                r#"{"type":"page","userId":"","anonymousId":""}"#,
+                MissingUserId,
+            ),
             (r#"{"type":"page","anonymousId":{}}"#, InvalidUserId),
             (
-                r#"{"type":"page","userId":"u","messageId":"a b"}"#,
+                r#"{"type":"page","userId":"u","messageId":"caf\u00e9"}"#,
                 InvalidMessageId,
             ),
+            (r#"{"type":"track","userId":"u","event":""}"#, MissingEvent),
             (
                 r#"{"type":"page","userId":"u","messageId":5}"#,
                 InvalidMessageId,
@@ -836,6 +869,52 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_context_counts_in_every_call() {
+        let call = r#"{"type":"track","event":"e","anonymousId":"a"}"#;
+        let body = |shared: usize, calls: usize| {
+            let calls = vec![call; calls].join(",");
+            format!(
+                r#"{{"context":{{"ip":"203.0.113.5","campaign":{{"name":"spring"}},"pad":"{}"}},"batch":[{calls}]}}"#,
+                "p".repeat(shared)
+            )
+        };
+        // Within both bounds: every call carries the batch's context, and
+        // it is what enrichment reads.
+        let text = body(500, 3);
+        let parsed = parse_segment_body(text.as_bytes(), None, LIMITS).expect("parses");
+        for item in parsed.items {
+            let e = parsed
+                .rules
+                .validate(item.call.expect("ok"), &source(true))
+                .expect("valid");
+            assert_eq!(e.via().and_then(|v| v.campaign.as_deref()), Some("spring"));
+            assert_eq!(
+                e.segment().and_then(SegmentPart::ip),
+                Some("203.0.113.5".parse().expect("ip"))
+            );
+        }
+        // A call with the batch's context over the call limit is refused.
+        let text = body(950, 1);
+        let parsed = parse_segment_body(text.as_bytes(), None, LIMITS).expect("parses");
+        assert_eq!(
+            parsed.items[0].call.as_ref().err(),
+            Some(&RejectReason::CallTooLarge)
+        );
+        // A small body whose context, once in each call, makes too much.
+        let limits = SegmentLimits {
+            max_calls: 100,
+            max_call_bytes: 1000,
+            max_expanded_bytes: 10_000,
+        };
+        let text = body(500, 20);
+        assert!(text.len() < 2_000);
+        assert!(matches!(
+            parse_segment_body(text.as_bytes(), None, limits),
+            Err(BodyError::ExpandsTooMuch { limit: 10_000, .. })
+        ));
+    }
+
+    #[test]
     fn via_and_enrichment_inputs() {
         // Campaign fields are cut, not refused; the URL's utm_* fill in.
         let long = "c".repeat(300);
@@ -914,7 +993,12 @@ mod tests {
         check(Some(4_000), None, 4_000);
         check(None, Some(5_000), 10_000);
         check(None, None, 10_000);
-        // Skew larger than the epoch: clamped, never wraps.
+        // Skew larger than the epoch, or past year 9999: clamped, never wraps.
         check(Some(0), Some(u64::MAX / 2), 0);
+        check(
+            Some(Timestamp::LATEST.as_millis()),
+            Some(0),
+            Timestamp::LATEST.as_millis(),
+        );
     }
 }

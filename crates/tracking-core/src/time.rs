@@ -15,6 +15,9 @@ impl Timestamp {
         Self(ms)
     }
 
+    /// 9999-12-31T23:59:59.999Z, the latest time RFC 3339 can write.
+    pub const LATEST: Self = Self(253_402_300_799_999);
+
     pub const fn as_millis(self) -> u64 {
         self.0
     }
@@ -94,7 +97,10 @@ impl Timestamp {
     /// Segment SDKs write it: `2026-12-07T11:20:18.123Z`,
     /// `2026-12-07T11:20:18.123456+00:00`, `2026-12-07 11:20:18+0900`.
     /// Fractions beyond milliseconds are cut; a time without an offset is
-    /// UTC (as JavaScript reads it); one before 1970 is `None`.
+    /// UTC (as JavaScript reads it). A time before 1970 (a device clock
+    /// reset to the epoch in a zone east of UTC) is the epoch, and one past
+    /// [`Timestamp::LATEST`] (year 9999 with a negative offset) is that:
+    /// every time parsed can be written back.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let b = text.as_bytes();
         let num = |range: std::ops::Range<usize>| -> Option<u64> {
@@ -158,10 +164,20 @@ impl Timestamp {
             }
             _ => return None,
         };
+        if year == 0 {
+            return None;
+        }
         let days = days_from_civil(year, month, day)?;
         let local = days * 86_400 + i64::try_from(hour * 3600 + minute * 60 + second).ok()?;
-        let utc = u64::try_from(local - offset_secs).ok()?;
-        Some(Self(utc.checked_mul(1000)?.checked_add(millis)?))
+        let utc = local - offset_secs;
+        if utc < 0 {
+            return Some(Self(0));
+        }
+        let ms = u64::try_from(utc)
+            .ok()?
+            .checked_mul(1000)?
+            .checked_add(millis)?;
+        Some(Self(ms.min(Self::LATEST.0)))
     }
 }
 
@@ -346,8 +362,12 @@ mod tests {
             ("2023-13-01T00:00:00Z", None),
             ("2023-11-14T22:13:20+25:00", None),
             ("2023-11-14T22:13:20Zjunk", None),
-            ("1969-12-31T23:59:59Z", None),
-            ("1970-01-01T00:30:00+01:00", None),
+            ("1969-12-31T23:59:59Z", Some(0)),
+            ("1970-01-01T00:30:00+01:00", Some(0)),
+            ("0001-01-01T00:00:00Z", Some(0)),
+            ("0000-01-01T00:00:00Z", None),
+            ("9999-12-31T23:59:59.999Z", Some(253_402_300_799_999)),
+            ("9999-12-31T23:59:59-14:00", Some(253_402_300_799_999)),
             ("2023-11-14", None),
             ("", None),
             ("2023-11-14T22:13:2\u{e9}Z", None),
@@ -355,7 +375,13 @@ mod tests {
             check_parse(text, expected);
         }
         // Whatever it formats, it reads back.
-        for ms in [0, 951_782_400_000, 1_700_000_000_123, 4_107_542_400_000] {
+        for ms in [
+            0,
+            951_782_400_000,
+            1_700_000_000_123,
+            4_107_542_400_000,
+            Timestamp::LATEST.as_millis(),
+        ] {
             check_parse(&Timestamp::from_millis(ms).to_string(), Some(ms));
         }
     }

@@ -67,7 +67,9 @@ impl ApiError {
             Self::Read(BodyReadError::BadGzip(_) | BodyReadError::Read(ReadError::Io(_))) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Body(BodyError::TooManyEvents { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::TooManyEvents { .. } | BodyError::ExpandsTooMuch { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Body(_) | Self::AllRejected(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Read(BodyReadError::Read(ReadError::TimedOut(_))) => StatusCode::REQUEST_TIMEOUT,
             Self::Read(BodyReadError::Read(ReadError::NoMemory)) => StatusCode::SERVICE_UNAVAILABLE,

@@ -121,7 +121,10 @@ impl App {
     {
         match (req.uri().path(), req.method()) {
             ("/v1/events", &Method::POST) => (Route::Events, self.events(req, peer.ip()).await),
-            ("/v1/events", &Method::OPTIONS) => (Route::Preflight, self.preflight(req.headers())),
+            ("/v1/events", &Method::OPTIONS) => (
+                Route::Preflight,
+                self.preflight(req.headers(), ApiError::into_response),
+            ),
             ("/v1/events", _) => (
                 Route::Events,
                 ApiError::MethodNotAllowed("POST, OPTIONS").into_response(),
@@ -198,11 +201,17 @@ impl App {
         resp
     }
 
-    fn preflight(&self, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    /// A CORS preflight; a refused one is answered by `refuse` (each route
+    /// family's error body).
+    fn preflight(
+        &self,
+        headers: &HeaderMap,
+        refuse: fn(ApiError) -> Response<Full<Bytes>>,
+    ) -> Response<Full<Bytes>> {
         let decision = self.state.parts.cors.decide(headers);
         let mut resp = empty(StatusCode::NO_CONTENT);
         if !Cors::apply_preflight(&decision, resp.headers_mut()) {
-            resp = ApiError::OriginRefused.into_response();
+            resp = refuse(ApiError::OriginRefused);
             Cors::apply(&decision, resp.headers_mut());
         }
         resp

@@ -81,7 +81,10 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         match (path, req.method()) {
-            (_, &Method::OPTIONS) => (Route::Preflight, self.preflight(req.headers())),
+            (_, &Method::OPTIONS) => (
+                Route::Preflight,
+                self.preflight(req.headers(), ApiError::into_segment_response),
+            ),
             (SegmentPath::Settings, &Method::GET | &Method::HEAD) => {
                 let key = settings_key(req.uri().path()).unwrap_or_default();
                 (
