@@ -1275,7 +1275,7 @@ async fn trickle(addr: SocketAddr) -> (Option<u16>, Duration, Vec<u8>) {
 async fn bad_input_is_answered_and_loses_nothing_valid() {
     let api = Api::start(&[
         ("TRACKING_WRITE_KEYS", "wk1=web"),
-        ("TRACKING_BODY_TIMEOUT", "2s"),
+        ("TRACKING_BODY_TIMEOUT", "4s"),
     ]);
     let addr = api.addr();
     let json_ct = ("Content-Type", "application/json");
@@ -1454,14 +1454,15 @@ async fn bad_input_is_answered_and_loses_nothing_valid() {
     );
     send_valid(addr, "v5", &mut owed).await;
 
-    // A body that trickles: 408 once the body timeout (2 s) has passed; a
-    // normal request meanwhile is served at once.
+    // A body that trickles: 408 once the body timeout (4 s) has passed; a
+    // normal request meanwhile is served well before that (the bound is
+    // generous for a shared machine, and still short of the timeout).
     let slow = tokio::spawn(trickle(addr));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
     send_valid(addr, "v6", &mut owed).await;
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(1), "served in {took:?}");
+    assert!(took < Duration::from_secs(3), "served in {took:?}");
     let (status, after, raw) = slow.await.unwrap();
     assert_eq!(
         status,
@@ -1470,7 +1471,7 @@ async fn bad_input_is_answered_and_loses_nothing_valid() {
         String::from_utf8_lossy(&raw)
     );
     assert!(
-        (Duration::from_millis(1800)..Duration::from_secs(6)).contains(&after),
+        (Duration::from_millis(3800)..Duration::from_secs(15)).contains(&after),
         "408 after {after:?}"
     );
     assert_error(&parse_response(&raw), 408, "request_timeout");
