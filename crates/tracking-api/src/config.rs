@@ -331,8 +331,7 @@ impl Config {
         self.migration
             .validate(self.session_store, self.session_timeout)?;
         self.http.validate()?;
-        self.segment
-            .validate(self.http.max_body_bytes, self.http.max_decompressed_bytes)?;
+        self.segment.validate()?;
         if self.session_timeout.is_zero() {
             return fail("timeouts must be greater than zero".into());
         }

@@ -224,6 +224,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 MigrationMode::Legacy => "legacy",
             },
         },
-        segment: config.segment.settings()?,
+        segment: config.segment.settings(
+            config.http.max_body_bytes,
+            config.http.max_decompressed_bytes,
+        )?,
     }))
 }

@@ -49,7 +49,8 @@ pub struct SegmentArgs {
     pub write_keys_file: Option<PathBuf>,
 
     /// Largest body of a Segment batch route (/v1/batch, /v1/b, /b), in
-    /// bytes, as sent and after gzip decompression. Units B, KiB, MiB.
+    /// bytes, as sent and after gzip decompression (at most
+    /// --max-body-bytes and --max-decompressed-bytes). Units B, KiB, MiB.
     #[arg(long, env = "TRACKING_SEGMENT_MAX_BATCH_BYTES", default_value = "512KiB", value_parser = bytes, global = true)]
     pub segment_max_batch_bytes: u64,
 
@@ -72,21 +73,7 @@ pub struct SegmentArgs {
 }
 
 impl SegmentArgs {
-    /// `max_body` and `max_decompressed`: the API's own body limits, which
-    /// bound the Segment routes' too (the body memory is sized for them).
-    pub fn validate(&self, max_body: usize, max_decompressed: usize) -> Result<(), ConfigError> {
-        let limit = max_body.min(max_decompressed) as u64;
-        if self.segment_max_batch_bytes > limit {
-            return Err(ConfigError::new(format!(
-                "TRACKING_SEGMENT_MAX_BATCH_BYTES ({}) must not exceed TRACKING_MAX_BODY_BYTES nor TRACKING_MAX_DECOMPRESSED_BYTES ({limit})",
-                self.segment_max_batch_bytes
-            )));
-        }
-        if self.segment_max_call_bytes > self.segment_max_batch_bytes {
-            return Err(ConfigError::new(
-                "TRACKING_SEGMENT_MAX_CALL_BYTES must not exceed TRACKING_SEGMENT_MAX_BATCH_BYTES",
-            ));
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.segment_public_url {
             public_url(url)?;
         }
@@ -113,9 +100,21 @@ impl SegmentArgs {
         Ok(keys)
     }
 
-    pub fn settings(&self) -> Result<SegmentSettings, ConfigError> {
-        let batch_bytes = usize::try_from(self.segment_max_batch_bytes).unwrap_or(usize::MAX);
-        let call_bytes = usize::try_from(self.segment_max_call_bytes).unwrap_or(usize::MAX);
+    /// The settings; `max_body` and `max_decompressed` are the API's own
+    /// body limits, which cap the Segment ones (the body memory is sized
+    /// for them).
+    pub fn settings(
+        &self,
+        max_body: usize,
+        max_decompressed: usize,
+    ) -> Result<SegmentSettings, ConfigError> {
+        let batch_bytes = usize::try_from(self.segment_max_batch_bytes)
+            .unwrap_or(usize::MAX)
+            .min(max_body)
+            .min(max_decompressed);
+        let call_bytes = usize::try_from(self.segment_max_call_bytes)
+            .unwrap_or(usize::MAX)
+            .min(batch_bytes);
         Ok(SegmentSettings {
             keys: self.keys()?,
             max_batch_bytes: batch_bytes,

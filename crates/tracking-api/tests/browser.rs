@@ -17,96 +17,15 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::browser::{Browser, read_request};
 use common::process::{ApiProcess, metric, read_ndjson, request, wait_for_lines, wait_metric};
 use test_support::Gate;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-
-fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if std::path::Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    panic!(
-        "headless Chromium is needed for the browser test but was not found at /usr/bin/chromium.\n\
-         Install it with: sudo apt-get update && sudo apt-get install -y chromium"
-    );
-}
-
-/// A headless Chromium with a fresh profile, killed when dropped.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn open(url: &str, extra_args: &[&str]) -> Self {
-        let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--no-first-run",
-            ])
-            .args(extra_args)
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        Self {
-            child,
-            _profile: profile,
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads one HTTP/1.1 request: its head and its `Content-Length` body.
-async fn read_request(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    loop {
-        let m = s.read(&mut buf[n..]).await.unwrap_or(0);
-        n += m;
-        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if n >= end + 4 + len || m == 0 || n == buf.len() {
-                let body = buf[end + 4..n.min(end + 4 + len)].to_vec();
-                return (head, body);
-            }
-        } else if m == 0 || n == buf.len() {
-            return (String::from_utf8_lossy(&buf[..n]).into_owned(), Vec::new());
-        }
-    }
-}
 
 const PAGE: &str = r#"<!doctype html>
 <html><body><script>

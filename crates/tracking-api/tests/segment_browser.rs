@@ -15,95 +15,14 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::browser::{Browser, read_request};
 use common::process::{ApiProcess, metric, read_ndjson, wait_for_lines};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-// Chromium and the request reader are those of `browser.rs`.
-
-fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    panic!(
-        "headless Chromium is needed for the browser test but was not found at /usr/bin/chromium.\n\
-         Install it with: sudo apt-get update && sudo apt-get install -y chromium"
-    );
-}
-
-/// A headless Chromium with a fresh profile, killed when dropped.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn open(chromium: &Path, url: &str) -> Self {
-        let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--no-first-run",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        Self {
-            child,
-            _profile: profile,
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads one HTTP/1.1 request: its head and its `Content-Length` body.
-async fn read_request(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    loop {
-        let m = s.read(&mut buf[n..]).await.unwrap_or(0);
-        n += m;
-        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if n >= end + 4 + len || m == 0 || n == buf.len() {
-                let body = buf[end + 4..n.min(end + 4 + len)].to_vec();
-                return (head, body);
-            }
-        } else if m == 0 || n == buf.len() {
-            return (String::from_utf8_lossy(&buf[..n]).into_owned(), Vec::new());
-        }
-    }
-}
 
 /// Where the SDK's browser bundles are served from on the page's origin:
 /// the path its webpack runtime loads chunks from, `${_cdn}/analytics-next/bundles/`.
@@ -253,7 +172,8 @@ async fn analytics_next_page_track_identify_from_another_origin() {
         "no analytics-next UMD bundle in {}",
         bundles.display()
     );
-    let chromium = chromium();
+    // Fails now, saying how to install it, when Chromium is missing.
+    common::browser::chromium();
 
     let page_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_origin = format!("http://{}", page_listener.local_addr().unwrap());
@@ -277,7 +197,7 @@ async fn analytics_next_page_track_identify_from_another_origin() {
         Arc::clone(&log),
         done_tx,
     ));
-    let _browser = Browser::open(&chromium, &format!("{page_origin}/index.html"));
+    let _browser = Browser::open(&format!("{page_origin}/index.html"), &[]);
 
     let report = tokio::time::timeout(Duration::from_secs(60), done.recv())
         .await

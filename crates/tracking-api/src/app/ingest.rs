@@ -220,13 +220,12 @@ impl App {
             }
             (accepted, rejected)
         })?;
-        let (n, rejected) = self
+        let ingested = self
             .dispatch(validated, headers, peer, received_at, received)
             .await?;
         Ok(Ingested {
-            accepted: n,
-            rejected,
             new_visitor,
+            ..ingested
         })
     }
 
@@ -313,8 +312,8 @@ impl App {
 
     /// Hands admitted events to the `process` task, with what the request
     /// tells about them, and waits for it; returns how many there were, and
-    /// the refused ones. A request whose every event was refused is
-    /// answered as such.
+    /// the refused ones (no visitor minted). A request whose every event was
+    /// refused is answered as such.
     pub(super) async fn dispatch(
         &self,
         validated: Validated,
@@ -322,7 +321,7 @@ impl App {
         peer: IpAddr,
         received_at: tracking_core::Timestamp,
         received: Instant,
-    ) -> Result<(usize, Vec<Rejected>), ApiError> {
+    ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let Validated {
             accepted,
@@ -366,7 +365,11 @@ impl App {
             process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
         );
         task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok((n, rejected))
+        Ok(Ingested {
+            accepted: n,
+            rejected,
+            new_visitor: None,
+        })
     }
 
     pub(super) fn dead_letter(

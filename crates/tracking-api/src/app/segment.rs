@@ -210,14 +210,8 @@ impl App {
             }
             (accepted, rejected)
         })?;
-        let (n, rejected) = self
-            .dispatch(validated, headers, peer, received_at, received)
-            .await?;
-        Ok(Ingested {
-            accepted: n,
-            rejected,
-            new_visitor: None,
-        })
+        self.dispatch(validated, headers, peer, received_at, received)
+            .await
     }
 
     /// `GET /v1/projects/{writeKey}/settings`: what analytics.js and the

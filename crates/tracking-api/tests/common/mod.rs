@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mmdb;
 pub mod process;
 pub mod sdk;
@@ -214,7 +215,7 @@ impl TestApp {
                     .unwrap()
                     .config
                     .segment
-                    .settings()
+                    .settings(o.max_body, o.max_decompressed)
                     .unwrap()
             },
         });
