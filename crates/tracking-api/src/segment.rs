@@ -55,8 +55,9 @@ pub struct SegmentArgs {
     pub segment_max_batch_bytes: u64,
 
     /// Largest Segment call, in bytes: the body of a single-call route
-    /// (/v1/track, /v1/t, …; 413 past it), or one call of a batch (sent to
-    /// the dead-letter output past it).
+    /// (/v1/track, /v1/t, …; 413 past it), or one call of a batch with the
+    /// batch's context and integrations counted in (sent to the dead-letter
+    /// output past it).
     #[arg(long, env = "TRACKING_SEGMENT_MAX_CALL_BYTES", default_value = "32KiB", value_parser = bytes, global = true)]
     pub segment_max_call_bytes: u64,
 
