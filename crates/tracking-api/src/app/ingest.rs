@@ -99,9 +99,11 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = self.state.parts.limits;
+        let (parts, body) = req.into_parts();
         let received = self
             .receive(
-                req,
+                parts,
+                body,
                 Media::JsonOrText,
                 limits.max_body_bytes,
                 limits.max_decompressed_bytes,
@@ -118,7 +120,8 @@ impl App {
     /// connection and the bytes it sent, never an in-flight slot.
     pub(super) async fn receive<B>(
         &self,
-        req: Request<B>,
+        parts: http::request::Parts,
+        body: B,
         media: Media,
         max_body: usize,
         max_inflated: usize,
@@ -127,8 +130,7 @@ impl App {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let encoding = check_headers(req.headers(), media, max_body)?;
-        let (parts, body) = req.into_parts();
+        let encoding = check_headers(&parts.headers, media, max_body)?;
         let memory = &self.state.body_memory;
         let raw = read_body(body, max_body, memory)
             .await

@@ -145,7 +145,9 @@ impl App {
                 ApiError::MethodNotAllowed("GET, HEAD").into_response(),
             ),
             (path, method) => match segment::segment_path(path) {
-                Some(segment) => self.segment_route(segment, req, peer.ip()).await,
+                // Boxed: a connection waiting for its body keeps the events
+                // route's future, not the size of this one.
+                Some(segment) => Box::pin(self.segment_route(segment, req, peer.ip())).await,
                 // `/metrics` is served on the admin listener only.
                 None => match method {
                     &Method::GET => self.probe(path),

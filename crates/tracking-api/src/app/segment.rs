@@ -173,7 +173,8 @@ impl App {
             Some(_) => settings.limits.max_call_bytes,
             None => settings.max_batch_bytes,
         };
-        let received = self.receive(req, Media::Any, max, max).await?;
+        let (parts, body) = req.into_parts();
+        let received = self.receive(parts, body, Media::Any, max, max).await?;
         Box::pin(self.ingest_segment(received.body(), &received.parts.headers, peer, call, source))
             .await
     }
