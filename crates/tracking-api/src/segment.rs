@@ -235,11 +235,6 @@ impl WriteKeys {
         Ok(())
     }
 
-    /// Whether any key is configured (otherwise every key is accepted).
-    pub fn configured(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -253,7 +248,8 @@ impl WriteKeys {
     /// `default`.
     pub fn resolve(&self, key: Option<&str>) -> Result<Source, KeyError> {
         let key = key.filter(|k| !k.is_empty());
-        if !self.configured() {
+        // No key configured: every key is accepted.
+        if self.is_empty() {
             return Ok(Source {
                 name: match key {
                     Some(k) if k.len() <= MAX_WRITE_KEY_BYTES => k.into(),

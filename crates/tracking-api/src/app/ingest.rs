@@ -261,7 +261,7 @@ impl App {
     /// there are none), then sends its refused ones to the dead-letter
     /// output. When the sink has no room nothing is taken, not even the
     /// dead letters: the client will send the whole request again.
-    pub(super) fn admit_events(
+    fn admit_events(
         &self,
         accepted: &[Event],
         rejected: Vec<(usize, RejectReason, &str)>,
