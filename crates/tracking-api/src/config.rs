@@ -67,6 +67,16 @@ pub enum SinkKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckKind {
+    /// 2xx once the events are held in memory (published within
+    /// milliseconds, spooled during an outage); a crash can lose them.
+    Memory,
+    /// 2xx once the events are fdatasynced to local disk: the spool
+    /// (TRACKING_SPOOL_DIR) for pubsub, the output file for file.
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeadLetterKind {
     /// NDJSON on standard error (interleaved with logs; each line has a `reason`).
     Stderr,
@@ -293,7 +303,7 @@ impl Config {
         let fail = |m: String| Err(ConfigError(m));
         self.bigtable.validate(self.session_store)?;
         self.sink.validate()?;
-        self.pubsub.validate(self.sink.sink)?;
+        self.pubsub.validate(self.sink.sink, self.sink.ack())?;
         self.deadletter.validate()?;
         for (name, ttl) in [
             ("TRACKING_SHORT_TTL", self.short_ttl),

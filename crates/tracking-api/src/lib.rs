@@ -41,7 +41,7 @@ use crate::cors::Cors;
 use crate::geo::GeoLookup;
 use crate::metrics::Metrics;
 use crate::migration::{LegacySessionStore, MigrationClient};
-use crate::sink::metrics::{DeadLetterMetrics, EventSinkMetrics};
+use crate::sink::metrics::{AckMetrics, DeadLetterMetrics, EventSinkMetrics};
 use crate::sink::ndjson::{Counters, DiscardDeadLetters, NdjsonSink};
 use crate::store::memory::MemorySessionStore;
 
@@ -131,7 +131,12 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     let local_deadletters: Arc<dyn DeadLetterSink> = match config.deadletter.target() {
         Some(target) => {
             let counters = Counters::default();
-            let sink = NdjsonSink::start(target, deadletter_bounds, counters.clone())?;
+            let sink = NdjsonSink::start(
+                target,
+                deadletter_bounds,
+                counters.clone(),
+                tracking_core::AckMode::Memory,
+            )?;
             registry.register(Arc::new(DeadLetterMetrics(counters)));
             Arc::new(sink)
         }
@@ -150,7 +155,12 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                     target,
                     config.sink.bounds(),
                     counters.clone(),
+                    config.sink.ack(),
                 )?);
+                registry.register(Arc::new(AckMetrics {
+                    mode: config.sink.ack(),
+                    fsyncs: Arc::clone(&counters.fsyncs),
+                }));
                 registry.register(Arc::new(EventSinkMetrics::new(
                     Arc::clone(sink.budget()),
                     counters,
@@ -162,7 +172,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 let publishers = tracking_pubsub::connect(&config.pubsub.config()).await?;
                 let sink = Arc::new(tracking_pubsub::PubsubSink::start(
                     publishers.events,
-                    config.pubsub.sink_options(config.sink.bounds()),
+                    config
+                        .pubsub
+                        .sink_options(config.sink.bounds(), config.sink.ack()),
                 )?);
                 let deadletters: Arc<dyn DeadLetterSink> = match publishers.deadletters {
                     Some(p) => {
@@ -186,6 +198,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                     }),
                 )));
                 registry.register(Arc::clone(&sink) as Arc<dyn Collect>);
+                registry.register(Arc::new(AckMetrics {
+                    mode: config.sink.ack(),
+                    fsyncs: Arc::clone(sink.fsyncs()),
+                }));
                 (sink, deadletters)
             }
         };

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod enrich;
 pub mod envelope;
 pub mod event;
+pub mod fsync;
 pub mod ids;
 pub mod legacy;
 pub mod ports;
@@ -25,11 +26,12 @@ pub use enrich::{
 };
 pub use envelope::{BodyError, Item, parse_body};
 pub use event::{ClientId, Event, RawEvent, RejectReason, Via};
+pub use fsync::{FSYNC_BUCKETS, FsyncLatency, FsyncStats};
 pub use ids::{IdSource, MAX_SESSION_ID_BYTES, RandomIds, SequentialIds, SessionId};
 pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
-    BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup, LegacySessions,
-    SessionStore, SinkError, StoreError,
+    AckMode, BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup,
+    LegacySessions, Receipt, SessionStore, SinkError, StoreError,
 };
 pub use segment::{
     Call, CallRules, RawCall, SegmentBody, SegmentItem, SegmentLimits, SegmentPart, Source,

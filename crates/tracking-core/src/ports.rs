@@ -129,16 +129,66 @@ pub enum SinkError {
     Failed(String),
 }
 
+/// When a request is answered `2xx` (`TRACKING_ACK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// Once its events are held in memory (published within milliseconds,
+    /// spooled during an outage): a process crash can lose them.
+    #[default]
+    Memory,
+    /// Once its events are written to local disk and `fdatasync`ed (the
+    /// spool for Pub/Sub, the output file for the file sink).
+    Disk,
+}
+
+/// What a sink says of events handed to it: held (in memory, on their way:
+/// the `memory` acknowledgement mode), or a promise that resolves once they
+/// are on disk (`fdatasync`ed: the `disk` mode) or could not be put there.
+#[must_use = "in the disk acknowledgement mode the answer waits for the receipt"]
+pub struct Receipt(Option<BoxFuture<'static, Result<(), SinkError>>>);
+
+impl Receipt {
+    /// The events are held; nothing more to wait for.
+    pub fn held() -> Self {
+        Self(None)
+    }
+
+    /// The events are durable once `written` resolves `Ok`.
+    pub fn durable(written: BoxFuture<'static, Result<(), SinkError>>) -> Self {
+        Self(Some(written))
+    }
+
+    /// Waits until the events are as safe as the sink's mode promises.
+    pub async fn wait(self) -> Result<(), SinkError> {
+        match self.0 {
+            None => Ok(()),
+            Some(written) => written.await,
+        }
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Receipt(durable)"
+        } else {
+            "Receipt(held)"
+        })
+    }
+}
+
 /// Where enriched events go. Taking an event is two steps so that nothing is
 /// accepted that cannot be kept: `try_admit` reserves room before the request
-/// is accepted, `send` hands the events over and cannot fail.
+/// is accepted, `send` hands the events over and cannot fail; in the `disk`
+/// acknowledgement mode its [`Receipt`] says when they are on disk.
 pub trait EventSink: Send + Sync + fmt::Debug {
     /// Reserves room for `n` events of about `bytes` bytes in all (an
     /// estimate: `send` replaces it with their real size), or says why there
     /// is none.
     fn try_admit(&self, n: usize, bytes: usize) -> Result<Admission, SinkError>;
     /// Hands events over; the admission is given back once they are written.
-    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission);
+    /// The request is answered once the receipt resolves.
+    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission) -> Receipt;
     /// Writes out everything handed over so far and stops taking events.
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Whether the output works: `false` while writes fail (readiness).

@@ -130,6 +130,10 @@ pub struct Spool {
     cursor: Pos,
     /// Bytes not replayed yet.
     bytes: u64,
+    /// Keep appending to a fully replayed tail segment until it is full,
+    /// instead of removing it at once (the write-ahead log, whose every
+    /// event is replayed moments after it is appended).
+    reuse_tail: bool,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -216,8 +220,14 @@ impl Spool {
             next_seq,
             cursor,
             bytes: report.bytes,
+            reuse_tail: false,
         };
         Ok((spool, report))
+    }
+
+    /// See `reuse_tail`: for a log that is drained continually.
+    pub fn reuse_tail(&mut self) {
+        self.reuse_tail = true;
     }
 
     /// Bytes waiting for replay.
@@ -229,16 +239,20 @@ impl Spool {
         self.bytes == 0
     }
 
-    /// Appends `records` and makes them durable (one write, one fdatasync).
-    /// On failure nothing of the batch counts as spooled (a partial write is
-    /// cut off again where possible).
-    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.spooled_len() as usize).sum());
+    /// Appends `records` and makes them durable (one write, one fdatasync);
+    /// returns where the first of them starts (a batch never spans two
+    /// segments: record `i` ends at that offset plus the `spooled_len` of
+    /// records `0..=i`). On failure nothing of the batch counts as spooled:
+    /// the write is cut off again (a failed fdatasync may have left the page
+    /// cache without it), and if even that fails this segment takes no more
+    /// appends.
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) -> io::Result<Pos> {
+        let mut buf = Vec::new();
         for r in records {
             r.encode_into(&mut buf);
+        }
+        if buf.is_empty() {
+            return Ok(self.end());
         }
         let roll = match (&self.tail, self.segments.back()) {
             (Some(_), Some(seg)) => seg.len >= self.segment_bytes,
@@ -276,9 +290,34 @@ impl Spool {
             }
             return Err(e);
         }
+        let start = Pos {
+            segment: seg.seq,
+            offset: seg.len,
+        };
         seg.len += buf.len() as u64;
         self.bytes += buf.len() as u64;
-        Ok(())
+        Ok(start)
+    }
+
+    /// Where the next append's records would start, if it does not roll
+    /// over: the end of what is spooled.
+    pub fn end(&self) -> Pos {
+        self.segments.back().map_or(self.cursor, |seg| Pos {
+            segment: seg.seq,
+            offset: seg.len,
+        })
+    }
+
+    /// Whether the spool's disk takes writes again after a failure: writes
+    /// and fdatasyncs a probe file of `bytes` next to the segments, then
+    /// removes it.
+    pub fn probe(&self, bytes: usize) -> io::Result<()> {
+        let path = self.dir.join("probe.tmp");
+        let tried = File::create(&path)
+            .and_then(|mut f| f.write_all(&vec![0u8; bytes]).and_then(|()| f.sync_data()))
+            .map_err(|e| context(e, "cannot write the probe file", &path));
+        let _ = fs::remove_file(&path);
+        tried
     }
 
     /// Up to `max` records from the cursor on, and no more than `max_bytes`
@@ -334,6 +373,20 @@ impl Spool {
     /// Marks everything before `pos` as replayed: persists the cursor and
     /// removes segments that are fully replayed.
     pub fn commit(&mut self, pos: Pos) -> io::Result<()> {
+        self.advance(pos)?;
+        self.persist_cursor()
+    }
+
+    /// Persists the cursor (not fsynced: after a machine crash replay may
+    /// start a little early, never late).
+    pub fn persist_cursor(&self) -> io::Result<()> {
+        write_cursor(&self.dir, self.cursor)
+    }
+
+    /// Like [`Spool::commit`], but the cursor is only persisted by a later
+    /// [`Spool::persist_cursor`] (or commit): removes the segments before
+    /// `pos` at once. A crash in between replays from the older cursor.
+    pub fn advance(&mut self, pos: Pos) -> io::Result<()> {
         if pos <= self.cursor {
             return Ok(());
         }
@@ -356,14 +409,15 @@ impl Spool {
             };
         self.cursor = pos;
         self.bytes = self.bytes.saturating_sub(freed);
-        write_cursor(&self.dir, pos)?;
         while let Some(seg) = self.segments.front() {
             let done = seg.seq < pos.segment;
             // The tail is kept while this process appends to it, unless it is
             // fully replayed: then it is closed and removed, and the next
             // append starts a new segment.
-            let drained_tail =
-                self.segments.len() == 1 && seg.seq == pos.segment && pos.offset >= seg.len;
+            let drained_tail = self.segments.len() == 1
+                && seg.seq == pos.segment
+                && pos.offset >= seg.len
+                && !(self.reuse_tail && self.tail.is_some() && seg.len < self.segment_bytes);
             if !(done || drained_tail) {
                 break;
             }

@@ -366,7 +366,13 @@ impl App {
         let task = st.tracker.spawn(
             process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
         );
-        task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let written = task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Err(e) = written {
+            // The disk acknowledgement mode could not make them durable: not
+            // answered 2xx, the client sends them again.
+            st.parts.metrics.record_shed(ShedReason::OutputFailing);
+            return Err(ApiError::OutputFailing(e.to_string()));
+        }
         Ok(Ingested {
             accepted: n,
             rejected,
@@ -395,15 +401,17 @@ impl App {
     }
 }
 
-/// Resolves sessions for each event in order, enriches them and hands them
-/// to the sink. Runs as its own task: nothing here is cancelled by the client.
+/// Resolves sessions for each event in order, enriches them, hands them to
+/// the sink and waits for its receipt (in the `disk` acknowledgement mode,
+/// until they are on disk). Runs as its own task: nothing here is cancelled
+/// by the client.
 pub(super) async fn process(
     st: Arc<AppState>,
     events: Vec<Event>,
     ctx: RequestContext,
     call: CallContext,
     admission: Admission,
-) {
+) -> Result<(), SinkError> {
     let mut out = Vec::with_capacity(events.len());
     let mut unavailable = 0usize;
     let labels = st.parts.span_labels;
@@ -480,6 +488,9 @@ pub(super) async fn process(
             format!("{unavailable} events without sessions (store unavailable)"),
         );
     }
-    let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
-    st.parts.sink.send(out, admission);
+    let receipt = {
+        let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
+        st.parts.sink.send(out, admission)
+    };
+    receipt.wait().await
 }

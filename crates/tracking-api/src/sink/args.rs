@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, DeadLetterKind, SinkKind, bytes, positive};
+use tracking_core::AckMode;
+
+use crate::config::{AckKind, ConfigError, DeadLetterKind, SinkKind, bytes, positive};
 use crate::sink::ndjson::{Bounds, Target};
 
 /// Dead letters held before they are dropped (and counted).
@@ -37,6 +39,20 @@ pub struct SinkArgs {
     /// MiB, GiB.
     #[arg(long, env = "TRACKING_SINK_QUEUE_BYTES", default_value = "256MiB", value_parser = bytes, global = true)]
     pub sink_queue_bytes: u64,
+
+    /// When a request is answered 2xx. `disk`: only once its events are
+    /// fdatasynced (group commit: one fdatasync covers every event that
+    /// came while the previous one ran) — to the spool (TRACKING_SPOOL_DIR,
+    /// required) with pubsub, to TRACKING_SINK_PATH with file; refused with
+    /// stdout. A 2xx then survives kill -9, an OOM kill or a panic.
+    #[arg(
+        long,
+        env = "TRACKING_ACK",
+        value_enum,
+        default_value = "memory",
+        global = true
+    )]
+    pub ack: AckKind,
 }
 
 impl SinkArgs {
@@ -46,7 +62,21 @@ impl SinkArgs {
                 "TRACKING_SINK=file needs TRACKING_SINK_PATH",
             ));
         }
+        if self.ack == AckKind::Disk && self.sink == SinkKind::Stdout {
+            return Err(ConfigError::new(
+                "TRACKING_ACK=disk cannot be kept with TRACKING_SINK=stdout: a pipe cannot be fdatasynced. \
+                 Use TRACKING_SINK=file (with TRACKING_SINK_PATH) or TRACKING_SINK=pubsub (with TRACKING_SPOOL_DIR), or TRACKING_ACK=memory",
+            ));
+        }
         Ok(())
+    }
+
+    /// The acknowledgement mode.
+    pub fn ack(&self) -> AckMode {
+        match self.ack {
+            AckKind::Memory => AckMode::Memory,
+            AckKind::Disk => AckMode::Disk,
+        }
     }
 
     /// Where the NDJSON event sink writes (`None`: the sink is not NDJSON).

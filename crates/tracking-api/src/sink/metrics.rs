@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use service_kit::prom::{Collect, counter, gauge};
-use tracking_core::Budget;
+use service_kit::prom::{Collect, counter, gauge, header, render_histogram};
+use tracking_core::{AckMode, Budget, FSYNC_BUCKETS, FsyncStats};
 
 use super::ndjson::{Counters, DiscardDeadLetters};
 
@@ -23,6 +23,11 @@ pub const DEADLETTERS_WRITTEN: &str = "tracking_deadletters_written_total";
 pub const DEADLETTER_WRITE_ERRORS: &str = "tracking_deadletter_write_errors_total";
 pub const DEADLETTERS_LOST: &str = "tracking_deadletters_lost_total";
 pub const DEADLETTERS_DISCARDED: &str = "tracking_deadletters_discarded_total";
+pub const ACK_DISK: &str = "tracking_ack_disk";
+pub const ACK_FSYNCS: &str = "tracking_ack_fsyncs_total";
+pub const ACK_FSYNC_EVENTS: &str = "tracking_ack_fsync_events_total";
+pub const ACK_FSYNC_FAILURES: &str = "tracking_ack_fsync_failures_total";
+pub const ACK_FSYNC_SECONDS: &str = "tracking_ack_fsync_seconds";
 
 /// Events written so far, however the sink counts them.
 pub type Written = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -113,6 +118,59 @@ impl Collect for EventSinkMetrics {
             QUEUE_LIMIT_BYTES,
             "Capacity of the sink queue in bytes.",
             b.limit_bytes() as f64,
+        );
+    }
+}
+
+/// The acknowledgement mode and, in the disk mode, its group commits.
+#[derive(Debug)]
+pub struct AckMetrics {
+    pub mode: AckMode,
+    pub fsyncs: Arc<FsyncStats>,
+}
+
+impl Collect for AckMetrics {
+    fn collect(&self, out: &mut String) {
+        gauge(
+            out,
+            ACK_DISK,
+            "1 when a 2xx waits for the events to be fdatasynced (TRACKING_ACK=disk), 0 when it means held in memory.",
+            if self.mode == AckMode::Disk { 1.0 } else { 0.0 },
+        );
+        let f = &self.fsyncs;
+        counter(
+            out,
+            ACK_FSYNCS,
+            "Group commits of the disk acknowledgement mode: fdatasync calls that made requests' events durable.",
+            load(&f.syncs),
+        );
+        counter(
+            out,
+            ACK_FSYNC_EVENTS,
+            "Events made durable by those fdatasync calls (divide by tracking_ack_fsyncs_total for events per fdatasync).",
+            load(&f.events),
+        );
+        counter(
+            out,
+            ACK_FSYNC_FAILURES,
+            "Failed appends or fdatasync calls of the disk acknowledgement mode; their requests were answered 503.",
+            load(&f.failures),
+        );
+        header(
+            out,
+            ACK_FSYNC_SECONDS,
+            "histogram",
+            "Time of each group commit's write and fdatasync.",
+        );
+        let l = f.latency();
+        render_histogram(
+            out,
+            ACK_FSYNC_SECONDS,
+            "",
+            &FSYNC_BUCKETS,
+            l.buckets,
+            l.count,
+            l.sum_seconds,
         );
     }
 }

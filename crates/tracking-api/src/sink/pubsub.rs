@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tracking_core::AckMode;
+
 use crate::config::{ConfigError, SinkKind, bytes, duration, positive_u32};
 use crate::sink::ndjson::Bounds;
 
@@ -72,7 +74,12 @@ pub struct PubsubArgs {
 
 impl PubsubArgs {
     /// `sink`: the event sink chosen (`TRACKING_SINK`).
-    pub fn validate(&self, sink: SinkKind) -> Result<(), ConfigError> {
+    pub fn validate(&self, sink: SinkKind, ack: AckMode) -> Result<(), ConfigError> {
+        if sink == SinkKind::Pubsub && ack == AckMode::Disk && self.spool_dir.is_none() {
+            return Err(ConfigError::new(
+                "TRACKING_ACK=disk with TRACKING_SINK=pubsub needs TRACKING_SPOOL_DIR: the spool is the write-ahead log",
+            ));
+        }
         if sink == SinkKind::Pubsub
             && (self.pubsub_project.is_none() || self.pubsub_topic.is_none())
         {
@@ -103,8 +110,9 @@ impl PubsubArgs {
 
     /// `queue`: the in-memory bound of every event sink
     /// (`TRACKING_SINK_QUEUE`, `TRACKING_SINK_QUEUE_BYTES`).
-    pub fn sink_options(&self, queue: Bounds) -> tracking_pubsub::SinkOptions {
+    pub fn sink_options(&self, queue: Bounds, ack: AckMode) -> tracking_pubsub::SinkOptions {
         tracking_pubsub::SinkOptions {
+            ack,
             max_queue: queue.events,
             max_queue_bytes: queue.bytes,
             spool_dir: self.spool_dir.clone(),

@@ -25,7 +25,7 @@ use tracking_api::store::memory::MemorySessionStore;
 use tracking_api::{App, AppState, Limits, Parts, app};
 use tracking_core::{
     Admission, BoxFuture, Budget, DeadLetter, DeadLetterSink, EnrichedEvent, EventSink,
-    ManualClock, SequentialIds, SessionPolicy, SessionStore, SinkError, Timestamp, Ttls,
+    ManualClock, Receipt, SequentialIds, SessionPolicy, SessionStore, SinkError, Timestamp, Ttls,
 };
 
 pub const START: Timestamp = Timestamp::from_millis(1_763_000_000_000);
@@ -63,12 +63,13 @@ impl EventSink for CollectingSink {
         })
     }
 
-    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission) {
+    fn send(&self, events: Vec<EnrichedEvent>, admission: Admission) -> Receipt {
         let mut out = self.events.lock().unwrap();
         out.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
         if self.holding {
             self.hold.lock().unwrap().push(admission);
         }
+        Receipt::held()
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {

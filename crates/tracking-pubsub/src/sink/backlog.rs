@@ -1,5 +1,7 @@
 //! Backlog mode: the pump thread that owns the backlog (the disk spool or
-//! memory), appends hand-overs to it and replays it oldest first.
+//! memory), appends hand-overs to it and replays it oldest first. In the
+//! disk acknowledgement mode it also owns the write-ahead log's group
+//! commits and its trimming (see the sink's documentation).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -9,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracking_core::{Clock, SystemClock};
+use tracking_core::{AckMode, Clock, SinkError, SystemClock};
 
 use super::{FailureClass, Inner, Pending, classify, message};
 use crate::spool::{Pos, Record, Spool};
@@ -26,8 +28,25 @@ const TICK: Duration = Duration::from_millis(100);
 const SPOOL_GROUP: usize = 4096;
 const SPOOL_GROUP_BYTES: u64 = 8 << 20;
 
+/// Bytes of the probe write that tells whether a failing disk takes writes
+/// again.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// Tells a request whether its events are in the write-ahead log.
+pub(super) type Done = oneshot::Sender<Result<(), SinkError>>;
+
 pub(super) enum PumpMsg {
     Backlog(Vec<Pending>),
+    /// The disk acknowledgement mode: one request's events, to append.
+    Append {
+        pending: Vec<Pending>,
+        done: Done,
+    },
+    /// Hand-over `seq` of direct-mode `generation` is acknowledged.
+    Acked {
+        generation: u64,
+        seq: u64,
+    },
     Close {
         deadline: tokio::time::Instant,
         done: oneshot::Sender<CloseReport>,
@@ -50,6 +69,8 @@ impl std::fmt::Debug for PumpMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Backlog(p) => write!(f, "Backlog({})", p.len()),
+            Self::Append { pending, .. } => write!(f, "Append({})", pending.len()),
+            Self::Acked { generation, seq } => write!(f, "Acked({generation}, {seq})"),
             Self::Close { .. } => f.write_str("Close"),
         }
     }
@@ -87,9 +108,40 @@ struct Replay {
     ends: Vec<Pos>,
 }
 
+/// The disk acknowledgement mode's state of the write-ahead log.
+#[derive(Debug, Default)]
+struct Wal {
+    /// Direct mode: the hand-overs published at once and not all
+    /// acknowledged yet, oldest first. `None` in backlog mode, where the
+    /// replay owns the cursor.
+    direct: Option<Watermark>,
+    /// Bumped on every change of mode: acknowledgements of an older
+    /// generation are ignored (the replay publishes those events again).
+    generation: u64,
+    /// The cursor moved since it was last persisted.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct Watermark {
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Where the hand-over's last event ends in the log.
+    end: Pos,
+    events: u64,
+    acked: bool,
+}
+
 pub(super) struct Pump {
     inner: Arc<Inner>,
     backlog: Backlog,
+    /// `Some` in the disk acknowledgement mode.
+    wal: Option<Wal>,
     replay: Option<Replay>,
     backoff: Duration,
     next_replay: Instant,
@@ -99,9 +151,17 @@ pub(super) struct Pump {
 
 impl Pump {
     pub(super) fn new(inner: Arc<Inner>, backlog: Backlog) -> Self {
+        let wal = (inner.opts.ack == AckMode::Disk).then(|| Wal {
+            direct: inner
+                .direct
+                .load(Ordering::Acquire)
+                .then(Watermark::default),
+            ..Wal::default()
+        });
         Self {
             inner,
             backlog,
+            wal,
             replay: None,
             backoff: REPLAY_BACKOFF_MIN,
             next_replay: Instant::now(),
@@ -125,6 +185,10 @@ impl Pump {
                                     bytes += more.iter().map(|p| p.record.spooled_len()).sum::<u64>();
                                     batch.extend(more);
                                 }
+                                Ok(PumpMsg::Append { pending, done }) => {
+                                    self.append(vec![(pending, done)]);
+                                }
+                                Ok(PumpMsg::Acked { generation, seq }) => self.acked(generation, seq),
                                 Ok(c @ PumpMsg::Close { .. }) => { close = Some(c); break; }
                                 Err(_) => break,
                             }
@@ -132,6 +196,30 @@ impl Pump {
                         self.push(batch);
                         if let Some(c) = close { break Some(c); }
                     }
+                    Some(PumpMsg::Append { pending, done }) => {
+                        // Group commit: everything that came while the
+                        // previous fdatasync ran goes into this one.
+                        let mut close = None;
+                        let mut bytes: u64 = pending.iter().map(|p| p.record.spooled_len()).sum();
+                        let mut events = pending.len();
+                        let mut group = vec![(pending, done)];
+                        while events < SPOOL_GROUP && bytes < SPOOL_GROUP_BYTES {
+                            match rx.try_recv() {
+                                Ok(PumpMsg::Append { pending, done }) => {
+                                    bytes += pending.iter().map(|p| p.record.spooled_len()).sum::<u64>();
+                                    events += pending.len();
+                                    group.push((pending, done));
+                                }
+                                Ok(PumpMsg::Acked { generation, seq }) => self.acked(generation, seq),
+                                Ok(PumpMsg::Backlog(more)) => self.push(more),
+                                Ok(c @ PumpMsg::Close { .. }) => { close = Some(c); break; }
+                                Err(_) => break,
+                            }
+                        }
+                        self.append(group);
+                        if let Some(c) = close { break Some(c); }
+                    }
+                    Some(PumpMsg::Acked { generation, seq }) => self.acked(generation, seq),
                     Some(c @ PumpMsg::Close { .. }) => break Some(c),
                     None => break None,
                 },
@@ -158,15 +246,167 @@ impl Pump {
     fn tick(&mut self, nothing_coming: bool) {
         let inner = Arc::clone(&self.inner);
         self.write_unwritten();
+        self.notice_backlog_mode();
+        self.wal_tick();
         self.start_replay();
-        if nothing_coming
+        // The write-ahead log decides per append whether to publish at once,
+        // so what waits in the channel does not matter to it.
+        if (nothing_coming || self.wal.is_some())
             && !inner.direct.load(Ordering::Acquire)
             && self.replay.is_none()
             && self.backlog.is_empty()
         {
+            if let Some(wal) = self.wal.as_mut() {
+                wal.generation += 1;
+                wal.direct = Some(Watermark::default());
+            }
             inner.direct.store(true, Ordering::Release);
             add(&inner.stats.mode_changes, 1);
             tracing::info!("Pub/Sub backlog replayed; publishing directly again.");
+        }
+    }
+
+    /// The write-ahead log after a change to backlog mode (a checker task
+    /// saw a failure or a stall): the replay takes over from the oldest
+    /// event not acknowledged, and every event from there on is backlog.
+    fn notice_backlog_mode(&mut self) {
+        let Some(wal) = self.wal.as_mut() else { return };
+        if wal.direct.is_none() || self.inner.direct.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(w) = wal.direct.take() {
+            add(
+                &self.inner.stats.backlog_events,
+                w.entries.iter().map(|e| e.events).sum(),
+            );
+        }
+        wal.generation += 1;
+    }
+
+    /// Every tick in the disk acknowledgement mode: persists the cursor if
+    /// it moved, and while appends fail, probes the disk.
+    fn wal_tick(&mut self) {
+        let (Some(wal), Backlog::Disk { spool, .. }) = (self.wal.as_mut(), &self.backlog) else {
+            return;
+        };
+        if wal.dirty {
+            match spool.persist_cursor() {
+                Ok(()) => wal.dirty = false,
+                Err(error) => {
+                    add(&self.inner.stats.spool_errors, 1);
+                    tracing::error!(%error, "Cannot record the write-ahead log's progress; some events may be published again after a restart.");
+                }
+            }
+        }
+        if self.inner.spool_failing().is_some() {
+            match spool.probe(PROBE_BYTES) {
+                Ok(()) => {
+                    self.inner.set_spool_failing(None);
+                    tracing::info!("The spool's disk takes writes again; taking events again.");
+                }
+                Err(error) => self.inner.set_spool_failing(Some(error.to_string())),
+            }
+        }
+    }
+
+    /// The disk acknowledgement mode's group commit: appends the requests'
+    /// events with one write and one fdatasync, answers them, and in direct
+    /// mode publishes them from memory.
+    fn append(&mut self, group: Vec<(Vec<Pending>, Done)>) {
+        self.notice_backlog_mode();
+        let inner = Arc::clone(&self.inner);
+        let stats = &inner.stats;
+        let (Some(wal), Backlog::Disk { spool, .. }) = (self.wal.as_mut(), &mut self.backlog)
+        else {
+            for (_, done) in group {
+                let _ = done.send(Err(SinkError::Failed("no write-ahead log".into())));
+            }
+            return;
+        };
+        let records = group.iter().flat_map(|(p, _)| p.iter().map(|p| &p.record));
+        let bytes: u64 = records.clone().map(Record::spooled_len).sum();
+        let events: u64 = group.iter().map(|(p, _)| p.len() as u64).sum();
+        let started = Instant::now();
+        let appended = spool.append(records);
+        sub(&inner.unspooled_bytes, bytes);
+        let start = match appended {
+            Ok(start) => start,
+            Err(error) => {
+                inner.fsyncs.fail();
+                add(&stats.spool_errors, 1);
+                if self.spool_error_logged.elapsed() > Duration::from_secs(10) {
+                    self.spool_error_logged = Instant::now();
+                    tracing::error!(
+                        %error,
+                        events,
+                        "Write-ahead log append failed; its requests are answered 503 and new ones refused until the disk takes writes again."
+                    );
+                }
+                inner.set_spool_failing(Some(error.to_string()));
+                for (_, done) in group {
+                    let _ = done.send(Err(SinkError::Unavailable(format!(
+                        "the spool cannot be written: {error}"
+                    ))));
+                }
+                return;
+            }
+        };
+        inner.fsyncs.observe(events, started.elapsed());
+        add(&stats.spooled, events);
+        stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+        let mut end = start;
+        for (pending, done) in group {
+            end.offset += pending.iter().map(|p| p.record.spooled_len()).sum::<u64>();
+            let _ = done.send(Ok(()));
+            match wal.direct.as_mut() {
+                Some(w) => {
+                    let seq = w.base + w.entries.len() as u64;
+                    w.entries.push_back(Entry {
+                        end,
+                        events: pending.len() as u64,
+                        acked: false,
+                    });
+                    inner.publish_logged(pending, wal.generation, seq);
+                }
+                // Backlog mode: the replay publishes them; their memory
+                // share goes back now.
+                None => add(&stats.backlog_events, pending.len() as u64),
+            }
+        }
+    }
+
+    /// A hand-over of the write-ahead log is acknowledged: trims the log up
+    /// to the oldest one that is not.
+    fn acked(&mut self, generation: u64, seq: u64) {
+        let (Some(wal), Backlog::Disk { spool, .. }) = (self.wal.as_mut(), &mut self.backlog)
+        else {
+            return;
+        };
+        let Some(w) = wal.direct.as_mut().filter(|_| wal.generation == generation) else {
+            return;
+        };
+        let Some(entry) = seq
+            .checked_sub(w.base)
+            .and_then(|i| w.entries.get_mut(usize::try_from(i).ok()?))
+        else {
+            return;
+        };
+        entry.acked = true;
+        let mut trim_to = None;
+        while w.entries.front().is_some_and(|e| e.acked) {
+            trim_to = w.entries.pop_front().map(|e| e.end);
+            w.base += 1;
+        }
+        if let Some(pos) = trim_to {
+            if let Err(error) = spool.advance(pos) {
+                add(&self.inner.stats.spool_errors, 1);
+                tracing::error!(%error, "Cannot trim the write-ahead log.");
+            }
+            wal.dirty = true;
+            self.inner
+                .stats
+                .spool_bytes
+                .store(spool.bytes(), Ordering::Relaxed);
         }
     }
 
@@ -211,7 +451,7 @@ impl Pump {
             }
             let records: Vec<Record> = unwritten.iter().take(n).map(|p| p.record.clone()).collect();
             match spool.append(&records) {
-                Ok(()) => {
+                Ok(_) => {
                     add(&stats.spooled, n as u64);
                     sub(&self.inner.unspooled_bytes, bytes);
                     stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
@@ -243,6 +483,11 @@ impl Pump {
 
     fn start_replay(&mut self) {
         if self.replay.is_some() || Instant::now() < self.next_replay {
+            return;
+        }
+        // The write-ahead log in direct mode: its events are published as
+        // they are appended; nothing to replay.
+        if self.wal.as_ref().is_some_and(|w| w.direct.is_some()) {
             return;
         }
         let max = if self.probing { 1 } else { REPLAY_CHUNK };
@@ -342,13 +587,25 @@ impl Pump {
         match self.backlog {
             Backlog::Disk { .. } => {
                 self.write_unwritten();
+                // The write-ahead log: what was published and not
+                // acknowledged stays in it too.
+                let mut unacked = 0;
+                if let (Some(wal), Backlog::Disk { spool, .. }) = (&self.wal, &self.backlog) {
+                    unacked = wal
+                        .direct
+                        .as_ref()
+                        .map_or(0, |w| w.entries.iter().map(|e| e.events).sum());
+                    if let Err(error) = spool.persist_cursor() {
+                        tracing::error!(%error, "Cannot record the write-ahead log's progress; some events will be published again.");
+                    }
+                }
                 let lost = match &self.backlog {
                     Backlog::Disk { unwritten, .. } => unwritten.len() as u64,
                     Backlog::Memory(_) => 0,
                 };
                 add(&stats.lost, lost);
                 CloseReport {
-                    spooled: stats.backlog_events.load(Ordering::Relaxed) - lost,
+                    spooled: stats.backlog_events.load(Ordering::Relaxed) + unacked - lost,
                     lost,
                     spool_error: (lost > 0).then(|| self.inner.spool_failing().unwrap_or_default()),
                 }

@@ -111,3 +111,66 @@ pub(super) async fn check(
         );
     }
 }
+
+/// The disk acknowledgement mode's checker: awaits the publishes of one
+/// hand-over that is already in the write-ahead log. A failure or a stall
+/// switches to backlog mode (the replay then starts at the oldest event not
+/// acknowledged, so nothing is handed over); once every publish is
+/// acknowledged, tells the pump, which trims the log.
+pub(super) async fn check_logged(
+    inner: Arc<Inner>,
+    mut sent: Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
+    stall_at: tokio::time::Instant,
+    generation: u64,
+    seq: u64,
+) {
+    let mut all_acked = true;
+    let mut i = 0;
+    while i < sent.len() {
+        let wake = {
+            let future = &mut sent[i].0;
+            tokio::select! {
+                r = future => Wake::Answer(r),
+                () = tokio::time::sleep_until(stall_at), if all_acked => Wake::Stall,
+                () = inner.give_up.cancelled() => Wake::GiveUp,
+            }
+        };
+        match wake {
+            Wake::Answer(Ok(_)) => {
+                sub(&inner.stats.in_flight, 1);
+                add(&inner.stats.published, 1);
+                inner.stats.observe_delivery(
+                    sent[i].1.record.accepted_at_ms,
+                    SystemClock.now().as_millis(),
+                );
+                i += 1;
+            }
+            Wake::Answer(Err(e)) => {
+                sub(&inner.stats.in_flight, 1);
+                inner.stats.count_failure(classify(&e));
+                if all_acked {
+                    inner.enter_backlog_mode(&e.to_string());
+                }
+                all_acked = false;
+                i += 1;
+            }
+            // Keeps waiting for the answer (the client holds the data).
+            Wake::Stall => {
+                all_acked = false;
+                inner.enter_backlog_mode("no acknowledgement within the stall timeout");
+            }
+            Wake::Takeover => {}
+            Wake::GiveUp => {
+                // In the log: the next start publishes them again.
+                sub(&inner.stats.in_flight, (sent.len() - i) as u64);
+                return;
+            }
+        }
+    }
+    if all_acked {
+        let _ = inner
+            .tx
+            .send(super::backlog::PumpMsg::Acked { generation, seq })
+            .await;
+    }
+}

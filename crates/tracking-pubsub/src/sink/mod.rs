@@ -34,6 +34,22 @@
 //!
 //! The backlog is owned by one "pump" thread (spool I/O and fsync never block
 //! the request runtime).
+//!
+//! **The `disk` acknowledgement mode** (`TRACKING_ACK=disk`) makes the spool
+//! a write-ahead log: `send` hands *every* event to the pump, which appends
+//! what came since its last append with one write and one `fdatasync`
+//! (group commit) and only then answers the requests (their receipts). In
+//! direct mode it then publishes them from memory; their checker tasks
+//! report each fully acknowledged hand-over back, and the log is trimmed up
+//! to the oldest hand-over not yet acknowledged (the cursor is persisted
+//! every tick). Nothing is copied on a takeover: on a change to backlog mode
+//! the replay simply starts at that oldest unacknowledged event, so events
+//! acknowledged after it are published twice (at-least-once). At start the
+//! log's unacknowledged tail is replayed like any backlog. A failed append
+//! or `fdatasync` answers its requests 503 (the clients send again; the
+//! page cache may have dropped what a failed sync covered, so nothing is
+//! retried as if it were safe) and the sink refuses until a probe write to
+//! the spool's disk works.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -49,17 +65,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
-    Admission, BoxFuture, Budget, EnrichedEvent, EventSink, SCHEMA_VERSION, SinkError,
+    AckMode, Admission, BoxFuture, Budget, EnrichedEvent, EventSink, FsyncStats, Receipt,
+    SCHEMA_VERSION, SinkError,
 };
 
 use crate::spool::{Record, Spool};
-use crate::stats::{PublisherStats, Stats, add};
+use crate::stats::{PublisherStats, Stats, add, sub};
 
 mod backlog;
 mod direct;
 
 use backlog::{Backlog, Pump, PumpMsg};
-use direct::check;
+use direct::{check, check_logged};
 
 /// Memory an event costs besides its data: our record and the client's
 /// message (attributes, its future), about.
@@ -80,6 +97,8 @@ pub struct SinkOptions {
     pub spool_max_bytes: u64,
     /// Segment size of the spool.
     pub spool_segment_bytes: u64,
+    /// `Disk`: the spool is a write-ahead log (needs `spool_dir`).
+    pub ack: AckMode,
     /// No acknowledgement for this long while publishes are outstanding →
     /// backlog mode.
     pub stall_timeout: Duration,
@@ -153,6 +172,11 @@ struct Inner {
     tracker: TaskTracker,
     give_up: CancellationToken,
     spool_max_bytes: Option<u64>,
+    /// The disk acknowledgement mode's group commits.
+    fsyncs: Arc<FsyncStats>,
+    /// The request runtime: checker tasks of the write-ahead log's direct
+    /// publishes run there, not on the pump thread.
+    runtime: tokio::runtime::Handle,
     opts: SinkOptions,
 }
 
@@ -169,9 +193,15 @@ impl PubsubSink {
     /// credentials, batching, retry time limit).
     pub fn start(publisher: Publisher, opts: SinkOptions) -> anyhow::Result<Self> {
         let stats = Arc::new(Stats::default());
+        if opts.ack == AckMode::Disk && opts.spool_dir.is_none() {
+            anyhow::bail!("the disk acknowledgement mode needs a spool directory");
+        }
         let backlog = match &opts.spool_dir {
             Some(dir) => {
-                let (spool, report) = Spool::open(dir, opts.spool_segment_bytes)?;
+                let (mut spool, report) = Spool::open(dir, opts.spool_segment_bytes)?;
+                if opts.ack == AckMode::Disk {
+                    spool.reuse_tail();
+                }
                 for d in &report.damage {
                     tracing::error!(
                         segment = %d.segment.display(), offset = d.offset, bytes = d.bytes, reason = %d.reason,
@@ -214,6 +244,9 @@ impl PubsubSink {
             tracker: TaskTracker::new(),
             give_up: CancellationToken::new(),
             spool_max_bytes: opts.spool_dir.as_ref().map(|_| opts.spool_max_bytes),
+            fsyncs: Arc::new(FsyncStats::default()),
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|e| anyhow::anyhow!("the Pub/Sub sink starts inside a runtime: {e}"))?,
             opts,
         });
         let pump_inner = Arc::clone(&inner);
@@ -239,6 +272,11 @@ impl PubsubSink {
         &self.inner.budget
     }
 
+    /// The disk acknowledgement mode's group commits (zero in memory mode).
+    pub fn fsyncs(&self) -> &Arc<FsyncStats> {
+        &self.inner.fsyncs
+    }
+
     pub fn stats(&self) -> PublisherStats {
         let mut stats = self.inner.stats.snapshot(
             self.inner.direct.load(Ordering::Relaxed),
@@ -258,6 +296,51 @@ impl Inner {
             add(&self.stats.lost, n);
             tracing::error!(events = n, error = %e, "Pub/Sub backlog is gone; events lost.");
         }
+    }
+
+    /// The disk acknowledgement mode: hands events to the pump for the
+    /// write-ahead log; the receipt resolves once they are appended and
+    /// fdatasynced.
+    fn to_log(&self, pending: Vec<Pending>) -> Receipt {
+        let (done, synced) = oneshot::channel();
+        let bytes: u64 = pending.iter().map(|p| p.record.spooled_len()).sum();
+        let sent = self.tx.try_send(PumpMsg::Append { pending, done });
+        if sent.is_err() {
+            // Closed, or (cannot happen: one message per admitted request)
+            // full: the request is refused, the client sends again.
+            sub(&self.unspooled_bytes, bytes);
+        }
+        Receipt::durable(Box::pin(async move {
+            if sent.is_err() {
+                return Err(SinkError::Closed);
+            }
+            synced.await.unwrap_or_else(|_| {
+                Err(SinkError::Failed(
+                    "the Pub/Sub pump stopped before the events were logged".into(),
+                ))
+            })
+        }))
+    }
+
+    /// Publishes events already in the write-ahead log, from memory; their
+    /// checker task reports hand-over `seq` of `generation` once all are
+    /// acknowledged.
+    fn publish_logged(self: &Arc<Self>, pending: Vec<Pending>, generation: u64, seq: u64) {
+        let stall_at = tokio::time::Instant::now() + self.opts.stall_timeout;
+        let sent: Vec<_> = pending
+            .into_iter()
+            .map(|p| {
+                let future = self
+                    .publisher
+                    .publish(message(&p.record.kind, p.record.data.clone()));
+                (future, p)
+            })
+            .collect();
+        add(&self.stats.in_flight, sent.len() as u64);
+        self.tracker.spawn_on(
+            check_logged(Arc::clone(self), sent, stall_at, generation, seq),
+            &self.runtime,
+        );
     }
 
     /// Switches to backlog mode (once) and has every checker task hand its
@@ -318,7 +401,7 @@ impl EventSink for PubsubSink {
         inner.budget.try_acquire(n, bytes).ok_or_else(full)
     }
 
-    fn send(&self, events: Vec<EnrichedEvent>, mut admission: Admission) {
+    fn send(&self, events: Vec<EnrichedEvent>, mut admission: Admission) -> Receipt {
         let inner = &self.inner;
         // Subscribed before the mode is read: a switch to backlog mode after
         // this point reaches the checker task.
@@ -349,9 +432,12 @@ impl EventSink for PubsubSink {
                 _admission: Arc::new(admission.split(1, size)),
             })
             .collect();
+        if inner.opts.ack == AckMode::Disk {
+            return inner.to_log(pending);
+        }
         if !inner.direct.load(Ordering::Acquire) {
             inner.to_backlog(pending);
-            return;
+            return Receipt::held();
         }
         let stall_at = tokio::time::Instant::now() + inner.opts.stall_timeout;
         let sent: Vec<_> = pending
@@ -380,6 +466,11 @@ impl EventSink for PubsubSink {
         inner
             .tracker
             .spawn(check(Arc::clone(inner), sent, stall_at, takeover).instrument(span));
+        Receipt::held()
+    }
+
+    fn healthy(&self) -> bool {
+        !self.inner.spool_failing_flag.load(Ordering::Acquire)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
