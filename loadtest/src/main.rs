@@ -112,6 +112,11 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Give every event a unique `event_id` and write the ids of the events
+    /// answered 2xx here, one per line (for checking that every accepted
+    /// event arrived). Batches are then built per request.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
     #[command(flatten)]
     thresholds: Thresholds,
 }
@@ -229,6 +234,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             visitors: a.visitors.max(1),
             batch_min: 10,
             batch_max: 100,
+            ids: a.ids_out.is_some(),
         },
         seed: a.seed,
         workers: a.threads,
@@ -239,6 +245,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .connections
             .unwrap_or(((peak / 500.0).ceil() as usize).clamp(8, 256)),
         warmup_path: a.warmup_path.clone(),
+        ids_out: a.ids_out.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads)

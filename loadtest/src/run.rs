@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub connections: usize,
     /// Path requested to open them (answered by the target, e.g. `/healthz`).
     pub warmup_path: String,
+    /// Where to write the `event_id` of every event answered 2xx, one per
+    /// line (the scenario stamps ids).
+    pub ids_out: Option<std::path::PathBuf>,
 }
 
 /// Counters shared with the progress line (atomics, no locks).
@@ -125,6 +128,8 @@ struct WorkerOut {
     statuses: BTreeMap<String, u64>,
     seconds: Vec<Second>,
     last_send: Option<Instant>,
+    /// Event ids answered 2xx (when the scenario stamps them).
+    accepted_ids: Vec<String>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -303,6 +308,7 @@ async fn worker(
         statuses: BTreeMap::new(),
         seconds: Vec::new(),
         last_send: None,
+        accepted_ids: Vec::new(),
     };
     let mut pending = FuturesUnordered::new();
     let end = t0 + cfg.schedule.end();
@@ -352,14 +358,15 @@ async fn worker(
                     progress.sent.fetch_add(1, Ordering::Relaxed);
                     let timeout = cfg.timeout;
                     let authority = Arc::clone(&authority);
+                    let ids = planned.ids;
                     pending.push(async move {
                         let (result, conn) = send(conn, &authority, req, timeout).await;
-                        (intended, sent, Instant::now(), result, sec, slot, conn)
+                        (intended, sent, Instant::now(), result, sec, slot, conn, ids)
                     });
                     u += step();
                 }
             }
-            Some((intended, sent, done, result, sec, slot, conn)) = pending.next(), if !pending.is_empty() => {
+            Some((intended, sent, done, result, sec, slot, conn, ids)) = pending.next(), if !pending.is_empty() => {
                 pool.give_back(slot, conn);
                 let s = second(&mut out.seconds, sec);
                 match result {
@@ -373,7 +380,9 @@ async fn worker(
                         s.max_latency_ms = s.max_latency_ms.max(latency as f64 / 1000.0);
                         progress.completed.fetch_add(1, Ordering::Relaxed);
                         *out.statuses.entry(status.to_string()).or_default() += 1;
-                        if !(200..300).contains(&status) {
+                        if (200..300).contains(&status) {
+                            out.accepted_ids.extend(ids);
+                        } else {
                             out.errors += 1;
                             s.errors += 1;
                             progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -446,6 +455,15 @@ pub async fn run(cfg: RunConfig, progress: Arc<Progress>) -> anyhow::Result<Repo
         outs.push(h.await?);
     }
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    if let Some(path) = &cfg.ids_out {
+        let mut text = String::new();
+        for id in outs.iter().flat_map(|o| &o.accepted_ids) {
+            text.push_str(id);
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
     let cpu_seconds = match (cpu_before, process_cpu_seconds()) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,

@@ -39,6 +39,9 @@ pub struct ScenarioConfig {
     /// Smallest and largest mobile batch.
     pub batch_min: usize,
     pub batch_max: usize,
+    /// Give every event a unique `event_id` (and say which each request
+    /// carries): batches are then built per request, not from a pool.
+    pub ids: bool,
 }
 
 /// One request to send.
@@ -50,6 +53,8 @@ pub struct Planned {
     pub content_type: Option<&'static str>,
     pub gzip: bool,
     pub body: Bytes,
+    /// The `event_id`s the request carries (with `ScenarioConfig::ids`).
+    pub ids: Vec<String>,
 }
 
 const TYPES: [(&str, u32); 4] = [
@@ -76,16 +81,19 @@ pub struct Generator {
     rng: SmallRng,
     batches: Vec<Bytes>,
     next_batch: usize,
+    /// Prefix of this generator's event ids, and the next id's number.
+    id_prefix: String,
+    next_id: u64,
 }
 
 impl Generator {
     pub fn new(cfg: ScenarioConfig, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let batches = if cfg.kind == ScenarioKind::Beacon {
+        let batches = if cfg.kind == ScenarioKind::Beacon || cfg.ids {
             Vec::new()
         } else {
             (0..BATCH_POOL)
-                .map(|_| gzip(&batch_body(&cfg, &mut rng)))
+                .map(|_| gzip(&batch_body(&cfg, &mut rng, None).0))
                 .collect()
         };
         Self {
@@ -93,7 +101,17 @@ impl Generator {
             rng,
             batches,
             next_batch: 0,
+            id_prefix: format!("lt{seed}-"),
+            next_id: 0,
         }
+    }
+
+    fn next_id(&mut self) -> Option<String> {
+        if !self.cfg.ids {
+            return None;
+        }
+        self.next_id += 1;
+        Some(format!("{}{}", self.id_prefix, self.next_id))
     }
 
     pub fn next_request(&mut self) -> Planned {
@@ -105,14 +123,27 @@ impl Generator {
             }
         };
         if !beacon {
-            let body = self.batches[self.next_batch % self.batches.len()].clone();
-            self.next_batch += 1;
+            let mut ids = Vec::new();
+            let body = if self.cfg.ids {
+                let first = self.next_id + 1;
+                let (body, n) =
+                    batch_body(&self.cfg, &mut self.rng, Some((&self.id_prefix, first)));
+                ids = (first..first + n)
+                    .map(|i| format!("{}{i}", self.id_prefix))
+                    .collect();
+                self.next_id += n;
+                gzip(&body)
+            } else {
+                self.next_batch += 1;
+                self.batches[(self.next_batch - 1) % self.batches.len()].clone()
+            };
             return Planned {
                 method: http::Method::POST,
                 path: "/v1/events".into(),
                 content_type: Some("application/json"),
                 gzip: true,
                 body,
+                ids,
             };
         }
         if self.rng.random_range(0..100) < u32::from(self.cfg.pixel_percent) {
@@ -120,23 +151,36 @@ impl Generator {
             let (url, _) = page_url(&mut self.rng);
             let mut path = format!("/v1/pixel.gif?type=page_view&client_id=v-{visitor}&url=");
             path.extend(form_encode(&url));
+            let id = self.next_id();
+            if let Some(id) = &id {
+                let _ = write!(path, "&event_id={id}");
+            }
             return Planned {
                 method: http::Method::GET,
                 path,
                 content_type: None,
                 gzip: false,
                 body: Bytes::new(),
+                ids: id.into_iter().collect(),
             };
         }
         let mut body = String::with_capacity(640);
         let visitor = visitor(&mut self.rng, self.cfg.visitors);
-        event_json(&mut body, &mut self.rng, &format!("v-{visitor}"), None);
+        let id = self.next_id();
+        event_json(
+            &mut body,
+            &mut self.rng,
+            &format!("v-{visitor}"),
+            None,
+            id.as_deref(),
+        );
         Planned {
             method: http::Method::POST,
             path: "/v1/events".into(),
             content_type: Some("text/plain;charset=UTF-8"),
             gzip: false,
             body: Bytes::from(body),
+            ids: id.into_iter().collect(),
         }
     }
 }
@@ -175,7 +219,13 @@ fn event_type(rng: &mut SmallRng) -> &'static str {
     TYPES[0].0
 }
 
-fn event_json(out: &mut String, rng: &mut SmallRng, client_id: &str, ts: Option<u64>) {
+fn event_json(
+    out: &mut String,
+    rng: &mut SmallRng,
+    client_id: &str,
+    ts: Option<u64>,
+    event_id: Option<&str>,
+) {
     let ty = event_type(rng);
     let (url, _) = page_url(rng);
     let title_len = rng.random_range(20..200);
@@ -189,6 +239,9 @@ fn event_json(out: &mut String, rng: &mut SmallRng, client_id: &str, ts: Option<
     if let Some(ts) = ts {
         let _ = write!(out, r#""ts":{ts},"#);
     }
+    if let Some(id) = event_id {
+        let _ = write!(out, r#""event_id":"{id}","#);
+    }
     let _ = write!(
         out,
         r#""props":{{"title":"{title}","price":{},"currency":"JPY","qty":{}}}}}"#,
@@ -197,7 +250,13 @@ fn event_json(out: &mut String, rng: &mut SmallRng, client_id: &str, ts: Option<
     );
 }
 
-fn batch_body(cfg: &ScenarioConfig, rng: &mut SmallRng) -> Vec<u8> {
+/// A batch and its number of events; with `ids` (prefix, first number), its
+/// events are numbered on from there.
+fn batch_body(
+    cfg: &ScenarioConfig,
+    rng: &mut SmallRng,
+    ids: Option<(&str, u64)>,
+) -> (Vec<u8>, u64) {
     let n = rng.random_range(cfg.batch_min..=cfg.batch_max.max(cfg.batch_min));
     let client = format!("m-{}", visitor(rng, cfg.visitors));
     let mut ts = 1_763_000_000_000 + rng.random_range(0..86_400_000u64);
@@ -207,10 +266,11 @@ fn batch_body(cfg: &ScenarioConfig, rng: &mut SmallRng) -> Vec<u8> {
             body.push(',');
         }
         ts += rng.random_range(500..30_000);
-        event_json(&mut body, rng, &client, Some(ts));
+        let id = ids.map(|(prefix, first)| format!("{prefix}{}", first + i as u64));
+        event_json(&mut body, rng, &client, Some(ts), id.as_deref());
     }
     body.push_str("]}");
-    body.into_bytes()
+    (body.into_bytes(), n as u64)
 }
 
 fn gzip(data: &[u8]) -> Bytes {
@@ -244,6 +304,7 @@ mod tests {
             visitors: 10_000,
             batch_min: 10,
             batch_max: 100,
+            ids: false,
         }
     }
 
@@ -303,6 +364,44 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&text).expect("json");
             let n = v["events"].as_array().map_or(0, Vec::len);
             assert!((10..=100).contains(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn with_ids_every_event_has_its_own_and_the_request_names_them() {
+        use std::io::Read;
+        let mut g = Generator::new(
+            ScenarioConfig {
+                ids: true,
+                pixel_percent: 20,
+                ..cfg(ScenarioKind::Mixed)
+            },
+            5,
+        );
+        let mut all = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let r = g.next_request();
+            let text = if r.gzip {
+                let mut text = String::new();
+                #[allow(clippy::disallowed_methods)] // the generator's own small test body
+                flate2::read::GzDecoder::new(&r.body[..])
+                    .read_to_string(&mut text)
+                    .expect("gzip");
+                text
+            } else if r.method == http::Method::GET {
+                r.path.clone()
+            } else {
+                String::from_utf8(r.body.to_vec()).expect("utf-8")
+            };
+            let events = text.matches(r#""type":"#).count().max(1);
+            assert_eq!(r.ids.len(), events, "{text}");
+            for id in &r.ids {
+                assert!(
+                    text.contains(&format!("{id}\"")) || text.ends_with(id.as_str()),
+                    "{id} in {text}"
+                );
+                assert!(all.insert(id.clone()), "{id} twice");
+            }
         }
     }
 }

@@ -65,6 +65,7 @@ fn config(addr: std::net::SocketAddr, rate: f64, secs: u64, max_inflight: usize)
             visitors: 1000,
             batch_min: 10,
             batch_max: 100,
+            ids: false,
         },
         seed: 1,
         workers: 1,
@@ -73,6 +74,7 @@ fn config(addr: std::net::SocketAddr, rate: f64, secs: u64, max_inflight: usize)
         health: Health::default(),
         connections: 8,
         warmup_path: "/healthz".into(),
+        ids_out: None,
     }
 }
 
