@@ -373,3 +373,52 @@ pub async fn post_at_once(requests: &[(SocketAddr, String)]) -> Vec<u16> {
     }
     statuses
 }
+
+/// The project's load generator (`loadtest run`, the mixed scenario:
+/// beacons, pixels and gzip batches) against a running API, every event
+/// with its own `event_id`. Runs in the background; [`Generator::accepted`]
+/// waits for it and returns the ids answered 2xx. It outlives an API that
+/// is killed under it (those requests fail and are not counted).
+pub struct Generator {
+    child: Child,
+    ids: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Generator {
+    /// `rate` requests per second for `duration`; `seed` must differ between
+    /// generators whose ids must not collide.
+    pub fn start(addr: SocketAddr, rate: u32, duration: Duration, seed: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = dir.path().join("ids");
+        let child = Command::new(workspace_binary("loadtest"))
+            .args(["run", "--target", &format!("http://{addr}")])
+            .args(["--rate", &rate.to_string()])
+            .args(["--duration", &format!("{}ms", duration.as_millis())])
+            .args(["--scenario", "mixed", "--visitors", "2000"])
+            .args(["--seed", &seed.to_string(), "--timeout", "3s"])
+            .args(["--connections", "8", "--max-inflight", "64"])
+            .arg("--ids-out")
+            .arg(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start loadtest");
+        Self {
+            child,
+            ids,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the run to end; the ids of the events answered 2xx.
+    pub fn accepted(mut self) -> Vec<String> {
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.ids).unwrap_or_else(|e| {
+            panic!(
+                "loadtest wrote no ids ({e}): did its warm-up reach the API? Run it by hand: loadtest run --help"
+            )
+        });
+        text.lines().map(str::to_owned).collect()
+    }
+}
