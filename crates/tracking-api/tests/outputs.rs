@@ -657,3 +657,137 @@ async fn sighup_reopens_the_files_and_every_event_is_in_one_of_them_once() {
         "dead letters after the reopen"
     );
 }
+
+/// The issue's case for the file sink: `TRACKING_ACK=disk`, the project's
+/// generator, `kill -9` at six moments, each followed by a restart on the
+/// same file: every event answered 2xx is in the file (a line torn by a
+/// kill is cut off at the restart, and a 2xx never depended on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_ack_kill_9_at_six_moments_keeps_every_2xx_event_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.ndjson");
+    let env = [
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", path.to_str().unwrap()),
+        ("TRACKING_DEADLETTER", "discard"),
+        ("TRACKING_ACK", "disk"),
+    ];
+    let mut accepted = Vec::new();
+    for (i, after) in [300u64, 700, 1100, 1500, 1900, 2300]
+        .into_iter()
+        .enumerate()
+    {
+        let mut api = ApiProcess::start(&env);
+        let generator = common::process::Generator::start(
+            api.addr,
+            200,
+            Duration::from_millis(after + 1000),
+            100 * (i as u64 + 1),
+        );
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        api.child.kill().unwrap();
+        let _ = api.child.wait();
+        let ids = tokio::task::spawn_blocking(move || generator.accepted())
+            .await
+            .unwrap();
+        assert!(!ids.is_empty(), "no event answered before kill {i}");
+        accepted.extend(ids);
+    }
+    // A last start cuts a torn line off; then a clean stop.
+    let mut api = ApiProcess::start(&env);
+    let status = api.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {}", log(&api));
+    let counts = id_counts(&read_ndjson(&path));
+    assert_all_arrived(&accepted, |id| counts.contains_key(id), "disk ack, kill -9");
+    eprintln!(
+        "disk ack file sink, kill -9 ×6: {} answered 2xx, {} lines, {} ids twice",
+        accepted.len(),
+        counts.values().sum::<usize>(),
+        counts.values().filter(|&&n| n > 1).count()
+    );
+}
+
+/// The file sink in `TRACKING_ACK=disk` on a disk that fills up: every
+/// request whose lines could not be written and synced is answered 503
+/// (its lines cut off again), `/readyz` says 503, and with room again a
+/// probe notices by itself. The file holds exactly the events answered 2xx,
+/// each once.
+#[tokio::test]
+async fn disk_ack_file_on_a_full_disk_answers_503_and_holds_exactly_the_2xx_events() {
+    let disk = Tmpfs::mount("256k");
+    let path = disk.path().join("events.ndjson");
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", path.to_str().unwrap()),
+        ("TRACKING_DEADLETTER", "discard"),
+        ("TRACKING_ACK", "disk"),
+    ]);
+    let filler = "f".repeat(300);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..1_500 {
+        let id = format!("full-{i}");
+        let body = format!(
+            r#"{{"type":"page_view","client_id":"v{i}","event_id":"{id}","props":{{"pad":"{filler}"}}}}"#
+        );
+        let r = post_json(api.addr, &body).await.unwrap();
+        if r.status == 204 {
+            accepted.push(id);
+        } else {
+            assert_503_with_retry_after(&r);
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the disk never filled up");
+    assert!(accepted.len() > 200, "accepted before: {}", accepted.len());
+    assert_eq!(
+        readyz(api.addr).await,
+        503,
+        "/readyz while the disk is full"
+    );
+    assert!(metric(&api, "tracking_ack_fsync_failures_total").await > 0.0);
+    assert_eq!(
+        metric(&api, "tracking_events_written_total").await as usize,
+        accepted.len(),
+        "written (synced) = answered 2xx"
+    );
+
+    disk.resize("16m");
+    assert!(
+        wait_readyz(api.addr, 200, Duration::from_secs(30)).await,
+        "/readyz did not recover"
+    );
+    for i in 0..20 {
+        let id = format!("after-{i}");
+        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
+        assert_eq!(r.status, 204, "{r:?}");
+        accepted.push(id);
+    }
+    let status = api.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {}", log(&api));
+    let counts = id_counts(&read_ndjson(&path));
+    assert_all_arrived(
+        &accepted,
+        |id| counts.contains_key(id),
+        "disk ack, full disk",
+    );
+    assert_eq!(counts.len(), accepted.len(), "nothing but the 2xx events");
+    assert!(counts.values().all(|&n| n == 1), "each once");
+    eprintln!(
+        "disk ack file sink, full disk: {} answered 2xx, {refused} refused with 503",
+        accepted.len()
+    );
+}
+
+/// `TRACKING_ACK=disk` with stdout is refused at start, saying why.
+#[test]
+fn disk_ack_with_stdout_is_refused_at_start() {
+    let out = std::process::Command::new(api_binary())
+        .env_clear()
+        .env("TRACKING_ACK", "disk")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("a pipe cannot be fdatasynced"), "{err}");
+}
