@@ -305,6 +305,15 @@ impl Config {
         self.sink.validate()?;
         self.pubsub.validate(self.sink.sink, self.sink.ack())?;
         self.deadletter.validate()?;
+        if self.sink.ack == AckKind::Disk
+            && self.sink.sink == SinkKind::File
+            && self.deadletter.deadletter == DeadLetterKind::File
+            && self.sink.sink_path == self.deadletter.deadletter_path
+        {
+            return fail(
+                "TRACKING_ACK=disk needs TRACKING_DEADLETTER_PATH to differ from TRACKING_SINK_PATH: the event file is cut back to its last synced length after a failed write".into(),
+            );
+        }
         for (name, ttl) in [
             ("TRACKING_SHORT_TTL", self.short_ttl),
             ("TRACKING_LONG_TTL", self.long_ttl),

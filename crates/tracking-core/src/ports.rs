@@ -158,6 +158,11 @@ impl Receipt {
         Self(Some(written))
     }
 
+    /// Nothing to wait for (the `memory` mode).
+    pub fn is_held(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Waits until the events are as safe as the sink's mode promises.
     pub async fn wait(self) -> Result<(), SinkError> {
         match self.0 {

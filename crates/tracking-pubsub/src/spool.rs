@@ -168,6 +168,10 @@ impl Spool {
             segment: 0,
             offset: 0,
         });
+        // New segments are numbered past the persisted cursor too: a cursor
+        // left by an earlier run whose segments are all gone must not make
+        // the next open remove (or skip into) a segment this run writes.
+        let persisted_segment = cursor.segment;
         let mut report = OpenReport::default();
         let mut segments = VecDeque::new();
         for seq in &seqs {
@@ -211,7 +215,7 @@ impl Spool {
                 offset: 0,
             },
         };
-        let next_seq = seqs.last().map_or(1, |s| s + 1);
+        let next_seq = seqs.last().map_or(1, |s| s + 1).max(persisted_segment + 1);
         let spool = Self {
             dir: dir.to_owned(),
             segment_bytes: segment_bytes.max(4096),
@@ -261,14 +265,19 @@ impl Spool {
         if roll {
             let seq = self.next_seq;
             let path = segment_path(&self.dir, seq);
+            // Past this number whatever happens: a file left by a failed
+            // attempt must not block every later one.
+            self.next_seq += 1;
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| context(e, "cannot create spool segment", &path))?;
             // The new segment's name must survive a crash too.
-            File::open(&self.dir).and_then(|d| d.sync_all())?;
-            self.next_seq += 1;
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                let _ = fs::remove_file(&path);
+                return Err(context(e, "cannot sync the spool directory", &self.dir));
+            }
             self.tail = Some(file);
             self.segments.push_back(Segment { seq, len: 0 });
             if self.segments.len() == 1 {
@@ -584,6 +593,28 @@ mod tests {
         // And it keeps working after being emptied.
         spool.append(&[rec(301)]).unwrap();
         assert_eq!(drain(&mut spool), vec![301]);
+    }
+
+    #[test]
+    fn a_cursor_left_by_an_earlier_run_never_hides_a_later_runs_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 4096).unwrap();
+        for chunk in (0..200).collect::<Vec<_>>().chunks(10) {
+            spool
+                .append(&chunk.iter().map(|&i| rec(i)).collect::<Vec<_>>())
+                .unwrap();
+        }
+        // Everything replayed: no segment left, only the cursor.
+        assert_eq!(drain(&mut spool).len(), 200);
+        drop(spool);
+        assert!(read_cursor(dir.path()).unwrap().segment > 1);
+        // A later run appends and dies before its cursor is persisted.
+        let (mut spool, _) = Spool::open(dir.path(), 4096).unwrap();
+        spool.append(&[rec(500), rec(501), rec(502)]).unwrap();
+        drop(spool);
+        let (mut spool, report) = Spool::open(dir.path(), 4096).unwrap();
+        assert_eq!(report.records, 3);
+        assert_eq!(drain(&mut spool), vec![500, 501, 502]);
     }
 
     #[test]

@@ -492,5 +492,21 @@ pub(super) async fn process(
         let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
         st.parts.sink.send(out, admission)
     };
-    receipt.wait().await
+    if receipt.is_held() {
+        return Ok(());
+    }
+    // A disk that hangs (a frozen filesystem, a dying device) answers 503
+    // rather than never: the events may still reach the disk (a duplicate
+    // when the client sends them again), never a 2xx without it.
+    tokio::time::timeout(ACK_TIMEOUT, receipt.wait())
+        .await
+        .unwrap_or_else(|_| {
+            Err(SinkError::Unavailable(format!(
+                "the disk did not confirm the write within {ACK_TIMEOUT:?}"
+            )))
+        })
 }
+
+/// The longest a request of the disk acknowledgement mode waits for its
+/// events' `fdatasync`.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -557,6 +557,11 @@ impl Writer {
                 self.counters
                     .written
                     .fetch_add(self.unsynced_events, Ordering::Relaxed);
+                // The file's own length, not our count of it: something else
+                // may have truncated it (copytruncate) since.
+                if let Ok(m) = self.out.metadata() {
+                    self.file_len = m.len();
+                }
                 self.synced_len = self.file_len;
                 self.unsynced_events = 0;
                 for done in self.unsynced.drain(..) {
@@ -573,16 +578,25 @@ impl Writer {
     fn unwind(&mut self, error: &io::Error) {
         self.counters.fsyncs.fail();
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-        if self.file_len > self.synced_len
-            && let Err(cut) = self.out.set_len(self.synced_len)
-        {
-            tracing::error!(
-                error = %cut,
+        // Cut back only what this writer added since its last sync, and never
+        // grow the file (someone else may have truncated it meanwhile).
+        let real = self.out.metadata().map_or(self.file_len, |m| m.len());
+        if real > self.synced_len && real <= self.file_len {
+            if let Err(cut) = self.out.set_len(self.synced_len) {
+                tracing::error!(
+                    error = %cut,
+                    target = %self.target,
+                    "Cannot cut unsynced lines off the output file; they may be there twice after the clients send them again."
+                );
+            }
+        } else if real != self.synced_len {
+            tracing::warn!(
                 target = %self.target,
-                "Cannot cut unsynced lines off the output file; they may be there twice after the clients send them again."
+                "The output file changed under the writer (truncated?); unsynced lines are left in it and may be there twice after the clients send them again."
             );
         }
-        self.file_len = self.synced_len;
+        self.file_len = self.out.metadata().map_or(self.synced_len, |m| m.len());
+        self.synced_len = self.synced_len.min(self.file_len);
         self.offset = 0;
         self.shared.front_lines.store(0, Ordering::Release);
         let refused = SinkError::Unavailable(format!("writing to {}: {error}", self.target));

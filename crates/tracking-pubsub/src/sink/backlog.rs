@@ -435,6 +435,11 @@ impl Pump {
         if self.replay.as_ref().is_some_and(|r| r.ends.is_empty()) {
             return;
         }
+        // The write-ahead log keeps nothing unwritten: its failures clear
+        // only by a probe (`wal_tick`).
+        if self.wal.is_some() {
+            return;
+        }
         let Backlog::Disk { spool, unwritten } = &mut self.backlog else {
             return;
         };
