@@ -354,10 +354,18 @@ impl Pump {
         inner.fsyncs.observe(events, started.elapsed());
         add(&stats.spooled, events);
         stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+        // Every request of the group is answered before any is published:
+        // publishing is off their path.
+        let group: Vec<Vec<Pending>> = group
+            .into_iter()
+            .map(|(pending, done)| {
+                let _ = done.send(Ok(()));
+                pending
+            })
+            .collect();
         let mut end = start;
-        for (pending, done) in group {
+        for pending in group {
             end.offset += pending.iter().map(|p| p.record.spooled_len()).sum::<u64>();
-            let _ = done.send(Ok(()));
             match wal.direct.as_mut() {
                 Some(w) => {
                     let seq = w.base + w.entries.len() as u64;
