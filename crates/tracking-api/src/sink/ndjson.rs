@@ -632,13 +632,16 @@ impl Writer {
     /// is there room (and a disk that syncs) again?
     fn probe(&mut self) {
         const ROOM: u64 = 64 * 1024;
-        let tried = rustix::fs::fallocate(
+        let tried = match rustix::fs::fallocate(
             &self.out,
             rustix::fs::FallocateFlags::KEEP_SIZE,
             self.file_len,
             ROOM,
-        )
-        .map_err(io::Error::from)
+        ) {
+            // A filesystem without fallocate: the next write is the probe.
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(io::Error::from(e)),
+        }
         .and_then(|()| self.out.sync_data());
         match tried {
             Ok(()) => {
