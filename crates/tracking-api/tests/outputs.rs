@@ -163,16 +163,10 @@ fn minify_for_test(json: &str) -> String {
     out
 }
 
-#[tokio::test]
-async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
-    let disk = Tmpfs::mount("256k");
-    let path = disk.path().join("events.ndjson");
-    let mut api = ApiProcess::start(&[
-        ("TRACKING_SINK", "file"),
-        ("TRACKING_SINK_PATH", path.to_str().unwrap()),
-        ("TRACKING_DEADLETTER", "discard"),
-    ]);
-    // 1,500 events of about 700 bytes: about 1 MB for a 256 KiB disk.
+/// 1,500 single events of about 700 bytes (about 1 MB, for a 256 KiB disk):
+/// the ids answered 204, and how many were answered 503 (each with
+/// Retry-After; anything else fails).
+async fn fill_the_disk(api: &ApiProcess) -> (Vec<String>, usize) {
     let filler = "f".repeat(300);
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -189,6 +183,19 @@ async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
             refused += 1;
         }
     }
+    (accepted, refused)
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
+    let disk = Tmpfs::mount("256k");
+    let path = disk.path().join("events.ndjson");
+    let mut api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", path.to_str().unwrap()),
+        ("TRACKING_DEADLETTER", "discard"),
+    ]);
+    let (mut accepted, refused) = fill_the_disk(&api).await;
     assert!(refused > 0, "the disk never filled up");
     assert!(
         accepted.len() > 200,
@@ -722,22 +729,7 @@ async fn disk_ack_file_on_a_full_disk_answers_503_and_holds_exactly_the_2xx_even
         ("TRACKING_DEADLETTER", "discard"),
         ("TRACKING_ACK", "disk"),
     ]);
-    let filler = "f".repeat(300);
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for i in 0..1_500 {
-        let id = format!("full-{i}");
-        let body = format!(
-            r#"{{"type":"page_view","client_id":"v{i}","event_id":"{id}","props":{{"pad":"{filler}"}}}}"#
-        );
-        let r = post_json(api.addr, &body).await.unwrap();
-        if r.status == 204 {
-            accepted.push(id);
-        } else {
-            assert_503_with_retry_after(&r);
-            refused += 1;
-        }
-    }
+    let (mut accepted, refused) = fill_the_disk(&api).await;
     assert!(refused > 0, "the disk never filled up");
     assert!(accepted.len() > 200, "accepted before: {}", accepted.len());
     assert_eq!(

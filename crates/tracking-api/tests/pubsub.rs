@@ -107,7 +107,15 @@ impl Delivery {
     fn of(messages: &[Message]) -> Self {
         let mut counts = HashMap::new();
         for m in messages {
-            *counts.entry(event_id(m)).or_insert(0) += 1;
+            let id = event_id(m);
+            // Published directly, replayed from the spool or from memory:
+            // the attribute is the event's own id.
+            assert_eq!(
+                m.attributes.get("event_id"),
+                Some(&id),
+                "event_id attribute"
+            );
+            *counts.entry(id).or_insert(0) += 1;
         }
         Self {
             counts,
@@ -284,7 +292,7 @@ async fn steady_state_delivers_exactly_the_accepted_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_attributes_carry_type_and_schema_version() {
+async fn message_attributes_carry_type_schema_version_and_event_id() {
     let rig = Rig::start();
     let env = rig.env(&[]);
     bootstrap(&env);
@@ -309,6 +317,11 @@ async fn message_attributes_carry_type_and_schema_version() {
     assert_eq!(
         got[0].attributes.get("schema_version").map(String::as_str),
         Some("1")
+    );
+    assert_eq!(
+        got[0].attributes.get("event_id").map(String::as_str),
+        Some("attr-1"),
+        "the event id is an attribute: a consumer deduplicates on it"
     );
     let event: serde_json::Value = serde_json::from_slice(&got[0].data).unwrap();
     assert_eq!(event["client_id"], "attr-1");

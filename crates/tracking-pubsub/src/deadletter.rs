@@ -10,7 +10,7 @@ use google_cloud_pubsub::client::Publisher;
 use tokio_util::task::TaskTracker;
 use tracking_core::{BoxFuture, Budget, DeadLetter, DeadLetterSink, SinkError};
 
-use crate::sink::{EVENT_OVERHEAD, message};
+use crate::sink::{EVENT_OVERHEAD, letter_message};
 
 #[derive(Debug)]
 pub struct PubsubDeadLetters {
@@ -61,7 +61,9 @@ impl DeadLetterSink for PubsubDeadLetters {
             self.fell_back.fetch_add(1, Ordering::Relaxed);
             return self.fallback.reject(letter);
         };
-        let future = self.publisher.publish(message(letter.reason, data.into()));
+        let future = self
+            .publisher
+            .publish(letter_message(letter.reason, data.into()));
         let fallback = Arc::clone(&self.fallback);
         let (published, fell_back) = (Arc::clone(&self.published), Arc::clone(&self.fell_back));
         self.tracker.spawn(async move {

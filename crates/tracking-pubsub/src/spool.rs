@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload`, where
-//! `payload = accepted_at_ms: u64 LE | type_len: u16 LE | type | data`.
+//! `payload = accepted_at_ms: u64 LE | type_len: u16 LE | type | [id_len: u16
+//! LE | event_id] | data`; the event id is there when `type_len`'s top bit
+//! is set (records of earlier versions have none: their id is read from the
+//! event JSON when they are replayed).
 //!
 //! Durability: [`Spool::append`] writes a whole batch with one `write` and
 //! then `fdatasync`s it (group commit); a batch counts as spooled only after
@@ -38,6 +41,22 @@ const HEADER: u64 = 8;
 const PAYLOAD_FIXED: usize = 10;
 /// Largest record accepted on read; anything larger is damage.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
+/// The top bit of `type_len`: an event id follows the type.
+const HAS_ID: u16 = 0x8000;
+/// Longest type or event id kept (longer ones are cut: never in practice,
+/// both are bounded far below by the event rules).
+const MAX_FIELD: usize = 0x7fff;
+
+/// The `event_id` of an enriched event's JSON (records spooled by earlier
+/// versions carry no id of their own); empty when it has none.
+fn id_of(data: &[u8]) -> Box<str> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Id<'_>>(data).map_or_else(|_| "".into(), |i| i.event_id.into())
+}
 
 /// One event waiting to be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +66,8 @@ pub struct Record {
     pub accepted_at_ms: u64,
     /// The event type (the message's `type` attribute).
     pub kind: Box<str>,
+    /// The event's id (the message's `event_id` attribute).
+    pub event_id: Box<str>,
     /// The enriched event JSON (the message data).
     pub data: Bytes,
 }
@@ -54,18 +75,27 @@ pub struct Record {
 impl Record {
     /// Bytes the record takes on disk.
     pub fn spooled_len(&self) -> u64 {
-        HEADER + (PAYLOAD_FIXED + self.kind.len() + self.data.len()) as u64
+        HEADER
+            + (PAYLOAD_FIXED
+                + self.kind.len().min(MAX_FIELD)
+                + 2
+                + self.event_id.len().min(MAX_FIELD)
+                + self.data.len()) as u64
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        let kind = &self.kind.as_bytes()[..self.kind.len().min(usize::from(u16::MAX))];
-        let len = PAYLOAD_FIXED + kind.len() + self.data.len();
+        let kind = &self.kind.as_bytes()[..self.kind.len().min(MAX_FIELD)];
+        let id = &self.event_id.as_bytes()[..self.event_id.len().min(MAX_FIELD)];
+        let len = PAYLOAD_FIXED + kind.len() + 2 + id.len() + self.data.len();
         let start = out.len();
         out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.accepted_at_ms.to_le_bytes());
-        out.extend_from_slice(&u16::try_from(kind.len()).unwrap_or(0).to_le_bytes());
+        let kind_len = u16::try_from(kind.len()).unwrap_or(0) | HAS_ID;
+        out.extend_from_slice(&kind_len.to_le_bytes());
         out.extend_from_slice(kind);
+        out.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(id);
         out.extend_from_slice(&self.data);
         let crc = crc32fast::hash(&out[start + 8..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -73,12 +103,27 @@ impl Record {
 
     fn decode(payload: &[u8]) -> Option<Self> {
         let accepted_at_ms = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-        let kind_len = usize::from(u16::from_le_bytes(payload.get(8..10)?.try_into().ok()?));
+        let kind_len = u16::from_le_bytes(payload.get(8..10)?.try_into().ok()?);
+        let has_id = kind_len & HAS_ID != 0;
+        let kind_len = usize::from(kind_len & !HAS_ID);
         let kind = std::str::from_utf8(payload.get(10..10 + kind_len)?).ok()?;
+        let mut at = 10 + kind_len;
+        let event_id = if has_id {
+            let id_len = usize::from(u16::from_le_bytes(
+                payload.get(at..at + 2)?.try_into().ok()?,
+            ));
+            let id = std::str::from_utf8(payload.get(at + 2..at + 2 + id_len)?).ok()?;
+            at += 2 + id_len;
+            Some(id.into())
+        } else {
+            None
+        };
+        let data = Bytes::copy_from_slice(payload.get(at..)?);
         Some(Self {
             accepted_at_ms,
             kind: kind.into(),
-            data: Bytes::copy_from_slice(payload.get(10 + kind_len..)?),
+            event_id: event_id.unwrap_or_else(|| id_of(&data)),
+            data,
         })
     }
 }
@@ -536,6 +581,7 @@ mod tests {
         Record {
             accepted_at_ms: 1_700_000_000_000 + i,
             kind: "page_view".into(),
+            event_id: format!("e{i}").into(),
             data: Bytes::from(format!("{{\"event_id\":\"e{i}\"}}")),
         }
     }
@@ -640,6 +686,25 @@ mod tests {
         assert_eq!(report.damage[0].offset, intact);
         assert_eq!(report.damage[0].bytes, one - one / 2);
         assert_eq!(drain(&mut spool), (0..49).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn records_keep_their_event_id_and_older_records_get_it_from_their_json() {
+        let r = rec(7);
+        let mut buf = Vec::new();
+        r.encode_into(&mut buf);
+        assert_eq!(buf.len() as u64, r.spooled_len());
+        let (back, len) = read_record(&mut &buf[..]).unwrap().unwrap();
+        assert_eq!((back, len), (r.clone(), r.spooled_len()));
+        // An earlier version's payload: no id after the type.
+        let mut old = Vec::new();
+        old.extend_from_slice(&r.accepted_at_ms.to_le_bytes());
+        old.extend_from_slice(&9u16.to_le_bytes());
+        old.extend_from_slice(b"page_view");
+        old.extend_from_slice(&r.data);
+        let decoded = Record::decode(&old).unwrap();
+        assert_eq!(&*decoded.event_id, "e7");
+        assert_eq!(decoded.data, r.data);
     }
 
     #[test]

@@ -529,10 +529,7 @@ impl Pump {
         let futures: Vec<_> = records
             .iter()
             .map(|r| {
-                let f = self
-                    .inner
-                    .publisher
-                    .publish(message(&r.kind, r.data.clone()));
+                let f = self.inner.publisher.publish(message(r));
                 async move { f.await.map(|_| ()).map_err(|e| classify(&e)) }
             })
             .collect();

@@ -135,9 +135,23 @@ pub(crate) fn classify(e: &PublishError) -> FailureClass {
     }
 }
 
-pub(crate) fn message(kind: &str, data: bytes::Bytes) -> Message {
+/// An event's message: the enriched event JSON, with the attributes `type`,
+/// `schema_version` and `event_id` (a consumer deduplicates on it, e.g.
+/// Dataflow's `idAttribute`).
+pub(crate) fn message(record: &Record) -> Message {
+    Message::new()
+        .set_data(record.data.clone())
+        .set_attributes([
+            ("type", record.kind.to_string()),
+            ("schema_version", SCHEMA_VERSION.to_string()),
+            ("event_id", record.event_id.to_string()),
+        ])
+}
+
+/// A dead letter's message: `type` is its reason.
+pub(crate) fn letter_message(reason: &str, data: bytes::Bytes) -> Message {
     Message::new().set_data(data).set_attributes([
-        ("type", kind.to_owned()),
+        ("type", reason.to_owned()),
         ("schema_version", SCHEMA_VERSION.to_string()),
     ])
 }
@@ -322,21 +336,29 @@ impl Inner {
         }))
     }
 
+    /// Hands each event to the publisher: the publishes in flight, and when
+    /// they count as stalled.
+    fn publish(
+        &self,
+        pending: Vec<Pending>,
+    ) -> (
+        Vec<(google_cloud_pubsub::publisher::PublishFuture, Pending)>,
+        tokio::time::Instant,
+    ) {
+        let stall_at = tokio::time::Instant::now() + self.opts.stall_timeout;
+        let sent: Vec<_> = pending
+            .into_iter()
+            .map(|p| (self.publisher.publish(message(&p.record)), p))
+            .collect();
+        add(&self.stats.in_flight, sent.len() as u64);
+        (sent, stall_at)
+    }
+
     /// Publishes events already in the write-ahead log, from memory; their
     /// checker task reports hand-over `seq` of `generation` once all are
     /// acknowledged.
     fn publish_logged(self: &Arc<Self>, pending: Vec<Pending>, generation: u64, seq: u64) {
-        let stall_at = tokio::time::Instant::now() + self.opts.stall_timeout;
-        let sent: Vec<_> = pending
-            .into_iter()
-            .map(|p| {
-                let future = self
-                    .publisher
-                    .publish(message(&p.record.kind, p.record.data.clone()));
-                (future, p)
-            })
-            .collect();
-        add(&self.stats.in_flight, sent.len() as u64);
+        let (sent, stall_at) = self.publish(pending);
         self.tracker.spawn_on(
             check_logged(Arc::clone(self), sent, stall_at, generation, seq),
             &self.runtime,
@@ -415,6 +437,7 @@ impl EventSink for PubsubSink {
                 let record = Record {
                     accepted_at_ms: e.received_at().as_millis(),
                     kind: e.event_type().into(),
+                    event_id: e.event_id().into(),
                     data: data.into(),
                 };
                 (record, size)
@@ -439,17 +462,7 @@ impl EventSink for PubsubSink {
             inner.to_backlog(pending);
             return Receipt::held();
         }
-        let stall_at = tokio::time::Instant::now() + inner.opts.stall_timeout;
-        let sent: Vec<_> = pending
-            .into_iter()
-            .map(|p| {
-                let future = inner
-                    .publisher
-                    .publish(message(&p.record.kind, p.record.data.clone()));
-                (future, p)
-            })
-            .collect();
-        add(&inner.stats.in_flight, sent.len() as u64);
+        let (sent, stall_at) = inner.publish(pending);
         // The publish results get a span of their own, linked to the request
         // that handed the events over (it has ended by the time they come).
         // It is recorded when that request's trace is sampled.
