@@ -10,10 +10,9 @@
 //! ```
 //!
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload`, where
-//! `payload = accepted_at_ms: u64 LE | type_len: u16 LE | type | [id_len: u16
-//! LE | event_id] | data`; the event id is there when `type_len`'s top bit
-//! is set (records of earlier versions have none: their id is read from the
-//! event JSON when they are replayed).
+//! `payload = accepted_at_ms: u64 LE | type_len: u16 LE | type | data`. The
+//! event id is not framed (an earlier version could not read the spool back
+//! after a rollback): a replayed record takes it from its event JSON.
 //!
 //! Durability: [`Spool::append`] writes a whole batch with one `write` and
 //! then `fdatasync`s it (group commit); a batch counts as spooled only after
@@ -41,14 +40,12 @@ const HEADER: u64 = 8;
 const PAYLOAD_FIXED: usize = 10;
 /// Largest record accepted on read; anything larger is damage.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
-/// The top bit of `type_len`: an event id follows the type.
-const HAS_ID: u16 = 0x8000;
-/// Longest type or event id kept (longer ones are cut: never in practice,
-/// both are bounded far below by the event rules).
-const MAX_FIELD: usize = 0x7fff;
+/// Longest type kept (longer ones are cut: never in practice, the event
+/// rules bound it far below).
+const MAX_KIND: usize = u16::MAX as usize;
 
-/// The `event_id` of an enriched event's JSON (records spooled by earlier
-/// versions carry no id of their own); empty when it has none.
+/// The `event_id` of an enriched event's JSON (a record read back from the
+/// spool); empty when it has none.
 fn id_of(data: &[u8]) -> Box<str> {
     #[derive(serde::Deserialize)]
     struct Id<'a> {
@@ -75,27 +72,18 @@ pub struct Record {
 impl Record {
     /// Bytes the record takes on disk.
     pub fn spooled_len(&self) -> u64 {
-        HEADER
-            + (PAYLOAD_FIXED
-                + self.kind.len().min(MAX_FIELD)
-                + 2
-                + self.event_id.len().min(MAX_FIELD)
-                + self.data.len()) as u64
+        HEADER + (PAYLOAD_FIXED + self.kind.len().min(MAX_KIND) + self.data.len()) as u64
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        let kind = &self.kind.as_bytes()[..self.kind.len().min(MAX_FIELD)];
-        let id = &self.event_id.as_bytes()[..self.event_id.len().min(MAX_FIELD)];
-        let len = PAYLOAD_FIXED + kind.len() + 2 + id.len() + self.data.len();
+        let kind = &self.kind.as_bytes()[..self.kind.len().min(MAX_KIND)];
+        let len = PAYLOAD_FIXED + kind.len() + self.data.len();
         let start = out.len();
         out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.accepted_at_ms.to_le_bytes());
-        let kind_len = u16::try_from(kind.len()).unwrap_or(0) | HAS_ID;
-        out.extend_from_slice(&kind_len.to_le_bytes());
+        out.extend_from_slice(&u16::try_from(kind.len()).unwrap_or(0).to_le_bytes());
         out.extend_from_slice(kind);
-        out.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(id);
         out.extend_from_slice(&self.data);
         let crc = crc32fast::hash(&out[start + 8..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -103,26 +91,13 @@ impl Record {
 
     fn decode(payload: &[u8]) -> Option<Self> {
         let accepted_at_ms = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-        let kind_len = u16::from_le_bytes(payload.get(8..10)?.try_into().ok()?);
-        let has_id = kind_len & HAS_ID != 0;
-        let kind_len = usize::from(kind_len & !HAS_ID);
+        let kind_len = usize::from(u16::from_le_bytes(payload.get(8..10)?.try_into().ok()?));
         let kind = std::str::from_utf8(payload.get(10..10 + kind_len)?).ok()?;
-        let mut at = 10 + kind_len;
-        let event_id = if has_id {
-            let id_len = usize::from(u16::from_le_bytes(
-                payload.get(at..at + 2)?.try_into().ok()?,
-            ));
-            let id = std::str::from_utf8(payload.get(at + 2..at + 2 + id_len)?).ok()?;
-            at += 2 + id_len;
-            Some(id.into())
-        } else {
-            None
-        };
-        let data = Bytes::copy_from_slice(payload.get(at..)?);
+        let data = Bytes::copy_from_slice(payload.get(10 + kind_len..)?);
         Some(Self {
             accepted_at_ms,
             kind: kind.into(),
-            event_id: event_id.unwrap_or_else(|| id_of(&data)),
+            event_id: id_of(&data),
             data,
         })
     }
@@ -444,25 +419,32 @@ impl Spool {
         if pos <= self.cursor {
             return Ok(());
         }
-        let mut freed = 0;
-        for seg in &self.segments {
-            if seg.seq < pos.segment {
-                freed += seg.len
-                    - if seg.seq == self.cursor.segment {
-                        self.cursor.offset
+        self.cursor = pos;
+        let removed = self.remove_replayed(pos);
+        // Counted from what is listed: a segment whose removal failed is
+        // still listed (and removed later), and must not be freed twice.
+        self.bytes = self.unreplayed_bytes();
+        removed
+    }
+
+    /// Bytes after the cursor in the listed segments.
+    fn unreplayed_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.seq >= self.cursor.segment)
+            .map(|s| {
+                s.len
+                    - if s.seq == self.cursor.segment {
+                        self.cursor.offset.min(s.len)
                     } else {
                         0
-                    };
-            }
-        }
-        freed += pos.offset
-            - if pos.segment == self.cursor.segment {
-                self.cursor.offset
-            } else {
-                0
-            };
-        self.cursor = pos;
-        self.bytes = self.bytes.saturating_sub(freed);
+                    }
+            })
+            .sum()
+    }
+
+    /// Removes the segments fully before `pos`.
+    fn remove_replayed(&mut self, pos: Pos) -> io::Result<()> {
         while let Some(seg) = self.segments.front() {
             let done = seg.seq < pos.segment;
             // The tail is kept while this process appends to it, unless it is
@@ -689,22 +671,18 @@ mod tests {
     }
 
     #[test]
-    fn records_keep_their_event_id_and_older_records_get_it_from_their_json() {
+    fn a_record_read_back_has_its_event_id_and_the_framing_is_unchanged() {
         let r = rec(7);
         let mut buf = Vec::new();
         r.encode_into(&mut buf);
         assert_eq!(buf.len() as u64, r.spooled_len());
         let (back, len) = read_record(&mut &buf[..]).unwrap().unwrap();
         assert_eq!((back, len), (r.clone(), r.spooled_len()));
-        // An earlier version's payload: no id after the type.
-        let mut old = Vec::new();
-        old.extend_from_slice(&r.accepted_at_ms.to_le_bytes());
-        old.extend_from_slice(&9u16.to_le_bytes());
-        old.extend_from_slice(b"page_view");
-        old.extend_from_slice(&r.data);
-        let decoded = Record::decode(&old).unwrap();
-        assert_eq!(&*decoded.event_id, "e7");
-        assert_eq!(decoded.data, r.data);
+        // The framing every version reads: type length, type, data.
+        let payload = &buf[HEADER as usize..];
+        assert_eq!(&payload[8..10], &9u16.to_le_bytes());
+        assert_eq!(&payload[10..19], b"page_view");
+        assert_eq!(&payload[19..], &r.data[..]);
     }
 
     #[test]

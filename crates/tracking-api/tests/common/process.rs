@@ -26,9 +26,15 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Starts the binary on free loopback ports with `env` (plus
     /// `TRACKING_LISTEN` and `TRACKING_ADMIN_LISTEN` at `127.0.0.1:0`) and
-    /// waits until it listens.
+    /// waits until it listens. The binary is the one cargo built for the
+    /// test, or `$TRACKING_API_BIN` when set (`.ci/run` runs the crash tests
+    /// again against the release build that way).
     pub fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_program(Path::new(env!("CARGO_BIN_EXE_tracking-api")), env)
+        let binary = std::env::var_os("TRACKING_API_BIN").map_or_else(
+            || env!("CARGO_BIN_EXE_tracking-api").into(),
+            std::path::PathBuf::from,
+        );
+        Self::start_program(&binary, env)
     }
 
     /// Starts another of the workspace's servers (migration-proxy) the same

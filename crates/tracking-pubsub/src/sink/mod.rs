@@ -241,7 +241,9 @@ impl PubsubSink {
             }
             None => Backlog::Memory(VecDeque::new()),
         };
-        let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+        // At most one message per admitted request, and (disk mode) one
+        // acknowledgement per hand-over in flight: twice the queue bound.
+        let (tx, rx) = mpsc::channel(opts.max_queue.max(1).saturating_mul(2));
         let inner = Arc::new(Inner {
             publisher,
             budget: Budget::new(opts.max_queue, opts.max_queue_bytes),
