@@ -186,6 +186,21 @@ async fn fill_the_disk(api: &ApiProcess) -> (Vec<String>, usize) {
     (accepted, refused)
 }
 
+/// After room came back: `/readyz` turns 200 by itself (bounded wait), and
+/// 20 more events are each answered 204 (their ids added to `accepted`).
+async fn recovered_then_takes_20_more(api: &ApiProcess, accepted: &mut Vec<String>) {
+    assert!(
+        wait_readyz(api.addr, 200, Duration::from_secs(30)).await,
+        "/readyz did not recover"
+    );
+    for i in 0..20 {
+        let id = format!("after-{i}");
+        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
+        assert_eq!(r.status, 204, "{r:?}");
+        accepted.push(id);
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
     let disk = Tmpfs::mount("256k");
@@ -217,16 +232,7 @@ async fn a_full_disk_refuses_with_503_keeps_what_it_accepted_and_recovers() {
 
     // Room again: it recovers by itself and writes everything it kept.
     disk.resize("16m");
-    assert!(
-        wait_readyz(api.addr, 200, Duration::from_secs(30)).await,
-        "/readyz did not recover"
-    );
-    for i in 0..20 {
-        let id = format!("after-{i}");
-        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
-        assert_eq!(r.status, 204, "{r:?}");
-        accepted.push(id);
-    }
+    recovered_then_takes_20_more(&api, &mut accepted).await;
     written_then_terminate(&mut api, accepted.len(), Duration::from_secs(30)).await;
 
     let counts = id_counts(&read_ndjson(&path));
@@ -745,16 +751,7 @@ async fn disk_ack_file_on_a_full_disk_answers_503_and_holds_exactly_the_2xx_even
     );
 
     disk.resize("16m");
-    assert!(
-        wait_readyz(api.addr, 200, Duration::from_secs(30)).await,
-        "/readyz did not recover"
-    );
-    for i in 0..20 {
-        let id = format!("after-{i}");
-        let r = post_json(api.addr, &page_view(&id)).await.unwrap();
-        assert_eq!(r.status, 204, "{r:?}");
-        accepted.push(id);
-    }
+    recovered_then_takes_20_more(&api, &mut accepted).await;
     let status = api.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}: {}", log(&api));
     let counts = id_counts(&read_ndjson(&path));

@@ -623,9 +623,7 @@ impl Writer {
                 "Sink write or fdatasync failed; the requests waiting for it are answered 503 and new ones refused until the disk works again."
             );
         }
-        self.shared.set_failing(Some(error.to_string()));
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.back_off(error);
     }
 
     /// The disk acknowledgement mode while failing, with nothing to write:
@@ -655,12 +653,16 @@ impl Writer {
                 self.retry_at = None;
                 self.shared.set_failing(None);
             }
-            Err(e) => {
-                self.shared.set_failing(Some(e.to_string()));
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            }
+            Err(e) => self.back_off(&e),
         }
+    }
+
+    /// The output is failing with `error`: refuse (503, `/readyz`) and try
+    /// again after the backoff, which doubles up to [`BACKOFF_MAX`].
+    fn back_off(&mut self, error: &io::Error) {
+        self.shared.set_failing(Some(error.to_string()));
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// Writes from the front of the queue (one `writev`), giving back the
@@ -772,9 +774,7 @@ impl Writer {
                 "Sink write failed; the events are kept and retried, new ones are refused (503)."
             );
         }
-        self.shared.set_failing(Some(error.to_string()));
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.back_off(error);
         Attempt::Retry
     }
 

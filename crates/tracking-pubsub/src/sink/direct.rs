@@ -10,6 +10,16 @@ use tracking_core::{Clock, SystemClock};
 use super::{Inner, Pending, classify};
 use crate::stats::{add, sub};
 
+/// Counts one direct publish acknowledged by Pub/Sub, and its delivery
+/// latency.
+fn acknowledged(inner: &Inner, pending: &Pending) {
+    sub(&inner.stats.in_flight, 1);
+    add(&inner.stats.published, 1);
+    inner
+        .stats
+        .observe_delivery(pending.record.accepted_at_ms, SystemClock.now().as_millis());
+}
+
 /// What woke a checker task.
 enum Wake {
     Answer(Result<String, PublishError>),
@@ -49,16 +59,11 @@ pub(super) async fn check(
         };
         let hand_over = match wake {
             Wake::Answer(Ok(_)) => {
-                sub(&inner.stats.in_flight, 1);
                 if !handed_over {
                     sub(&inner.unspooled_bytes, sent[i].1.record.spooled_len());
                 }
                 published += 1;
-                add(&inner.stats.published, 1);
-                inner.stats.observe_delivery(
-                    sent[i].1.record.accepted_at_ms,
-                    SystemClock.now().as_millis(),
-                );
+                acknowledged(&inner, &sent[i].1);
                 i += 1;
                 continue;
             }
@@ -137,12 +142,7 @@ pub(super) async fn check_logged(
         };
         match wake {
             Wake::Answer(Ok(_)) => {
-                sub(&inner.stats.in_flight, 1);
-                add(&inner.stats.published, 1);
-                inner.stats.observe_delivery(
-                    sent[i].1.record.accepted_at_ms,
-                    SystemClock.now().as_millis(),
-                );
+                acknowledged(&inner, &sent[i].1);
                 i += 1;
             }
             Wake::Answer(Err(e)) => {
