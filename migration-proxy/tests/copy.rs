@@ -42,7 +42,9 @@ fn config(emu: &str, table: &str) -> BigtableConfig {
 
 async fn store(emu: &str, table: &str) -> BigtableSessionStore {
     let cfg = config(emu, table);
-    tracking_bigtable::bootstrap(&cfg, ttls()).await.unwrap();
+    tracking_bigtable::bootstrap(&cfg, ttls(), None)
+        .await
+        .unwrap();
     BigtableSessionStore::connect(cfg, SessionPolicy::new(ttls(), Arc::new(RandomIds)))
         .await
         .unwrap()

@@ -107,6 +107,25 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+/// The longest dedup window: a visitor's ids of a window are cells of its
+/// Bigtable row (about 60 bytes each; a visitor sending an event a second
+/// for 30 days would hold 150 MB).
+pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// `0` (off) or a duration up to [`MAX_DEDUP_WINDOW`].
+fn dedup_window(s: &str) -> Result<Duration, String> {
+    if matches!(s.trim(), "0" | "off") {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_duration(s)?;
+    if d > MAX_DEDUP_WINDOW {
+        return Err(format!(
+            "`{s}` is longer than the longest dedup window, 7d (a visitor's ids are kept in its session row)"
+        ));
+    }
+    Ok(d)
+}
+
 pub(crate) fn bytes(s: &str) -> Result<u64, String> {
     let (digits, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -214,6 +233,14 @@ pub struct Config {
     /// Via record lifetime after the event that recorded it.
     #[arg(long, env = "TRACKING_VIA_TTL", default_value = "30d", value_parser = duration, global = true)]
     pub via_ttl: Duration,
+
+    /// How long a client-given event id (`event_id`, the tracker's ids, a
+    /// Segment `messageId`) is remembered for its visitor: a retry within it
+    /// is answered as accepted and not output again. `0`: off. Kept with the
+    /// sessions (memory store; Bigtable family `e`); not in the `legacy`
+    /// migration mode.
+    #[arg(long, env = "TRACKING_DEDUP_WINDOW", default_value = "24h", value_parser = dedup_window, global = true)]
+    pub dedup_window: Duration,
 
     /// Origins allowed to send with credentials (comma-separated, e.g.
     /// `https://www.example.com`). `*` lets any other origin send without
@@ -362,6 +389,16 @@ impl Config {
             short: self.short_ttl,
             long: self.long_ttl,
             via: self.via_ttl,
+        }
+    }
+
+    /// Deduplication as configured: off at a zero window, and in the
+    /// `legacy` migration mode (its store keeps no ids).
+    pub fn dedup(&self) -> crate::app::Dedup {
+        let legacy = self.migration.migration_mode == MigrationMode::Legacy;
+        crate::app::Dedup {
+            window: Some(self.dedup_window).filter(|w| !w.is_zero() && !legacy),
+            after_receipt: self.sink.ack() == tracking_core::AckMode::Disk,
         }
     }
 

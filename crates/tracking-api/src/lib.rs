@@ -52,13 +52,23 @@ pub async fn bootstrap(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     if config.session_store == StoreKind::Bigtable {
         let bt = config.bigtable.config();
+        let window = config.dedup().window;
         done.push(
-            match tracking_bigtable::bootstrap(&bt, config.ttls()).await? {
-                tracking_bigtable::BootstrapOutcome::Created => {
-                    format!("Created Bigtable table {} with families s, l, v.", bt.table)
-                }
+            match tracking_bigtable::bootstrap(&bt, config.ttls(), window).await? {
+                tracking_bigtable::BootstrapOutcome::Created => format!(
+                    "Created Bigtable table {} with families {}.",
+                    bt.table,
+                    if window.is_some() {
+                        "s, l, v, e"
+                    } else {
+                        "s, l, v"
+                    }
+                ),
                 tracking_bigtable::BootstrapOutcome::AlreadyExists => {
                     format!("Bigtable table {} already exists; left as it is.", bt.table)
+                }
+                tracking_bigtable::BootstrapOutcome::Updated(what) => {
+                    format!("Bigtable table {} already exists; {what}.", bt.table)
                 }
             },
         );
@@ -79,6 +89,25 @@ pub async fn bootstrap(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
+/// Refuses to start with deduplication on when the Bigtable table answers
+/// that it has no family `e`: every renewal would fail. A table that cannot
+/// be asked (no permission to read its schema, Bigtable unreachable at
+/// start) is warned about and used.
+async fn check_events_family(config: &Config) -> anyhow::Result<()> {
+    let bt = config.bigtable.config();
+    match tracking_bigtable::admin::has_events_family(&bt).await {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!(
+            "the Bigtable table {} has no column family `e` for TRACKING_DEDUP_WINDOW: run `tracking-api bootstrap` (it adds the family and leaves the rest as it is), or set TRACKING_DEDUP_WINDOW=0",
+            bt.table
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, table = bt.table, "Could not check that the Bigtable table has the dedup family `e`; if it has none, session renewals will fail (run `tracking-api bootstrap`).");
+            Ok(())
+        }
+    }
+}
+
 /// Builds the adapters the configuration names (opening files, starting
 /// writer threads, connecting lazily to Bigtable) and the application state
 /// over them.
@@ -93,6 +122,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
     if let Some(client) = &migration {
         registry.register(Arc::clone(client) as Arc<dyn Collect>);
     }
+    let dedup = config.dedup();
     let store: Arc<dyn SessionStore> = match (
         config.migration.migration_mode,
         config.session_store,
@@ -102,10 +132,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             Arc::new(LegacySessionStore::new(Arc::clone(client), policy))
         }
         (_, StoreKind::Memory, _) => {
-            let m = Arc::new(MemorySessionStore::new(
-                policy,
-                config.memory.memory_max_visitors,
-            ));
+            let m = Arc::new(
+                MemorySessionStore::new(policy, config.memory.memory_max_visitors)
+                    .with_dedup(dedup.window.unwrap_or_default()),
+            );
             registry.register(Arc::clone(&m) as Arc<dyn Collect>);
             m.spawn_sweeper(Arc::new(SystemClock));
             m
@@ -114,6 +144,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             let mut bt =
                 tracking_bigtable::BigtableSessionStore::connect(config.bigtable.config(), policy)
                     .await?;
+            if let Some(window) = dedup.window {
+                check_events_family(config).await?;
+                bt = bt.with_dedup(window);
+            }
             if let (MigrationMode::Parallel, Some(client)) =
                 (config.migration.migration_mode, &migration)
             {
@@ -244,5 +278,6 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             config.http.max_body_bytes,
             config.http.max_decompressed_bytes,
         )?,
+        dedup,
     }))
 }

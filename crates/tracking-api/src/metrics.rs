@@ -16,6 +16,9 @@ pub const HTTP_REQUESTS: &str = "tracking_http_requests_total";
 pub const HTTP_DURATION: &str = "tracking_http_request_duration_seconds";
 pub const EVENTS_ACCEPTED: &str = "tracking_events_accepted_total";
 pub const EVENTS_REJECTED: &str = "tracking_events_rejected_total";
+pub const EVENTS_DUPLICATES: &str = "tracking_events_duplicates_total";
+pub const DEDUP_UNCHECKED: &str = "tracking_events_dedup_unchecked_total";
+pub const DEDUP_WINDOW: &str = "tracking_dedup_window_seconds";
 pub const SESSIONS: &str = "tracking_sessions_total";
 pub const SESSION_STORE_ERRORS: &str = "tracking_session_store_errors_total";
 pub const SESSION_STORE_OPS: &str = "tracking_session_store_ops_total";
@@ -123,12 +126,20 @@ pub struct Gauges {
     /// Sustained overload has made /readyz answer 503.
     pub overloaded: bool,
     pub overload_flips: u64,
+    /// `TRACKING_DEDUP_WINDOW` in effect (zero: off).
+    pub dedup_window: Duration,
 }
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: RequestMetrics<{ Route::ALL.len() }>,
     pub events_accepted: AtomicU64,
+    /// Accepted events not output: retries of ones accepted within the
+    /// dedup window.
+    pub events_duplicates: AtomicU64,
+    /// Output events whose client-given id could not be checked (the store
+    /// did not answer).
+    pub dedup_unchecked: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     pub sessions_short_new: AtomicU64,
     pub sessions_long_new: AtomicU64,
@@ -183,6 +194,24 @@ impl Metrics {
             EVENTS_ACCEPTED,
             "Events accepted for processing.",
             load(&self.events_accepted),
+        );
+        counter(
+            &mut out,
+            EVENTS_DUPLICATES,
+            "Accepted events not output again: their client-given id was accepted for the same visitor within the dedup window.",
+            load(&self.events_duplicates),
+        );
+        counter(
+            &mut out,
+            DEDUP_UNCHECKED,
+            "Events output without checking their client-given id (session store unavailable): marked \"dedup\":\"unchecked\".",
+            load(&self.dedup_unchecked),
+        );
+        gauge(
+            &mut out,
+            DEDUP_WINDOW,
+            "The dedup window in effect (0: off).",
+            g.dedup_window.as_secs_f64(),
         );
         header(
             &mut out,

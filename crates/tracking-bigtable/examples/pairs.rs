@@ -59,7 +59,7 @@ async fn main() {
 async fn pair(client: &mut BigTable, table_name: &str, i: u64) {
     let key = row_key(&ClientId::parse(&format!("v-{}", i % 100_000)).unwrap());
     client
-        .read_rows(read_visitor(table_name, &key))
+        .read_rows(read_visitor(table_name, &key, None))
         .await
         .unwrap();
     let now = Timestamp::from_millis(

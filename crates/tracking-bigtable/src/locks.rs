@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracking_core::{ClientId, VisitorState};
+use tracking_core::{ClientId, Timestamp, VisitorState};
 
 use crate::schema::key_hash;
 
@@ -58,10 +58,15 @@ pub struct InFlight {
     shards: Box<[std::sync::Mutex<HashMap<ClientId, Pending>>]>,
 }
 
+/// Event ids one visitor's entry holds at most.
+const MAX_PENDING_IDS: usize = 256;
+
 #[derive(Debug)]
 struct Pending {
     /// The newest of the renewals in flight, part by part.
     state: VisitorState,
+    /// The event ids they record (deduplication), with when accepted.
+    ids: Vec<(Box<str>, Timestamp)>,
     writes: u32,
 }
 
@@ -82,8 +87,29 @@ impl InFlight {
     /// now, merged. Take it before reading the store: a renewal that lands
     /// in between is then either here or in what the read returns.
     pub fn snapshot(&self, hash: u64, client_id: &ClientId) -> Option<VisitorState> {
+        self.snapshot_with(hash, client_id, None)
+            .map(|(state, _)| state)
+    }
+
+    /// [`snapshot`](Self::snapshot), and when the event id `id` was
+    /// accepted, if a renewal in flight records it.
+    pub fn snapshot_with(
+        &self,
+        hash: u64,
+        client_id: &ClientId,
+        id: Option<&str>,
+    ) -> Option<(VisitorState, Option<Timestamp>)> {
         let shard = self.shard(hash).lock().ok()?;
-        shard.get(client_id).map(|p| p.state.clone())
+        shard.get(client_id).map(|p| {
+            let accepted = id.and_then(|id| {
+                p.ids
+                    .iter()
+                    .filter(|(i, _)| &**i == id)
+                    .map(|(_, at)| *at)
+                    .max()
+            });
+            (p.state.clone(), accepted)
+        })
     }
 
     /// Records a renewal of `state` about to be sent; the returned
@@ -94,10 +120,29 @@ impl InFlight {
         client_id: &ClientId,
         state: &VisitorState,
     ) -> Landing {
+        self.begin_with(hash, client_id, state, &[])
+    }
+
+    /// [`begin`](Self::begin) for a write that also records event ids
+    /// accepted at the given times.
+    pub fn begin_with(
+        self: &Arc<Self>,
+        hash: u64,
+        client_id: &ClientId,
+        state: &VisitorState,
+        ids: &[(&str, Timestamp)],
+    ) -> Landing {
+        let ids = ids.iter().map(|&(id, at)| (Box::from(id), at));
         if let Ok(mut shard) = self.shard(hash).lock() {
             match shard.get_mut(client_id) {
                 Some(p) => {
                     p.state.merge_newer(state);
+                    p.ids.extend(ids);
+                    // A visitor whose writes overlap without end keeps its
+                    // entry: its oldest ids have landed long since.
+                    if p.ids.len() > MAX_PENDING_IDS {
+                        p.ids.drain(..p.ids.len() - MAX_PENDING_IDS);
+                    }
                     p.writes += 1;
                 }
                 None => {
@@ -105,6 +150,7 @@ impl InFlight {
                         client_id.clone(),
                         Pending {
                             state: state.clone(),
+                            ids: ids.collect(),
                             writes: 1,
                         },
                     );

@@ -1,10 +1,11 @@
 //! How a visitor's state is laid out in a Bigtable row.
 
 use bigtable_rs::bigtable::RowCell;
+use bigtable_rs::google::bigtable::v2::column_range::{EndQualifier, StartQualifier};
 use bigtable_rs::google::bigtable::v2::mutation::{DeleteFromColumn, Mutation as Kind, SetCell};
 use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter, Interleave};
 use bigtable_rs::google::bigtable::v2::{
-    Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
+    ColumnRange, Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
 };
 use serde::{Deserialize, Serialize};
 use tracking_core::{ClientId, SessionId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
@@ -17,6 +18,11 @@ pub const SHORT: &str = "s";
 pub const LONG: &str = "l";
 /// Via record: value = JSON with its own expiry, cell timestamp = when recorded.
 pub const VIA: &str = "v";
+/// Recent events' client-given ids (deduplication): qualifier = the id,
+/// empty value, cell timestamp = when the event was accepted. One column
+/// per id; garbage collection (max age = the dedup window) removes them,
+/// and a read asks only for the id of its event.
+pub const EVENTS: &str = "e";
 pub const ID: &[u8] = b"id";
 pub const ROUTE: &[u8] = b"r";
 
@@ -48,18 +54,74 @@ pub fn row_key_with(hash: u64, client_id: &ClientId) -> Vec<u8> {
     format!("{:04x}#{}", (hash >> 48) as u16, client_id.as_str()).into_bytes()
 }
 
-/// The read of one visitor's row that the store sends: latest cells only.
-pub fn read_visitor(table_name: &str, key: &[u8]) -> ReadRowsRequest {
+/// The read of one visitor's row that the store sends: latest cells only,
+/// and, when the event has a client-given id to check, that id's cell in
+/// [`EVENTS`] (no other id of the visitor).
+pub fn read_visitor(table_name: &str, key: &[u8], event_id: Option<&str>) -> ReadRowsRequest {
+    let sessions = latest_cells_filter();
+    let filter = match event_id {
+        None => sessions,
+        Some(id) => RowFilter {
+            filter: Some(Filter::Interleave(Interleave {
+                filters: vec![
+                    sessions,
+                    RowFilter {
+                        filter: Some(Filter::Chain(Chain {
+                            filters: [
+                                Filter::FamilyNameRegexFilter(format!("^{EVENTS}$")),
+                                Filter::ColumnRangeFilter(ColumnRange {
+                                    family_name: EVENTS.to_owned(),
+                                    start_qualifier: Some(StartQualifier::StartQualifierClosed(
+                                        id.as_bytes().to_vec(),
+                                    )),
+                                    end_qualifier: Some(EndQualifier::EndQualifierClosed(
+                                        id.as_bytes().to_vec(),
+                                    )),
+                                }),
+                                Filter::CellsPerColumnLimitFilter(1),
+                            ]
+                            .into_iter()
+                            .map(|f| RowFilter { filter: Some(f) })
+                            .collect(),
+                        })),
+                    },
+                ],
+            })),
+        },
+    };
     ReadRowsRequest {
         table_name: table_name.to_owned(),
         rows: Some(RowSet {
             row_keys: vec![key.to_vec()],
             row_ranges: vec![],
         }),
-        filter: Some(latest_cells_filter()),
+        filter: Some(filter),
         rows_limit: 1,
         ..ReadRowsRequest::default()
     }
+}
+
+/// When the event id `id` was accepted for the visitor, if the row's cells
+/// say it was.
+pub fn accepted_at(cells: &[RowCell], id: &str) -> Option<Timestamp> {
+    cells
+        .iter()
+        .filter(|c| c.family_name == EVENTS && c.qualifier == id.as_bytes())
+        .map(|c| millis(c.timestamp_micros))
+        .max()
+}
+
+/// Records the event id `id` as accepted at `at`. The same id written
+/// again (a retried write) sets the same cell.
+pub fn record_id(out: &mut Vec<Mutation>, id: &str, at: Timestamp) {
+    out.push(Mutation {
+        mutation: Some(Kind::SetCell(SetCell {
+            family_name: EVENTS.to_owned(),
+            column_qualifier: id.as_bytes().to_vec(),
+            timestamp_micros: micros(at),
+            value: Vec::new(),
+        })),
+    });
 }
 
 /// Only our families, and only the latest cell of each column. Without the

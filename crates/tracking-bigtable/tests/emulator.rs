@@ -69,11 +69,15 @@ async fn bootstrap_creates_once_and_leaves_an_existing_table_alone() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
     assert_eq!(
-        bootstrap(&cfg, ttls()).await.unwrap(),
+        bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+            .await
+            .unwrap(),
         BootstrapOutcome::Created
     );
     assert_eq!(
-        bootstrap(&cfg, ttls()).await.unwrap(),
+        bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+            .await
+            .unwrap(),
         BootstrapOutcome::AlreadyExists
     );
 }
@@ -82,7 +86,9 @@ async fn bootstrap_creates_once_and_leaves_an_existing_table_alone() {
 async fn sessions_continue_within_the_ttl_and_renew_after_it() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let clock = clock();
     let s = store(cfg.clone()).await;
     let v = id("visitor-1");
@@ -206,7 +212,7 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
     assert_eq!(all[0].1.len(), 5, "five versions stored");
     // The store's read returns one cell per column, not every stored version.
     let filtered = raw
-        .read_rows(read_visitor(&table_name, &key))
+        .read_rows(read_visitor(&table_name, &key, None))
         .await
         .unwrap();
     let cells = &filtered[0].1;
@@ -243,7 +249,9 @@ async fn reads_only_the_newest_version_and_judges_its_expiry() {
 async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
     let mut emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let clock = clock();
     let s = store(cfg.clone()).await;
     let v = id("v-dead");
@@ -270,7 +278,9 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
 
     // Back (empty, as a restarted emulator is): the same store works again.
     emu.restart();
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let back = loop {
         match s.touch(&v, clock.now(), None, CallContext::empty()).await {
@@ -291,7 +301,9 @@ async fn a_dead_emulator_fails_fast_and_its_return_needs_no_restart() {
 async fn retries_of_a_failing_store_stay_within_the_budget() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (s, gate) = through_gate(&emu, &cfg).await;
     s.read_state(&id("warm-up")).await.unwrap();
     let reads_before = read_calls(&s);
@@ -355,7 +367,9 @@ async fn through_gate(
 async fn concurrent_events_of_one_visitor_share_one_session() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let clock = clock();
     let s = Arc::new(store(cfg).await);
     let v = id("busy-visitor");
@@ -411,7 +425,9 @@ fn set_cell(family: &str, at_ms: u64, value: &[u8]) -> Mutation {
 async fn the_emulator_judges_the_conditional_write_predicate() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (mut client, table) = raw(&emu, &cfg);
     let t = clock().now().as_millis();
     let short_ttl = 30 * 60_000;
@@ -467,7 +483,10 @@ async fn the_emulator_judges_the_conditional_write_predicate() {
             .await
             .unwrap();
         assert_eq!(answer.predicate_matched, matches, "case {i}");
-        let rows = client.read_rows(read_visitor(&table, &key)).await.unwrap();
+        let rows = client
+            .read_rows(read_visitor(&table, &key, None))
+            .await
+            .unwrap();
         let written = rows
             .first()
             .is_some_and(|(_, cells)| cells.iter().any(|c| c.value == b"new"));
@@ -483,7 +502,9 @@ async fn the_emulator_judges_the_conditional_write_predicate() {
 async fn a_mint_that_loses_the_race_adopts_the_winners_sessions() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (a, b, gate) = racing_stores(&emu, &cfg).await;
     let now = clock().now();
     let (won, lost) = race(&a, &b, &id("contested"), now, now).await;
@@ -510,7 +531,9 @@ async fn a_mint_that_loses_the_race_adopts_the_winners_sessions() {
 async fn a_renewal_at_the_end_of_a_session_adopts_a_mint_it_raced() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (a, b, gate) = racing_stores(&emu, &cfg).await;
     let t0 = clock().now();
     let v = id("ending");
@@ -581,7 +604,9 @@ async fn racing_stores(
 async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let s = Arc::new(store(cfg).await);
     let now = clock().now();
     let visitors: Vec<_> = (0..50).map(|i| id(&format!("batch-{i}"))).collect();
@@ -628,7 +653,9 @@ async fn the_next_event_in_a_process_sees_a_renewal_still_in_flight() {
 async fn an_unreadable_live_cell_does_not_block_the_mint() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (mut client, table) = raw(&emu, &cfg);
     let now = clock().now();
     let v = id("garbled");
@@ -669,7 +696,9 @@ async fn an_unreadable_live_cell_does_not_block_the_mint() {
 async fn renewals_keep_one_version_per_column() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (mut raw, table_name) = raw(&emu, &cfg);
     let clock = clock();
     let s = store(cfg).await;
@@ -768,7 +797,9 @@ async fn all_renewed(
 async fn renewals_at_once_share_calls_and_all_land() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let s = Arc::new(store(cfg.clone()).await);
     let clock = clock();
     let visitors: Vec<_> = (0..600).map(|i| id(&format!("many-{i}"))).collect();
@@ -800,7 +831,9 @@ async fn renewals_at_once_share_calls_and_all_land() {
 async fn renewals_outlive_a_short_outage_and_give_up_after_a_long_one() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let (s, gate) = through_gate(&emu, &cfg).await;
     let clock = clock();
     let visitors: Vec<_> = (0..100).map(|i| id(&format!("cut-{i}"))).collect();
@@ -869,7 +902,9 @@ async fn renewals_outlive_a_short_outage_and_give_up_after_a_long_one() {
 async fn a_renewal_past_its_events_deadline_is_given_up_unsent() {
     let emu = BigtableEmulator::bigtable();
     let cfg = config(&emu, "sessions");
-    bootstrap(&cfg, ttls()).await.unwrap();
+    bootstrap(&cfg, ttls(), Some(Duration::from_secs(86_400)))
+        .await
+        .unwrap();
     let s = store(cfg).await;
     let clock = clock();
     let v = id("late");

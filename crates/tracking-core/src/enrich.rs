@@ -145,6 +145,9 @@ pub struct EnrichedEvent {
     referrer: Option<Box<str>>,
     props: Option<Box<RawValue>>,
     session: SessionOutcome,
+    /// Its client-given id could not be checked against the visitor's
+    /// recent ids (the store did not answer): it may be a retry.
+    dedup_unchecked: bool,
     via: Option<ViaOut>,
     ip: Option<IpAddr>,
     ua: Option<Arc<UserAgent>>,
@@ -169,6 +172,9 @@ impl Serialize for EnrichedEvent {
         st.serialize_field("referrer", &self.referrer)?;
         st.serialize_field("props", &self.props)?;
         st.serialize_field("session", &self.session)?;
+        if self.dedup_unchecked {
+            st.serialize_field("dedup", "unchecked")?;
+        }
         st.serialize_field("via", &self.via)?;
         st.serialize_field("ip", &self.ip)?;
         st.serialize_field("ua", &self.ua)?;
@@ -227,6 +233,13 @@ impl EnrichedEvent {
 
     pub fn session(&self) -> &SessionOutcome {
         &self.session
+    }
+
+    /// Marks the event as not checked for being a retry (`"dedup":
+    /// "unchecked"` in the output): deduplication is on, it has a
+    /// client-given id, and the store could not be asked.
+    pub fn mark_dedup_unchecked(&mut self) {
+        self.dedup_unchecked = true;
     }
 }
 
@@ -293,6 +306,7 @@ pub fn enrich(
         referrer,
         props,
         session,
+        dedup_unchecked: false,
         via,
         ip: ctx.ip,
         ua: ctx.ua.clone(),

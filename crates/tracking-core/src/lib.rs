@@ -30,8 +30,8 @@ pub use fsync::{FSYNC_BUCKETS, FsyncLatency, FsyncStats};
 pub use ids::{IdSource, MAX_SESSION_ID_BYTES, RandomIds, SequentialIds, SessionId};
 pub use legacy::{LegacySession, LegacyVia, LegacyVisitor};
 pub use ports::{
-    AckMode, BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, LegacyLookup,
-    LegacySessions, Receipt, SessionStore, SinkError, StoreError,
+    AckMode, BoxFuture, CallContext, DeadLetter, DeadLetterSink, EventSink, IdCheck, LegacyLookup,
+    LegacySessions, Receipt, SessionStore, SinkError, StoreError, Touched,
 };
 pub use segment::{
     Call, CallRules, RawCall, SegmentBody, SegmentItem, SegmentLimits, SegmentPart, Source,

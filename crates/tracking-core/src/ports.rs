@@ -86,6 +86,48 @@ pub trait LegacySessions: Send + Sync + fmt::Debug {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
+/// What a touch does with the event's client-given id (`TRACKING_DEDUP_WINDOW`):
+/// an event whose id the visitor's record holds from within the window is a
+/// retry of one already accepted. Ids the service assigned itself are never
+/// retried and are not passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdCheck<'a> {
+    /// No client-given id, or deduplication is off: sessions only.
+    Skip,
+    /// Checked, and recorded with the renewal when it is not a retry (the
+    /// `memory` acknowledgement mode: handing the event over accepts it).
+    Record(&'a str),
+    /// Checked only; [`SessionStore::remember`] records it once the event
+    /// is on disk (the `disk` mode: a failed `fdatasync` answers `503`, and
+    /// the client's retry must not be taken for a duplicate).
+    Check(&'a str),
+}
+
+impl<'a> IdCheck<'a> {
+    /// The id to check, if any.
+    pub fn id(self) -> Option<&'a str> {
+        match self {
+            Self::Skip => None,
+            Self::Record(id) | Self::Check(id) => Some(id),
+        }
+    }
+
+    /// Whether the touch records the id itself.
+    pub fn records(self) -> bool {
+        matches!(self, Self::Record(_))
+    }
+}
+
+/// What a touch found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// The event's sessions (renewed).
+    Sessions(Sessions),
+    /// The event's id was accepted for this visitor at `accepted_at`,
+    /// within the window: a retry. Nothing was renewed or recorded.
+    Duplicate { accepted_at: Timestamp },
+}
+
 /// Reads, resolves and renews a visitor's sessions.
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Resolves the visitor's sessions for an event at `now` (recording `via`
@@ -99,6 +141,34 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         via: Option<&'a Via>,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
+
+    /// [`touch`](Self::touch), also checking the event's client-given id
+    /// against the visitor's recent ids (and recording it, as `check`
+    /// says). Stores that keep no ids (the legacy store) resolve sessions
+    /// only.
+    fn touch_event<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        check: IdCheck<'a>,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Touched, StoreError>> {
+        let _ = check;
+        Box::pin(async move {
+            self.touch(client_id, now, via, ctx)
+                .await
+                .map(Touched::Sessions)
+        })
+    }
+
+    /// Records client-given ids of `client_id`'s events accepted at `at`
+    /// (checked with [`IdCheck::Check`], now on disk). Best effort, never
+    /// waits: a record that cannot be written lets a later retry through
+    /// (a duplicate downstream, never a loss).
+    fn remember(&self, client_id: &ClientId, ids: &[&str], at: Timestamp) {
+        let _ = (client_id, ids, at);
+    }
 
     /// Waits for work the store still owes (e.g. renewal writes in flight).
     fn close(&self) -> BoxFuture<'_, ()> {

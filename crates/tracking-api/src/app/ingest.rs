@@ -405,6 +405,12 @@ impl App {
 /// the sink and waits for its receipt (in the `disk` acknowledgement mode,
 /// until they are on disk). Runs as its own task: nothing here is cancelled
 /// by the client.
+///
+/// With deduplication on, an event whose client-given id the store has
+/// from within the window (or that an earlier event of the same request
+/// carried, for the same visitor) is a retry: counted, logged at debug
+/// level, and not output. In the `disk` mode the ids are recorded once the
+/// receipt says the events are on disk.
 pub(super) async fn process(
     st: Arc<AppState>,
     events: Vec<Event>,
@@ -415,7 +421,26 @@ pub(super) async fn process(
     let mut out = Vec::with_capacity(events.len());
     let mut unavailable = 0usize;
     let labels = st.parts.span_labels;
+    let dedup = st.parts.dedup;
+    // Hashes of (visitor, id) seen earlier in this request.
+    let mut in_request = Vec::new();
+    // The ids to record once on disk (`disk` mode).
+    let mut to_remember: Vec<(ClientId, Box<str>)> = Vec::new();
     for event in events {
+        let check = dedup.check(&event);
+        if let Some(id) = check.id() {
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                (event.client_id(), id).hash(&mut h);
+                h.finish()
+            };
+            if in_request.contains(&key) {
+                duplicate(&st, &event, id, ctx.received_at);
+                continue;
+            }
+            in_request.push(key);
+        }
         // `lookup` is recorded by the Bigtable and legacy stores: `hit` (a
         // live session), `miss`, or `fallback` (found through migration-proxy).
         let span = tracing::debug_span!(
@@ -430,10 +455,23 @@ pub(super) async fn process(
         let touch = st
             .parts
             .store
-            .touch(event.client_id(), ctx.received_at, event.via(), &call)
+            .touch_event(
+                event.client_id(),
+                ctx.received_at,
+                event.via(),
+                check,
+                &call,
+            )
             .instrument(span.clone());
         let outcome = match tokio::time::timeout(st.parts.limits.session_timeout, touch).await {
-            Ok(Ok(s)) => {
+            Ok(Ok(Touched::Duplicate { accepted_at })) => {
+                span.record("outcome", "duplicate");
+                if let Some(id) = check.id() {
+                    duplicate(&st, &event, id, accepted_at);
+                }
+                continue;
+            }
+            Ok(Ok(Touched::Sessions(s))) => {
                 let m = &st.parts.metrics;
                 if s.short_new {
                     Metrics::add(&m.sessions_short_new, 1);
@@ -472,12 +510,18 @@ pub(super) async fn process(
             .segment()
             .filter(|p| p.user_agent().is_some() || p.ip().is_some())
             .map(|p| st.context_for(&ctx, p.user_agent(), p.ip()));
-        out.push(enrich(
-            event,
-            outcome,
-            own.as_ref().unwrap_or(&ctx),
-            &*st.parts.ids,
-        ));
+        let unchecked = check.id().is_some() && matches!(outcome, SessionOutcome::Unavailable);
+        if let IdCheck::Check(id) = check
+            && !unchecked
+        {
+            to_remember.push((event.client_id().clone(), id.into()));
+        }
+        let mut enriched = enrich(event, outcome, own.as_ref().unwrap_or(&ctx), &*st.parts.ids);
+        if unchecked {
+            Metrics::add(&st.parts.metrics.dedup_unchecked, 1);
+            enriched.mark_dedup_unchecked();
+        }
+        out.push(enriched);
     }
     if unavailable > 0 {
         // Kept even when the trace is not sampled: the request span is.
@@ -487,6 +531,10 @@ pub(super) async fn process(
             &request,
             format!("{unavailable} events without sessions (store unavailable)"),
         );
+    }
+    if out.is_empty() {
+        // Every event was a retry: nothing to write, the admission goes back.
+        return Ok(());
     }
     let receipt = {
         let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
@@ -498,13 +546,32 @@ pub(super) async fn process(
     // A disk that hangs (a frozen filesystem, a dying device) answers 503
     // rather than never: the events may still reach the disk (a duplicate
     // when the client sends them again), never a 2xx without it.
-    tokio::time::timeout(ACK_TIMEOUT, receipt.wait())
+    let written = tokio::time::timeout(ACK_TIMEOUT, receipt.wait())
         .await
         .unwrap_or_else(|_| {
             Err(SinkError::Unavailable(format!(
                 "the disk did not confirm the write within {ACK_TIMEOUT:?}"
             )))
-        })
+        });
+    if written.is_ok() {
+        for (client_id, id) in &to_remember {
+            st.parts
+                .store
+                .remember(client_id, &[&**id], ctx.received_at);
+        }
+    }
+    written
+}
+
+/// Counts and logs a retry of an event accepted at `accepted_at`.
+fn duplicate(st: &AppState, event: &Event, id: &str, accepted_at: tracking_core::Timestamp) {
+    Metrics::add(&st.parts.metrics.events_duplicates, 1);
+    tracing::debug!(
+        client_id = event.client_id().as_str(),
+        event_id = id,
+        accepted_at = %accepted_at,
+        "Duplicate event: its id was accepted for this visitor within the dedup window; answered as accepted, not output again."
+    );
 }
 
 /// The longest a request of the disk acknowledgement mode waits for its

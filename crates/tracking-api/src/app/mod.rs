@@ -29,8 +29,9 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracking_core::{
     Admission, BodyError, CallContext, ClientId, Clock, DeadLetter, DeadLetterSink, Event,
-    EventSink, IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome, SessionStore,
-    SinkError, StoreError, anonymize_ip, enrich, enriched_size_hint, parse_body,
+    EventSink, IdCheck, IdSource, OncePerSecond, RejectReason, RequestContext, SessionOutcome,
+    SessionStore, SinkError, StoreError, Touched, anonymize_ip, enrich, enriched_size_hint,
+    parse_body,
 };
 
 use service_kit::server::{BodyMemory, ReadError};
@@ -53,7 +54,7 @@ mod state;
 
 pub use error::{ApiError, Rejected};
 pub use pixel::PIXEL_GIF;
-pub use state::{AppState, Limits, Parts, SpanLabels};
+pub use state::{AppState, Dedup, Limits, Parts, SpanLabels};
 
 use error::{empty, json_response, text};
 

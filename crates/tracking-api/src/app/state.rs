@@ -56,6 +56,31 @@ pub struct Parts {
     pub span_labels: SpanLabels,
     /// The Segment API's write keys, limits and public address.
     pub segment: crate::segment::SegmentSettings,
+    /// Deduplication of client-given event ids.
+    pub dedup: Dedup,
+}
+
+/// Deduplication of client-given event ids (`TRACKING_DEDUP_WINDOW`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dedup {
+    /// `None`: off (also in the `legacy` migration mode, whose store keeps
+    /// no ids).
+    pub window: Option<Duration>,
+    /// The `disk` acknowledgement mode: an event's id is recorded once it
+    /// is on disk, not with its renewal (a failed `fdatasync` answers
+    /// `503`, and the retry must not be taken for a duplicate).
+    pub after_receipt: bool,
+}
+
+impl Dedup {
+    /// What the store does with `event`'s client-given id.
+    pub fn check(self, event: &Event) -> IdCheck<'_> {
+        match (self.window, event.event_id()) {
+            (Some(_), Some(id)) if self.after_receipt => IdCheck::Check(id),
+            (Some(_), Some(id)) => IdCheck::Record(id),
+            _ => IdCheck::Skip,
+        }
+    }
 }
 
 /// Constant attributes of the `session` spans: which store answers, in which
@@ -120,6 +145,7 @@ impl AppState {
             ready: self.is_ready(),
             overloaded: self.parts.overload.unready(),
             overload_flips: self.parts.overload.flips(),
+            dedup_window: self.parts.dedup.window.unwrap_or_default(),
         }
     }
 

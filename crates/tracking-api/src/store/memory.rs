@@ -9,6 +9,14 @@
 //! (run periodically by the binary) removes every expired visitor. A touch is
 //! atomic per visitor: concurrent events of one visitor never mint two
 //! different sessions.
+//!
+//! Deduplication (`TRACKING_DEDUP_WINDOW`): a visitor's entry also holds the
+//! client-given ids of its recent events, as 64-bit hashes with the time
+//! each was accepted: at most [`MAX_IDS_PER_VISITOR`] per visitor (the
+//! oldest go first) and [`AVERAGE_IDS_PER_VISITOR`] per visitor on average
+//! over a shard (past it, the sampled visitor holding most ids loses its
+//! older half, counted): 16 bytes an id, at most 16 × 8 × the visitor cap
+//! in all (25.6 MB at the default 200,000).
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -16,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
 use tracking_core::{
-    BoxFuture, CallContext, ClientId, Clock, SessionPolicy, SessionStore, Sessions, StoreError,
-    Timestamp, Via, VisitorState,
+    BoxFuture, CallContext, ClientId, Clock, IdCheck, SessionPolicy, SessionStore, Sessions,
+    StoreError, Timestamp, Touched, Via, VisitorState,
 };
 
 use crate::config::positive;
@@ -27,6 +35,10 @@ const SHARDS: usize = 64;
 pub const SAMPLE: usize = 5;
 /// Random entries checked for expiry on each insertion.
 const EXPIRY_PROBES: usize = 2;
+/// Recent event ids one visitor keeps at most.
+pub const MAX_IDS_PER_VISITOR: usize = 64;
+/// Recent event ids a shard keeps, per visitor it may hold.
+pub const AVERAGE_IDS_PER_VISITOR: usize = 8;
 
 /// The memory store's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,10 +49,20 @@ pub struct MemoryArgs {
     pub memory_max_visitors: usize,
 }
 
+/// One visitor: its sessions and the hashes of its recent event ids, in
+/// the order they were accepted, with when.
+#[derive(Debug)]
+struct Entry {
+    state: VisitorState,
+    ids: Vec<(u64, Timestamp)>,
+}
+
 #[derive(Debug)]
 struct Shard {
-    map: IndexMap<ClientId, VisitorState>,
+    map: IndexMap<ClientId, Entry>,
     rng: u64,
+    /// Ids held by all entries.
+    ids: usize,
 }
 
 impl Shard {
@@ -61,6 +83,10 @@ pub struct MemorySessionStore {
     per_shard: usize,
     evicted_expired: AtomicU64,
     evicted_capacity: AtomicU64,
+    /// The dedup window; `None`: ids are neither checked nor kept.
+    window: Option<std::time::Duration>,
+    /// Ids dropped to keep a shard within its share.
+    ids_dropped: AtomicU64,
 }
 
 impl MemorySessionStore {
@@ -73,6 +99,7 @@ impl MemorySessionStore {
                         map: IndexMap::new(),
                         rng: 0x9e37_79b9_7f4a_7c15
                             ^ (i as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                        ids: 0,
                     })
                 })
                 .collect(),
@@ -81,7 +108,27 @@ impl MemorySessionStore {
             per_shard,
             evicted_expired: AtomicU64::new(0),
             evicted_capacity: AtomicU64::new(0),
+            window: None,
+            ids_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Checks client-given event ids against the visitor's ids accepted
+    /// within `window` (`TRACKING_DEDUP_WINDOW`), and keeps them that long.
+    #[must_use]
+    pub fn with_dedup(mut self, window: std::time::Duration) -> Self {
+        self.window = Some(window).filter(|w| !w.is_zero());
+        self
+    }
+
+    /// Event ids held, and ids dropped so far to stay within the bound.
+    pub fn ids(&self) -> (usize, u64) {
+        let held = self
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.ids).unwrap_or(0))
+            .sum();
+        (held, self.ids_dropped.load(Ordering::Relaxed))
     }
 
     /// Most visitors held at once.
@@ -131,7 +178,19 @@ impl MemorySessionStore {
                 continue;
             };
             let before = shard.map.len();
-            shard.map.retain(|_, st| self.policy.expires_at(st) > now);
+            let window = self.window;
+            let mut ids = 0;
+            shard.map.retain(|_, e| {
+                if let Some(w) = window {
+                    e.ids.retain(|(_, at)| at.alive_at(w, now));
+                }
+                let keep = self.policy.expires_at(&e.state) > now;
+                if keep {
+                    ids += e.ids.len();
+                }
+                keep
+            });
+            shard.ids = ids;
             removed += before - shard.map.len();
         }
         self.evicted_expired
@@ -145,8 +204,8 @@ impl MemorySessionStore {
                 return;
             }
             let i = shard.next_index();
-            if self.policy.expires_at(&shard.map[i]) <= now {
-                shard.map.swap_remove_index(i);
+            if self.policy.expires_at(&shard.map[i].state) <= now {
+                Self::remove(shard, i);
                 self.evicted_expired.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -156,17 +215,73 @@ impl MemorySessionStore {
         let candidates: [usize; SAMPLE] = std::array::from_fn(|_| shard.next_index());
         let victim = candidates
             .into_iter()
-            .min_by_key(|&i| self.policy.expires_at(&shard.map[i]));
+            .min_by_key(|&i| self.policy.expires_at(&shard.map[i].state));
         if let Some(i) = victim {
-            shard.map.swap_remove_index(i);
+            Self::remove(shard, i);
             self.evicted_capacity.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn remove(shard: &mut Shard, i: usize) {
+        if let Some((_, e)) = shard.map.swap_remove_index(i) {
+            shard.ids -= e.ids.len();
+        }
+    }
+
+    /// Keeps the shard's ids within its share: the sampled visitor holding
+    /// most loses its older half, a few times at most per call.
+    fn trim_ids(&self, shard: &mut Shard) {
+        let budget = self.per_shard * AVERAGE_IDS_PER_VISITOR;
+        for _ in 0..SAMPLE {
+            if shard.ids <= budget || shard.map.is_empty() {
+                return;
+            }
+            let candidates: [usize; SAMPLE] = std::array::from_fn(|_| shard.next_index());
+            let Some(i) = candidates
+                .into_iter()
+                .max_by_key(|&i| shard.map[i].ids.len())
+            else {
+                return;
+            };
+            let ids = &mut shard.map[i].ids;
+            let drop = ids.len().div_ceil(2);
+            ids.drain(..drop);
+            shard.ids -= drop;
+            self.ids_dropped.fetch_add(drop as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `hash` (accepted at `at`) to a visitor's ids, dropping the ones
+    /// older than the window and the oldest past the bound; returns the
+    /// change in the count.
+    fn record(
+        ids: &mut Vec<(u64, Timestamp)>,
+        hash: u64,
+        at: Timestamp,
+        window: std::time::Duration,
+    ) -> isize {
+        let before = ids.len();
+        ids.retain(|(_, t)| t.alive_at(window, at));
+        if ids.len() >= MAX_IDS_PER_VISITOR {
+            ids.drain(..=ids.len() - MAX_IDS_PER_VISITOR);
+        }
+        ids.push((hash, at));
+        ids.len() as isize - before as isize
+    }
+
+    fn id_hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
     }
 
     /// The stored state of a visitor; for tests and diagnostics.
     pub fn get(&self, client_id: &ClientId) -> Option<VisitorState> {
         let shard = &self.shards[self.shard_of(client_id)];
-        shard.lock().ok()?.map.get(client_id).cloned()
+        shard
+            .lock()
+            .ok()?
+            .map
+            .get(client_id)
+            .map(|e| e.state.clone())
     }
 
     fn shard_of(&self, client_id: &ClientId) -> usize {
@@ -179,23 +294,67 @@ impl MemorySessionStore {
         now: Timestamp,
         via: Option<&Via>,
     ) -> Result<Sessions, StoreError> {
-        let mut shard = self.shards[self.shard_of(client_id)].lock().map_err(|_| {
-            StoreError::Corrupt("a memory store shard was poisoned by a panic".into())
-        })?;
-        if let Some(state) = shard.map.get_mut(client_id) {
-            let (sessions, next) = self.policy.resolve(Some(state), now, via);
-            *state = next;
-            return Ok(sessions);
+        match self.touch_event_now(client_id, now, via, IdCheck::Skip)? {
+            Touched::Sessions(s) => Ok(s),
+            Touched::Duplicate { .. } => unreachable!("no id was checked"),
+        }
+    }
+
+    fn lock(&self, client_id: &ClientId) -> Result<std::sync::MutexGuard<'_, Shard>, StoreError> {
+        self.shards[self.shard_of(client_id)]
+            .lock()
+            .map_err(|_| StoreError::Corrupt("a memory store shard was poisoned by a panic".into()))
+    }
+
+    fn touch_event_now(
+        &self,
+        client_id: &ClientId,
+        now: Timestamp,
+        via: Option<&Via>,
+        check: IdCheck<'_>,
+    ) -> Result<Touched, StoreError> {
+        let dedup = self.window.zip(check.id().map(|id| self.id_hash(id)));
+        let mut shard = self.lock(client_id)?;
+        let shard = &mut *shard;
+        if let Some(entry) = shard.map.get_mut(client_id) {
+            if let Some((window, hash)) = dedup
+                && let Some(&(_, accepted_at)) = entry
+                    .ids
+                    .iter()
+                    .find(|(h, at)| *h == hash && at.alive_at(window, now))
+            {
+                return Ok(Touched::Duplicate { accepted_at });
+            }
+            let (sessions, next) = self.policy.resolve(Some(&entry.state), now, via);
+            entry.state = next;
+            if let Some((window, hash)) = dedup
+                && check.records()
+            {
+                let added = Self::record(&mut entry.ids, hash, now, window);
+                shard.ids = shard.ids.saturating_add_signed(added);
+                self.trim_ids(shard);
+            }
+            return Ok(Touched::Sessions(sessions));
         }
         let (sessions, next) = self.policy.resolve(None, now, via);
-        self.make_room(&mut shard, now);
-        shard.map.insert(client_id.clone(), next);
-        Ok(sessions)
+        self.make_room(shard, now);
+        let ids = match dedup {
+            Some((_, hash)) if check.records() => vec![(hash, now)],
+            _ => Vec::new(),
+        };
+        shard.ids += ids.len();
+        shard
+            .map
+            .insert(client_id.clone(), Entry { state: next, ids });
+        self.trim_ids(shard);
+        Ok(Touched::Sessions(sessions))
     }
 }
 
 pub const VISITORS: &str = "tracking_memory_store_visitors";
 pub const EVICTIONS: &str = "tracking_memory_store_evictions_total";
+pub const DEDUP_IDS: &str = "tracking_memory_store_dedup_ids";
+pub const DEDUP_IDS_DROPPED: &str = "tracking_memory_store_dedup_ids_dropped_total";
 
 impl service_kit::prom::Collect for MemorySessionStore {
     fn collect(&self, out: &mut String) {
@@ -215,6 +374,21 @@ impl service_kit::prom::Collect for MemorySessionStore {
         let (expired, capacity) = self.evictions();
         let _ = writeln!(out, "{EVICTIONS}{{reason=\"expired\"}} {expired}");
         let _ = writeln!(out, "{EVICTIONS}{{reason=\"capacity\"}} {capacity}");
+        if self.window.is_some() {
+            let (held, dropped) = self.ids();
+            service_kit::prom::gauge(
+                out,
+                DEDUP_IDS,
+                "Client-given event ids the memory store holds for deduplication.",
+                held as f64,
+            );
+            service_kit::prom::counter(
+                out,
+                DEDUP_IDS_DROPPED,
+                "Event ids dropped before their window ended, to keep the memory store within its bound.",
+                dropped,
+            );
+        }
     }
 }
 
@@ -227,6 +401,36 @@ impl SessionStore for MemorySessionStore {
         _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(std::future::ready(self.touch_now(client_id, now, via)))
+    }
+
+    fn touch_event<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        check: IdCheck<'a>,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Touched, StoreError>> {
+        Box::pin(std::future::ready(
+            self.touch_event_now(client_id, now, via, check),
+        ))
+    }
+
+    fn remember(&self, client_id: &ClientId, ids: &[&str], at: Timestamp) {
+        let Some(window) = self.window else { return };
+        let Ok(mut shard) = self.lock(client_id) else {
+            return;
+        };
+        let shard = &mut *shard;
+        // A visitor evicted meanwhile has no entry to hold them.
+        let Some(entry) = shard.map.get_mut(client_id) else {
+            return;
+        };
+        for id in ids {
+            let added = Self::record(&mut entry.ids, self.id_hash(id), at, window);
+            shard.ids = shard.ids.saturating_add_signed(added);
+        }
+        self.trim_ids(shard);
     }
 }
 

@@ -111,6 +111,8 @@ pub struct Options {
     /// Segment API flags (e.g. `--write-keys`, `wk1=web`), over the
     /// defaults of the binary.
     pub segment_args: Vec<&'static str>,
+    /// The dedup window (`None`: off).
+    pub dedup: Option<Duration>,
 }
 
 impl Default for Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             geo: None,
             body_memory: 64 << 20,
             segment_args: vec![],
+            dedup: None,
         }
     }
 }
@@ -153,10 +156,10 @@ impl TestApp {
     pub fn new(o: Options) -> Self {
         let clock = Arc::new(ManualClock::new(START));
         let ids = Arc::new(SequentialIds::default());
-        let memory = Arc::new(MemorySessionStore::new(
-            SessionPolicy::new(ttls(), ids.clone()),
-            10_000,
-        ));
+        let memory = Arc::new(
+            MemorySessionStore::new(SessionPolicy::new(ttls(), ids.clone()), 10_000)
+                .with_dedup(o.dedup.unwrap_or_default()),
+        );
         let sink = Arc::new(CollectingSink::new(o.queue, o.hold_queue));
         let deadletters = Arc::new(CollectingDeadLetters::default());
         let registry = Arc::new(service_kit::prom::Registry::default());
@@ -208,6 +211,10 @@ impl TestApp {
             )),
             forward_headers: Vec::new(),
             span_labels: Default::default(),
+            dedup: tracking_api::app::Dedup {
+                window: o.dedup,
+                after_receipt: false,
+            },
             segment: {
                 use clap::Parser;
                 let mut argv = vec!["tracking-api"];

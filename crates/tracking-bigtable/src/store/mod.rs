@@ -24,6 +24,14 @@
 //!
 //! In `parallel` mode a visitor without a live short or long session here
 //! is also looked up in the legacy store; per part the newer record wins.
+//!
+//! Deduplication (`with_dedup`): the read also asks for the event's
+//! client-given id in family `e`; an id accepted within the window (or
+//! recorded by a renewal of this process still in flight) makes the event
+//! a retry, answered without any write. Otherwise the id's cell rides in
+//! the renewal or the conditional write (no extra call), or, in the `disk`
+//! acknowledgement mode, in a plain write queued by `remember` once the
+//! event is on disk.
 
 mod batch;
 
@@ -36,16 +44,16 @@ use bigtable_rs::google::bigtable::v2::{CheckAndMutateRowRequest, Mutation, RowF
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracking_core::{
-    BoxFuture, CallContext, ClientId, Clock, LegacyLookup, LegacySessions, LegacyVisitor,
+    BoxFuture, CallContext, ClientId, Clock, IdCheck, LegacyLookup, LegacySessions, LegacyVisitor,
     OncePerSecond, SessionId, SessionPolicy, SessionStore, Sessions, StoreError, SystemClock,
-    Timestamp, Via, VisitorState,
+    Timestamp, Touched, Via, VisitorState,
 };
 
 use crate::locks::{InFlight, VisitorLocks};
 use crate::retry::RetryBudget;
 use crate::schema::{
-    LONG, SHORT, Unreadable, decode, encode, key_hash, latest_since, read_visitor, row_key,
-    row_key_with,
+    LONG, SHORT, Unreadable, accepted_at, decode, encode, key_hash, latest_since, read_visitor,
+    record_id, row_key, row_key_with,
 };
 use crate::{BigtableConfig, SetupError};
 
@@ -101,6 +109,8 @@ struct Inner {
     retry_budget: RetryBudget,
     /// The parallel run: asked on a miss, told every renewal.
     legacy: Option<Arc<dyn LegacySessions>>,
+    /// The dedup window; `None`: ids are neither read nor written.
+    window: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -192,6 +202,7 @@ impl BigtableSessionStore {
                 warned: OncePerSecond::default(),
                 retry_budget: RetryBudget::default(),
                 legacy: None,
+                window: None,
                 cfg,
             }),
         })
@@ -210,6 +221,18 @@ impl BigtableSessionStore {
         self
     }
 
+    /// Checks client-given event ids against the ones the visitor's row
+    /// holds from within `window`, and records them there (family `e`,
+    /// which `bootstrap` creates with `window` as its garbage collection
+    /// age). Call before the store is shared.
+    #[must_use]
+    pub fn with_dedup(mut self, window: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.window = Some(window).filter(|w| !w.is_zero());
+        }
+        self
+    }
+
     pub fn stats(&self) -> &Counters {
         &self.inner.counters
     }
@@ -220,7 +243,7 @@ impl BigtableSessionStore {
         &self,
         client_id: &ClientId,
     ) -> Result<tracking_core::VisitorState, StoreError> {
-        Ok(self.inner.read(&row_key(client_id)).await?.0)
+        Ok(self.inner.read(&row_key(client_id), None).await?.0)
     }
 
     /// Writes the parts of `state` that are present as cells at their own
@@ -255,17 +278,19 @@ impl BigtableSessionStore {
     fn renew(
         &self,
         client_id: &ClientId,
-        hash: u64,
         key: Vec<u8>,
         next: VisitorState,
         mutations: Vec<Mutation>,
+        ids: &[(&str, Timestamp)],
         ctx: &CallContext,
     ) {
         let inner = &self.inner;
         if let Some(legacy) = &inner.legacy {
             legacy.renew(client_id, &next, ctx);
         }
-        let landing = inner.in_flight.begin(hash, client_id, &next);
+        let landing = inner
+            .in_flight
+            .begin_with(key_hash(client_id), client_id, &next, ids);
         // The renewal outlives the request; its span (when traced) is a
         // child of the `session` span and lasts until the write lands.
         let span = tracing::debug_span!(
@@ -275,10 +300,7 @@ impl BigtableSessionStore {
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let queue = inner.queue.get_or_init(|| {
-            batch::Queue::start(Arc::downgrade(inner), inner.cfg.max_queued_renewals)
-        });
-        let renewal = batch::Renewal {
+        self.enqueue(batch::Renewal {
             key,
             mutations,
             // From the event, not from now: a renewal sent as a plain
@@ -291,7 +313,16 @@ impl BigtableSessionStore {
             landing,
             token: inner.writes.token(),
             span,
-        };
+        });
+    }
+
+    /// Queues a plain write (started with the first); a full queue gives
+    /// it up, counted as a failed write.
+    fn enqueue(&self, renewal: batch::Renewal) {
+        let inner = &self.inner;
+        let queue = inner.queue.get_or_init(|| {
+            batch::Queue::start(Arc::downgrade(inner), inner.cfg.max_queued_renewals)
+        });
         if let Some(renewal) = queue.push(renewal) {
             batch::finish(renewal, 0, "error");
             inner.write_failed("the renewal queue is full");
@@ -308,8 +339,13 @@ impl BigtableSessionStore {
 
 impl Inner {
     /// Reads the row (retrying transient failures), in a `bigtable.read`
-    /// span when traced: the state, and the latest cells it could not read.
-    async fn read(&self, key: &[u8]) -> Result<(VisitorState, Unreadable), StoreError> {
+    /// span when traced: the state, the latest cells it could not read,
+    /// and when `event_id` was accepted (if asked and found).
+    async fn read(
+        &self,
+        key: &[u8],
+        event_id: Option<&str>,
+    ) -> Result<(VisitorState, Unreadable, Option<Timestamp>), StoreError> {
         let span = tracing::debug_span!(
             "bigtable.read",
             otel.kind = "client",
@@ -318,7 +354,7 @@ impl Inner {
         );
         let mut attempts = 0;
         let result = self
-            .read_attempts(key, &mut attempts)
+            .read_attempts(key, event_id, &mut attempts)
             .instrument(span.clone())
             .await;
         span.record("attempts", attempts);
@@ -329,12 +365,13 @@ impl Inner {
     async fn read_attempts(
         &self,
         key: &[u8],
+        event_id: Option<&str>,
         attempt: &mut u32,
-    ) -> Result<(VisitorState, Unreadable), StoreError> {
+    ) -> Result<(VisitorState, Unreadable, Option<Timestamp>), StoreError> {
         let retries = Some(&self.counters.read_retries);
         let rows = self
             .attempts(attempt, retries, || {
-                let request = read_visitor(&self.table_name, key);
+                let request = read_visitor(&self.table_name, key, event_id);
                 let mut client = self.client.clone();
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
                 async move { client.read_rows(request).await }
@@ -353,7 +390,8 @@ impl Inner {
                 .fetch_add(corrupt as u64, Ordering::Relaxed);
             tracing::warn!(corrupt, "Unreadable session cells ignored.");
         }
-        Ok((state, unreadable))
+        let accepted = event_id.and_then(|id| accepted_at(&cells, id));
+        Ok((state, unreadable, accepted))
     }
 
     /// Runs `call` (one request-path RPC) up to `READ_ATTEMPTS` times, each
@@ -545,13 +583,45 @@ impl SessionStore for BigtableSessionStore {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
+            match self
+                .touch_event(client_id, now, via, IdCheck::Skip, ctx)
+                .await?
+            {
+                Touched::Sessions(s) => Ok(s),
+                Touched::Duplicate { .. } => unreachable!("no id was checked"),
+            }
+        })
+    }
+
+    fn touch_event<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        now: Timestamp,
+        via: Option<&'a Via>,
+        check: IdCheck<'a>,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Touched, StoreError>> {
+        Box::pin(async move {
             let inner = &self.inner;
             let hash = key_hash(client_id);
             let key = row_key_with(hash, client_id);
+            let dedup = inner.window.zip(check.id());
+            let event_id = dedup.map(|(_, id)| id);
             // Before the read: a renewal landing in between is then in one
             // of the two.
-            let pending = inner.in_flight.snapshot(hash, client_id);
-            let (mut stored, mut unreadable) = inner.read(&key).await?;
+            let (pending, in_flight_at) = inner
+                .in_flight
+                .snapshot_with(hash, client_id, event_id)
+                .unzip();
+            let (mut stored, mut unreadable, stored_at) = inner.read(&key, event_id).await?;
+            if let Some((window, _)) = dedup
+                && let Some(accepted_at) = stored_at.max(in_flight_at.flatten())
+                && accepted_at.alive_at(window, now)
+            {
+                return Ok(Touched::Duplicate { accepted_at });
+            }
+            // Recorded with the sessions' write (the `memory` mode).
+            let record = event_id.filter(|_| check.records());
             let mut prev = stored.clone();
             if let Some(p) = &pending {
                 prev.merge_newer(p);
@@ -602,10 +672,14 @@ impl SessionStore for BigtableSessionStore {
                 let guards = inner.guards(&prev, &unreadable, &sessions, now);
                 sessions.short_new |= minted.contains(&sessions.short_id);
                 sessions.long_new |= minted.contains(&sessions.long_id);
-                let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
+                let mut mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
+                if let Some(id) = record {
+                    record_id(&mut mutations, id, now);
+                }
                 if guards.is_empty() {
-                    self.renew(client_id, hash, key, next, mutations, ctx);
-                    return Ok(sessions);
+                    let ids = record.map(|id| (id, now));
+                    self.renew(client_id, key, next, mutations, ids.as_slice(), ctx);
+                    return Ok(Touched::Sessions(sessions));
                 }
                 minted.extend(
                     [
@@ -623,18 +697,62 @@ impl SessionStore for BigtableSessionStore {
                     if let Some(legacy) = &inner.legacy {
                         legacy.renew(client_id, &next, ctx);
                     }
-                    return Ok(sessions);
+                    return Ok(Touched::Sessions(sessions));
                 }
                 inner.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                 if round == WRITE_ROUNDS {
                     break;
                 }
-                (stored, unreadable) = inner.read(&key).await?;
+                // Another writer won: if it was a copy of this event (its
+                // id's cell came with its sessions, atomically), this one is
+                // the retry. A cell at this event's own time may be its own
+                // (an attempt in doubt that landed): not taken for a copy.
+                let accepted;
+                (stored, unreadable, accepted) = inner.read(&key, event_id).await?;
+                if let Some((window, _)) = dedup
+                    && let Some(accepted_at) = accepted
+                    && accepted_at != now
+                    && accepted_at.alive_at(window, now)
+                {
+                    return Ok(Touched::Duplicate { accepted_at });
+                }
             }
             Err(StoreError::Unavailable(format!(
                 "other writers won {WRITE_ROUNDS} conditional writes in a row"
             )))
         })
+    }
+
+    fn remember(&self, client_id: &ClientId, ids: &[&str], at: Timestamp) {
+        let inner = &self.inner;
+        if inner.window.is_none() || ids.is_empty() {
+            return;
+        }
+        let hash = key_hash(client_id);
+        let mut mutations = Vec::with_capacity(ids.len());
+        for id in ids {
+            record_id(&mut mutations, id, at);
+        }
+        let accepted: Vec<(&str, Timestamp)> = ids.iter().map(|&id| (id, at)).collect();
+        let landing =
+            inner
+                .in_flight
+                .begin_with(hash, client_id, &VisitorState::default(), &accepted);
+        let span = tracing::debug_span!(
+            "bigtable.write",
+            otel.kind = "client",
+            cells = mutations.len(),
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        self.enqueue(batch::Renewal {
+            key: row_key_with(hash, client_id),
+            mutations,
+            deadline: tokio::time::Instant::now() + inner.cfg.write_timeout,
+            landing,
+            token: inner.writes.token(),
+            span,
+        });
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
