@@ -9,6 +9,8 @@
 //!   the same site, under a strict CSP, across page loads: a page view with
 //!   its url and referrer, 300 events queued as a page navigates away, and a
 //!   page view during which the API is unreachable.
+//! * The tracker's own retry of a payload the API took but whose answer
+//!   came too late: one copy of each event (deduplication by `event_id`).
 //!
 //! Needs Debian's `chromium` (`apt-get install chromium`); `.ci/run` installs it.
 
@@ -21,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::browser::{Browser, read_request};
-use common::process::{ApiProcess, metric, read_ndjson, request, wait_for_lines, wait_metric};
+use common::process::{
+    ApiProcess, metric, post_json, read_ndjson, request, wait_for_lines, wait_metric,
+};
 use test_support::Gate;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -495,6 +499,179 @@ firstAnswer.then(async status => {
     assert!(
         !metrics.contains("route=\"events\",status=\"413\""),
         "no payload over 60 KiB: {metrics}"
+    );
+    server.abort();
+}
+
+/// The tracker gives a request `TIMEOUT` (10 s, tracker.js) for its answer;
+/// then it counts as failed and the payload is sent again, same event ids,
+/// after the first backoff (1 s).
+const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A payload the API took but whose answer the browser never heard (held by
+/// the gate past the tracker's timeout) is sent again by the tracker with
+/// the same event ids; the retry is answered as accepted and not output: one
+/// copy of each event, the copies counted as duplicates. The visitor is a
+/// returning one: a first page view, answered, set the visitor cookie (a
+/// cookieless first payload retried is the same visitor too, its id being
+/// derived from the payload: `tests/dedup.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trackers_own_retry_produces_one_copy_of_each_event() {
+    let site = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_origin = format!("http://www.shop.test:{}", site.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.ndjson");
+    // Deduplication at its default (24 h).
+    let api = ApiProcess::start(&[
+        ("TRACKING_SINK", "file"),
+        ("TRACKING_SINK_PATH", sink.to_str().unwrap()),
+        ("TRACKING_CORS_ORIGINS", &site_origin),
+        ("TRACKING_COOKIE_SECURE", "false"),
+    ]);
+    let gate = Gate::start(api.addr);
+    let api_origin = format!("http://t.shop.test:{}", gate.addr.port());
+    let tracker = format!("{api_origin}/v1/tracker.js");
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{NONCE}' {api_origin}; connect-src 'self' {api_origin}"
+    );
+    // The page reports the outcome of every request of the tracker's, in
+    // order (`k`): an HTTP status, 0 for a failure (the tracker's abort).
+    // Once the page view is answered (the cookie set), and the test has
+    // released it, it tracks five events: one payload, sent 500 ms later.
+    const RETRIED: usize = 5;
+    let script = format!(
+        r#"let n = 0;
+const inner = window.fetch;
+window.fetch = function (url) {{
+  const p = inner.apply(this, arguments);
+  if (String(url).endsWith('/v1/events')) {{
+    const k = ++n;
+    p.then(r => report('answer', {{k, status: r.status}}), e => report('answer', {{k, status: 0, error: String(e)}}));
+  }}
+  return p;
+}};
+firstAnswer.then(() => go('primed')).then(() => {{
+  for (let i = 0; i < {RETRIED}; i++) tracking('retried', {{i}});
+}});"#
+    );
+    let mut pages = HashMap::new();
+    pages.insert(
+        "r1",
+        tracker_page("tracking('page_view');", Some(&tracker), &script),
+    );
+    let (report_tx, mut reports) = mpsc::channel(64);
+    let (release_tx, release_rx) = watch::channel(HashSet::new());
+    let server = tokio::spawn(serve_site(
+        site,
+        Arc::new(pages),
+        csp,
+        report_tx,
+        release_rx,
+    ));
+    let _browser = Browser::open(
+        &format!("{site_origin}/p/r1"),
+        &["--host-resolver-rules=MAP *.shop.test 127.0.0.1"],
+    );
+
+    // The page view, answered at once: the visitor has its cookie.
+    let first = expect(&mut reports, "answer").await;
+    assert_eq!((&first["k"], &first["status"]), (&1.into(), &204.into()));
+    assert_eq!(events_when(&sink, 1).await.len(), 1);
+
+    // From now on the API's answers reach the browser 12 s late: the
+    // payload is taken (its events are output) but the tracker gives up on
+    // it at 10 s. Held per chunk as the gate reads it: once the answer has
+    // been read (a few ms after the events are written; 3 s are given),
+    // the delay is lifted for the retry, due about 11 s after the payload.
+    gate.set_reply_delay(TRACKER_TIMEOUT + Duration::from_secs(2));
+    release_tx.send_modify(|r| {
+        r.insert("primed");
+    });
+    let sent = std::time::Instant::now();
+    let events = events_when(&sink, 1 + RETRIED).await;
+    assert_eq!(
+        events.len(),
+        1 + RETRIED,
+        "the payload was taken: {events:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.set_reply_delay(Duration::ZERO);
+    assert_eq!(
+        metric(&api, "tracking_events_duplicates_total").await,
+        0.0,
+        "nothing resent yet"
+    );
+
+    // The tracker's timeout, then its retry, answered at once.
+    let failed = expect(&mut reports, "answer").await;
+    assert_eq!(
+        (&failed["k"], &failed["status"]),
+        (&2.into(), &0.into()),
+        "{failed}"
+    );
+    let waited = sent.elapsed();
+    assert!(waited >= TRACKER_TIMEOUT, "given up after {waited:?}");
+    let retried = expect(&mut reports, "answer").await;
+    assert_eq!(
+        (&retried["k"], &retried["status"]),
+        (&3.into(), &204.into()),
+        "{retried}"
+    );
+
+    // The retry is answered once the API has dealt with it, but its lines
+    // may still be on their way to the file (the `memory` acknowledgement
+    // mode). The sink writes in order: once an event sent now is there, so
+    // is any copy of the retry's.
+    let marker = r#"{"type":"marker","client_id":"marker","event_id":"marker-1"}"#;
+    let r = post_json(api.addr, marker).await.unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    let mut events = events_when(&sink, 2 + RETRIED).await;
+    assert_eq!(
+        events.last().map(|e| &e["event_id"]),
+        Some(&"marker-1".into()),
+        "the marker last: {events:?}"
+    );
+    events.pop();
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        (events.len(), unique.len()),
+        (1 + RETRIED, 1 + RETRIED),
+        "every event once: {events:?}"
+    );
+    let mut numbers: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "retried")
+        .map(|e| e["props"]["i"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..RETRIED as u64).collect::<Vec<_>>());
+    for e in &events {
+        assert_eq!(e["client_id"], events[0]["client_id"], "one visitor: {e}");
+    }
+
+    // The payload really went out twice with the same ids: each retried
+    // event's id is in two requests the gate forwarded (the page view's in
+    // one), in three requests in all.
+    let seen = String::from_utf8_lossy(&gate.seen()).into_owned();
+    assert_eq!(seen.matches("POST /v1/events").count(), 3, "{seen}");
+    for e in &events {
+        let id = e["event_id"].as_str().unwrap();
+        let copies = if e["type"] == "retried" { 2 } else { 1 };
+        assert_eq!(seen.matches(id).count(), copies, "{id} in {seen}");
+    }
+    // And the API took the retry for one: five duplicates, not output.
+    assert_eq!(
+        metric(&api, "tracking_events_duplicates_total").await,
+        RETRIED as f64
+    );
+    assert_eq!(
+        metric(&api, "tracking_events_accepted_total").await,
+        (1 + 2 * RETRIED + 1) as f64,
+        "the page view, the payload twice (the retry answered as accepted), the marker"
     );
     server.abort();
 }

@@ -491,3 +491,37 @@ mod processes {
         );
     }
 }
+
+/// A browser's first request carries no cookie; when its answer (and the
+/// cookie in it) is lost, the retry carries none either. The visitor id
+/// minted for it is derived from the request's event ids, address and
+/// user agent: the retry is the same visitor, its events caught.
+#[tokio::test]
+async fn a_first_request_without_a_cookie_retried_is_output_once() {
+    let t = app(Some(DAY));
+    let body =
+        r#"{"events":[{"type":"page_view","event_id":"r-1"},{"type":"click","event_id":"r-2"}]}"#;
+    let cookie = |r: &http::Response<()>| {
+        r.headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+    };
+    let (first, _) = t.post(body).await;
+    let (retry, _) = t.post(body).await;
+    assert_eq!(first.status(), 204);
+    assert_eq!(retry.status(), 204);
+    assert!(cookie(&first).is_some());
+    assert_eq!(cookie(&first), cookie(&retry), "the same visitor");
+    let out = t.sink.take();
+    assert_eq!(ids(&out), ["r-1", "r-2"]);
+    // Another first visit (other ids) is another visitor.
+    let (other, _) = t
+        .post(r#"{"events":[{"type":"page_view","event_id":"s-1"}]}"#)
+        .await;
+    assert_ne!(cookie(&other), cookie(&first));
+    // An event without an id in the request: a random visitor, as always.
+    let mixed = r#"{"events":[{"type":"a","event_id":"m-1"},{"type":"b"}]}"#;
+    let (m1, _) = t.post(mixed).await;
+    let (m2, _) = t.post(mixed).await;
+    assert_ne!(cookie(&m1), cookie(&m2));
+}

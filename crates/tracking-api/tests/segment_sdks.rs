@@ -5,7 +5,9 @@
 //! call per request, preflighted, Basic auth) send. Each event that comes
 //! out is checked field by field against the call as the client sent it.
 //! Then sessions shared with `/v1/events`, and bad input: every bad request
-//! gets its answer and no valid event around it is lost or doubled.
+//! gets its answer and no valid event around it is lost or doubled. Last,
+//! the Node SDK's retry of a batch whose answer was lost (a `503` after the
+//! API took it) is output once (deduplication by `messageId`).
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -19,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::process::{ApiProcess, RawResponse, read_ndjson, request, wait_for_lines};
+use common::process::{ApiProcess, RawResponse, metric, read_ndjson, request, wait_for_lines};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -387,13 +389,19 @@ fn run_python(script: &str, api: &Api, write_key: &str) -> Value {
 
 /// Runs a Node script with @segment/analytics-node against `api`.
 fn run_node(script: &str, api: &Api, write_key: &str) -> Value {
+    run_node_at(script, &api.url(), write_key)
+}
+
+/// Runs a Node script with @segment/analytics-node against `host` (an
+/// `http://` URL: the API, or something in front of it).
+fn run_node_at(script: &str, host: &str, write_key: &str) -> Value {
     let modules = common::sdk::node_modules();
     let mut cmd = Command::new(common::sdk::node());
     cmd.arg("-e")
         .arg(script)
         .current_dir(modules.parent().unwrap())
         .env("NODE_PATH", &modules)
-        .env("HOST", api.url())
+        .env("HOST", host)
         .env("WRITE_KEY", write_key)
         .env("CHROME", CHROME);
     run_json(cmd, "the Node SDK script")
@@ -1525,4 +1533,280 @@ async fn bad_input_is_answered_and_loses_nothing_valid() {
     // Memory: eight bombs, 600 KB bodies and 4,001 calls cost little.
     let peak = test_support::peak_rss_kib(api.process.child.id());
     assert!(peak > 0 && peak < 200 << 10, "peak RSS {peak} KiB");
+}
+
+// ---------------------------------------------------------------------------
+// Retries
+
+/// One request of a batch route as the proxy saw it: its headers (lower
+/// case) and body, and the status the client was given.
+#[derive(Debug, Clone)]
+struct Seen {
+    headers: Vec<(String, String)>,
+    body: Value,
+    status: u16,
+}
+
+/// A proxy in front of the API that loses the first answer to `POST
+/// /v1/batch`: the request is forwarded and the API takes it (its events
+/// are output), but the client is told `503` with `Retry-After: 1`, as a
+/// load balancer or a dying pod might; every other request and answer
+/// passes unchanged. Each request on a connection of its own to the API.
+struct LoseFirstBatchAnswer {
+    addr: SocketAddr,
+    batches: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoseFirstBatchAnswer {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let batches = std::sync::Arc::default();
+        let all = std::sync::Arc::clone(&batches);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let all = std::sync::Arc::clone(&all);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        Self::forward(upstream, req, std::sync::Arc::clone(&all))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            batches,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The batch requests seen so far.
+    fn batches(&self) -> Vec<Seen> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    async fn forward(
+        upstream: SocketAddr,
+        req: hyper::Request<hyper::body::Incoming>,
+        batches: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
+        use http_body_util::Full;
+        // Bodies and answers of a few kB; a MiB is plenty.
+        const LIMIT: usize = 1 << 20;
+        let (mut parts, body) = req.into_parts();
+        let body = service_kit::read_limited(body, LIMIT).await.unwrap();
+        // The body goes on whole, with its length.
+        parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+        let is_batch = parts.method == hyper::Method::POST && parts.uri.path() == "/v1/batch";
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let stream = TcpStream::connect(upstream).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let answer = sender
+            .send_request(hyper::Request::from_parts(parts, Full::new(body.clone())))
+            .await?;
+        let (mut answer, answer_body) = answer.into_parts();
+        let answer_body = service_kit::read_limited(answer_body, LIMIT).await.unwrap();
+        for hop in [
+            hyper::header::TRANSFER_ENCODING,
+            hyper::header::CONTENT_LENGTH,
+            hyper::header::CONNECTION,
+        ] {
+            answer.headers.remove(hop);
+        }
+        let mut lost = false;
+        if is_batch {
+            let mut batches = batches.lock().unwrap();
+            lost = batches.is_empty();
+            batches.push(Seen {
+                headers,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                status: if lost { 503 } else { answer.status.as_u16() },
+            });
+        }
+        if lost {
+            // The API's own answer (200, events taken) is dropped.
+            return Ok(hyper::Response::builder()
+                .status(503)
+                .header("Retry-After", "1")
+                .header("Content-Type", "application/json")
+                .body(Full::new(bytes::Bytes::from_static(
+                    br#"{"code":"unavailable","message":"upstream answer lost"}"#,
+                )))
+                .unwrap());
+        }
+        Ok(hyper::Response::from_parts(answer, Full::new(answer_body)))
+    }
+}
+
+impl Drop for LoseFirstBatchAnswer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// @segment/analytics-node 3.1.0 sends five tracks of one visitor, with
+/// the SDK's own messageIds, and retries what fails (up to 3 times; after a
+/// 5xx but 501/505/511 it waits its backoff, 1–2 s for the first retry, and
+/// sends the same events again with `X-Retry-Count`). The script fails on
+/// any delivery error.
+const NODE_RETRIED_BATCH: &str = r#"
+const { Analytics } = require('@segment/analytics-node')
+const analytics = new Analytics({
+  writeKey: process.env.WRITE_KEY, host: process.env.HOST, flushInterval: 100, maxRetries: 3,
+})
+const failures = [], statuses = []
+let delivered = 0
+analytics.on('error', (e) => failures.push(`${e.code}: ${e.reason}`))
+analytics.on('http_response', (r) => statuses.push(r.status))
+const done = (err) => { if (err) failures.push(String(err)); else delivered++ }
+for (let i = 0; i < 5; i++) {
+  analytics.track({ anonymousId: 'visitor-retry', event: 'Retried', properties: { i } }, done)
+}
+analytics.closeAndFlush({ timeout: 20000 }).then(() => {
+  console.log(JSON.stringify({ failures, statuses, delivered }))
+  process.exitCode = failures.length || delivered !== 5 ? 1 : 0
+})
+"#;
+
+/// What came of [`NODE_RETRIED_BATCH`] through [`LoseFirstBatchAnswer`]
+/// with `TRACKING_DEDUP_WINDOW=window`: the batch requests the proxy saw,
+/// the lines output once the SDK is done, and the duplicates counted.
+async fn node_batch_retried_after_503(window: &str) -> (Vec<Seen>, Vec<Value>, f64) {
+    let api = Api::start(&[
+        ("TRACKING_WRITE_KEYS", "wk1=web"),
+        ("TRACKING_DEDUP_WINDOW", window),
+    ]);
+    let proxy = LoseFirstBatchAnswer::start(api.addr()).await;
+    let url = proxy.url();
+    // The script blocks (bounded by WITHIN); the proxy runs on the other
+    // worker meanwhile.
+    let out = tokio::task::block_in_place(|| run_node_at(NODE_RETRIED_BATCH, &url, "wk1"));
+    assert_eq!(out["failures"], json!([]), "{out:#}");
+    assert_eq!(out["delivered"], 5, "{out:#}");
+    let batches = proxy.batches();
+    assert_eq!(
+        out["statuses"],
+        json!(batches.iter().map(|b| b.status).collect::<Vec<_>>()),
+        "the SDK heard what the proxy answered"
+    );
+    // An answer may come before the lines are written (the `memory`
+    // acknowledgement mode), but the sink writes in order: once an event
+    // sent after the SDK is done is there, so is every copy the SDK's
+    // requests produced.
+    let r = common::process::post_json(
+        api.addr(),
+        r#"{"type":"marker","client_id":"marker","event_id":"marker-1"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    let deadline = Instant::now() + WITHIN;
+    let mut lines = read_ndjson(&api.events);
+    while !lines.iter().any(|l| l["event_id"] == "marker-1") {
+        assert!(
+            Instant::now() < deadline,
+            "the marker within {WITHIN:?}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = read_ndjson(&api.events);
+    }
+    lines.retain(|l| l["event_id"] != "marker-1");
+    let duplicates = metric(&api.process, "tracking_events_duplicates_total").await;
+    (batches, lines, duplicates)
+}
+
+/// The messageIds of a batch body, in order.
+fn message_ids(body: &Value) -> Vec<String> {
+    body["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["messageId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The SDK's first retry among `batches`: the one request with
+/// `X-Retry-Count: 1`.
+fn retry_of(batches: &[Seen]) -> &Seen {
+    let retries: Vec<&Seen> = batches
+        .iter()
+        .filter(|b| {
+            b.headers
+                .contains(&("x-retry-count".to_owned(), "1".to_owned()))
+        })
+        .collect();
+    assert_eq!(retries.len(), 1, "one first retry: {batches:#?}");
+    retries[0]
+}
+
+/// The Node SDK's retry of a batch whose answer was lost (`503` after the
+/// API took it) is answered as accepted and not output again: one line per
+/// message, the retried ones counted as duplicates. With deduplication off
+/// the same run outputs every retried message twice, which this test would
+/// catch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_retry_after_a_503_is_output_once() {
+    let (batches, lines, duplicates) = node_batch_retried_after_503("24h").await;
+    assert!(batches.len() >= 2, "the SDK retried: {batches:#?}");
+    assert_eq!(batches[0].status, 503);
+    // The retry (the SDK marks it with `X-Retry-Count`) is the same batch
+    // again, the same messageIds, and is answered as accepted.
+    let retried = message_ids(&batches[0].body);
+    assert!(!retried.is_empty(), "{batches:#?}");
+    let retry = retry_of(&batches);
+    assert_eq!(message_ids(&retry.body), retried, "the same messages");
+    assert_eq!(retry.status, 200, "{batches:#?}");
+    let sent: std::collections::BTreeSet<String> =
+        batches.iter().flat_map(|b| message_ids(&b.body)).collect();
+    assert_eq!(sent.len(), 5, "five messages: {batches:#?}");
+    // Each message once (`by_id` fails on an id twice), all of them.
+    let out = by_id(&lines);
+    assert_eq!(
+        out.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        sent
+    );
+    assert_eq!(
+        duplicates,
+        retried.len() as f64,
+        "the retried batch's messages"
+    );
+
+    // Deduplication off: the same run outputs the retried batch twice.
+    let (batches, lines, duplicates) = node_batch_retried_after_503("0").await;
+    let retried = message_ids(&batches[0].body);
+    assert_eq!(message_ids(&retry_of(&batches).body), retried);
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &lines {
+        *copies
+            .entry(l["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    for id in &retried {
+        assert_eq!(
+            copies.get(id),
+            Some(&2),
+            "{id} twice without dedup: {copies:?}"
+        );
+    }
+    assert_eq!(lines.len(), 5 + retried.len(), "{copies:?}");
+    assert_eq!(duplicates, 0.0);
 }

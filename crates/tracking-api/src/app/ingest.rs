@@ -202,7 +202,9 @@ impl App {
             let fallback = match cookie_id {
                 Some(id) => Some(id),
                 None if needs_fallback => {
-                    let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
+                    let id = self
+                        .retry_stable_visitor(&items, headers, peer)
+                        .or_else(|| ClientId::parse(&st.parts.ids.new_id(received_at).to_string()));
                     new_visitor.clone_from(&id);
                     id
                 }
@@ -229,6 +231,34 @@ impl App {
             new_visitor,
             ..ingested
         })
+    }
+
+    /// The visitor id for a request with neither cookie nor `client_id`
+    /// when every such event has its own `event_id` and deduplication is
+    /// on: derived from those ids (as sent), the client's anonymised
+    /// address and its user agent, so that a retry of the request — the
+    /// browser's first, whose answer (and cookie) was lost — is the same
+    /// visitor and its events are caught as retries. `None`: a random one.
+    fn retry_stable_visitor(
+        &self,
+        items: &[tracking_core::Item<'_>],
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Option<ClientId> {
+        self.state.parts.dedup.window?;
+        let mut ids = Vec::new();
+        for item in items {
+            if let Ok(raw) = &item.event
+                && raw.client_id.is_none()
+            {
+                ids.push(raw.event_id?.get().as_bytes());
+            }
+        }
+        let ip = anonymize_ip(self.state.parts.client_ip.resolve(peer, headers)).to_string();
+        let ua = headers.get(USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
+        let mut parts = vec![ip.as_bytes(), ua];
+        parts.extend(ids);
+        Some(ClientId::derived(&parts))
     }
 
     /// Runs `validate` (a request's `events` split into valid events and
