@@ -513,8 +513,8 @@ const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// the same event ids; the retry is answered as accepted and not output: one
 /// copy of each event, the copies counted as duplicates. The visitor is a
 /// returning one: a first page view, answered, set the visitor cookie (a
-/// cookieless first payload retried is the same visitor too, its id being
-/// derived from the payload: `tests/dedup.rs`).
+/// cookieless first payload whose answer is lost comes back without a
+/// cookie, as another visitor: README, "Retries and duplicates").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trackers_own_retry_produces_one_copy_of_each_event() {
     let site = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -202,27 +202,6 @@ impl ClientId {
     }
 }
 
-impl ClientId {
-    /// A visitor id that the same `parts` always give (a UUID-shaped
-    /// SHA-256 of them, version 8): for a request that carries none, so
-    /// that its retry — which carries none either — is the same visitor.
-    pub fn derived(parts: &[&[u8]]) -> Self {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(b"tracking-api derived visitor v1");
-        for p in parts {
-            // Length-prefixed: no two lists of parts hash alike.
-            h.update((p.len() as u64).to_le_bytes());
-            h.update(p);
-        }
-        let digest = h.finalize();
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        let id = uuid::Builder::from_custom_bytes(bytes).into_uuid();
-        Self(id.hyphenated().to_string().into())
-    }
-}
-
 impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ClientId({})", self.0)

@@ -89,17 +89,16 @@ pub trait LegacySessions: Send + Sync + fmt::Debug {
 /// What a touch does with the event's client-given id (`TRACKING_DEDUP_WINDOW`):
 /// an event whose id the visitor's record holds from within the window is a
 /// retry of one already accepted. Ids the service assigned itself are never
-/// retried and are not passed.
+/// retried and are not passed. A touch only checks: the id is recorded by
+/// [`SessionStore::remember`] once the event is accepted for good (handed
+/// to the sink; in the `disk` mode, on disk), never before — a process
+/// killed mid-request, or a failed `fdatasync` answered `503`, leaves the
+/// client's retry to be output, not taken for a duplicate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdCheck<'a> {
     /// No client-given id, or deduplication is off: sessions only.
     Skip,
-    /// Checked, and recorded with the renewal when it is not a retry (the
-    /// `memory` acknowledgement mode: handing the event over accepts it).
-    Record(&'a str),
-    /// Checked only; [`SessionStore::remember`] records it once the event
-    /// is on disk (the `disk` mode: a failed `fdatasync` answers `503`, and
-    /// the client's retry must not be taken for a duplicate).
+    /// Checked against the visitor's recent ids.
     Check(&'a str),
 }
 
@@ -108,13 +107,8 @@ impl<'a> IdCheck<'a> {
     pub fn id(self) -> Option<&'a str> {
         match self {
             Self::Skip => None,
-            Self::Record(id) | Self::Check(id) => Some(id),
+            Self::Check(id) => Some(id),
         }
-    }
-
-    /// Whether the touch records the id itself.
-    pub fn records(self) -> bool {
-        matches!(self, Self::Record(_))
     }
 }
 
@@ -143,9 +137,8 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Sessions, StoreError>>;
 
     /// [`touch`](Self::touch), also checking the event's client-given id
-    /// against the visitor's recent ids (and recording it, as `check`
-    /// says). Stores that keep no ids (the legacy store) resolve sessions
-    /// only.
+    /// against the visitor's recent ids. Stores that keep no ids (the
+    /// legacy store) resolve sessions only.
     fn touch_event<'a>(
         &'a self,
         client_id: &'a ClientId,
@@ -163,9 +156,9 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     }
 
     /// Records client-given ids of `client_id`'s events accepted at `at`
-    /// (checked with [`IdCheck::Check`], now on disk). Best effort, never
-    /// waits: a record that cannot be written lets a later retry through
-    /// (a duplicate downstream, never a loss).
+    /// (checked with [`IdCheck::Check`], now handed over for good). Best
+    /// effort, never waits: a record that cannot be written lets a later
+    /// retry through (a duplicate downstream, never a loss).
     fn remember(&self, client_id: &ClientId, ids: &[&str], at: Timestamp) {
         let _ = (client_id, ids, at);
     }

@@ -202,9 +202,7 @@ impl App {
             let fallback = match cookie_id {
                 Some(id) => Some(id),
                 None if needs_fallback => {
-                    let id = self
-                        .retry_stable_visitor(&items, headers, peer)
-                        .or_else(|| ClientId::parse(&st.parts.ids.new_id(received_at).to_string()));
+                    let id = ClientId::parse(&st.parts.ids.new_id(received_at).to_string());
                     new_visitor.clone_from(&id);
                     id
                 }
@@ -231,34 +229,6 @@ impl App {
             new_visitor,
             ..ingested
         })
-    }
-
-    /// The visitor id for a request with neither cookie nor `client_id`
-    /// when every such event has its own `event_id` and deduplication is
-    /// on: derived from those ids (as sent), the client's anonymised
-    /// address and its user agent, so that a retry of the request — the
-    /// browser's first, whose answer (and cookie) was lost — is the same
-    /// visitor and its events are caught as retries. `None`: a random one.
-    fn retry_stable_visitor(
-        &self,
-        items: &[tracking_core::Item<'_>],
-        headers: &HeaderMap,
-        peer: IpAddr,
-    ) -> Option<ClientId> {
-        self.state.parts.dedup.window?;
-        let mut ids = Vec::new();
-        for item in items {
-            if let Ok(raw) = &item.event
-                && raw.client_id.is_none()
-            {
-                ids.push(raw.event_id?.get().as_bytes());
-            }
-        }
-        let ip = anonymize_ip(self.state.parts.client_ip.resolve(peer, headers)).to_string();
-        let ua = headers.get(USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
-        let mut parts = vec![ip.as_bytes(), ua];
-        parts.extend(ids);
-        Some(ClientId::derived(&parts))
     }
 
     /// Runs `validate` (a request's `events` split into valid events and
@@ -439,8 +409,10 @@ impl App {
 /// With deduplication on, an event whose client-given id the store has
 /// from within the window (or that an earlier event of the same request
 /// carried, for the same visitor) is a retry: counted, logged at debug
-/// level, and not output. In the `disk` mode the ids are recorded once the
-/// receipt says the events are on disk.
+/// level, and not output. The ids are recorded once the events are handed
+/// to the sink (in the `disk` mode, once the receipt says they are on
+/// disk): a process killed before that leaves the client's retry to be
+/// output.
 pub(super) async fn process(
     st: Arc<AppState>,
     events: Vec<Event>,
@@ -454,7 +426,7 @@ pub(super) async fn process(
     let dedup = st.parts.dedup;
     // Hashes of (visitor, id) seen earlier in this request.
     let mut in_request = Vec::new();
-    // The ids to record once on disk (`disk` mode).
+    // The ids to record once the events are accepted for good.
     let mut to_remember: Vec<(ClientId, Box<str>)> = Vec::new();
     for event in events {
         let check = dedup.check(&event);
@@ -541,6 +513,8 @@ pub(super) async fn process(
             .filter(|p| p.user_agent().is_some() || p.ip().is_some())
             .map(|p| st.context_for(&ctx, p.user_agent(), p.ip()));
         let unchecked = check.id().is_some() && matches!(outcome, SessionOutcome::Unavailable);
+        // Not recorded when the store did not answer: the write would
+        // most likely fail too, and crowd out renewals meanwhile.
         if let IdCheck::Check(id) = check
             && !unchecked
         {
@@ -571,6 +545,7 @@ pub(super) async fn process(
         st.parts.sink.send(out, admission)
     };
     if receipt.is_held() {
+        remember(&st, &to_remember, ctx.received_at);
         return Ok(());
     }
     // A disk that hangs (a frozen filesystem, a dying device) answers 503
@@ -584,13 +559,16 @@ pub(super) async fn process(
             )))
         });
     if written.is_ok() {
-        for (client_id, id) in &to_remember {
-            st.parts
-                .store
-                .remember(client_id, &[&**id], ctx.received_at);
-        }
+        remember(&st, &to_remember, ctx.received_at);
     }
     written
+}
+
+/// Records the client-given ids of a request's events, now accepted.
+fn remember(st: &AppState, ids: &[(ClientId, Box<str>)], at: tracking_core::Timestamp) {
+    for (client_id, id) in ids {
+        st.parts.store.remember(client_id, &[&**id], at);
+    }
 }
 
 /// Counts and logs a retry of an event accepted at `accepted_at`.

@@ -67,8 +67,8 @@ pub struct Dedup {
     /// no ids).
     pub window: Option<Duration>,
     /// The `disk` acknowledgement mode: an event's id is recorded once it
-    /// is on disk, not with its renewal (a failed `fdatasync` answers
-    /// `503`, and the retry must not be taken for a duplicate).
+    /// is on disk (a failed `fdatasync` answers `503`, and the retry must
+    /// not be taken for a duplicate); otherwise once handed to the sink.
     pub after_receipt: bool,
 }
 
@@ -76,8 +76,7 @@ impl Dedup {
     /// What the store does with `event`'s client-given id.
     pub fn check(self, event: &Event) -> IdCheck<'_> {
         match (self.window, event.event_id()) {
-            (Some(_), Some(id)) if self.after_receipt => IdCheck::Check(id),
-            (Some(_), Some(id)) => IdCheck::Record(id),
+            (Some(_), Some(id)) => IdCheck::Check(id),
             _ => IdCheck::Skip,
         }
     }

@@ -13,10 +13,11 @@
 //! Deduplication (`TRACKING_DEDUP_WINDOW`): a visitor's entry also holds the
 //! client-given ids of its recent events, as 64-bit hashes with the time
 //! each was accepted: at most [`MAX_IDS_PER_VISITOR`] per visitor (the
-//! oldest go first) and [`AVERAGE_IDS_PER_VISITOR`] per visitor on average
-//! over a shard (past it, the sampled visitor holding most ids loses its
-//! older half, counted): 16 bytes an id, at most 16 × 8 × the visitor cap
-//! in all (25.6 MB at the default 200,000).
+//! oldest go first; the largest batch the API takes fits) and
+//! [`AVERAGE_IDS_PER_VISITOR`] per visitor on average over a shard (past
+//! it, the sampled visitor holding most ids loses its older half, counted,
+//! and its list shrinks to fit): 16 bytes an id, and a list holds at most
+//! twice what it uses.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -35,8 +36,9 @@ const SHARDS: usize = 64;
 pub const SAMPLE: usize = 5;
 /// Random entries checked for expiry on each insertion.
 const EXPIRY_PROBES: usize = 2;
-/// Recent event ids one visitor keeps at most.
-pub const MAX_IDS_PER_VISITOR: usize = 64;
+/// Recent event ids one visitor keeps at most: a whole retried batch of
+/// the largest size the API takes by default.
+pub const MAX_IDS_PER_VISITOR: usize = 512;
 /// Recent event ids a shard keeps, per visitor it may hold.
 pub const AVERAGE_IDS_PER_VISITOR: usize = 8;
 
@@ -183,6 +185,9 @@ impl MemorySessionStore {
             shard.map.retain(|_, e| {
                 if let Some(w) = window {
                     e.ids.retain(|(_, at)| at.alive_at(w, now));
+                    if e.ids.capacity() > 2 * e.ids.len() {
+                        e.ids.shrink_to_fit();
+                    }
                 }
                 let keep = self.policy.expires_at(&e.state) > now;
                 if keep {
@@ -228,9 +233,11 @@ impl MemorySessionStore {
         }
     }
 
-    /// Keeps the shard's ids within its share: the sampled visitor holding
-    /// most loses its older half, a few times at most per call.
-    fn trim_ids(&self, shard: &mut Shard) {
+    /// Keeps the shard's ids within its share after `current` (at index
+    /// `current` of the map) recorded some: the sampled visitor holding
+    /// most loses its older half, a few times at most; then, if the shard
+    /// is still over, `current` loses its oldest (it brought the excess).
+    fn trim_ids(&self, shard: &mut Shard, current: usize) {
         let budget = self.per_shard * AVERAGE_IDS_PER_VISITOR;
         for _ in 0..SAMPLE {
             if shard.ids <= budget || shard.map.is_empty() {
@@ -245,10 +252,24 @@ impl MemorySessionStore {
             };
             let ids = &mut shard.map[i].ids;
             let drop = ids.len().div_ceil(2);
-            ids.drain(..drop);
+            self.drop_oldest(ids, drop);
             shard.ids -= drop;
-            self.ids_dropped.fetch_add(drop as u64, Ordering::Relaxed);
         }
+        if shard.ids > budget
+            && let Some((_, entry)) = shard.map.get_index_mut(current)
+        {
+            let drop = (shard.ids - budget).min(entry.ids.len());
+            self.drop_oldest(&mut entry.ids, drop);
+            shard.ids -= drop;
+        }
+    }
+
+    fn drop_oldest(&self, ids: &mut Vec<(u64, Timestamp)>, n: usize) {
+        ids.drain(..n);
+        if ids.capacity() > 2 * ids.len() {
+            ids.shrink_to_fit();
+        }
+        self.ids_dropped.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Adds `hash` (accepted at `at`) to a visitor's ids, dropping the ones
@@ -327,26 +348,17 @@ impl MemorySessionStore {
             }
             let (sessions, next) = self.policy.resolve(Some(&entry.state), now, via);
             entry.state = next;
-            if let Some((window, hash)) = dedup
-                && check.records()
-            {
-                let added = Self::record(&mut entry.ids, hash, now, window);
-                shard.ids = shard.ids.saturating_add_signed(added);
-                self.trim_ids(shard);
-            }
             return Ok(Touched::Sessions(sessions));
         }
         let (sessions, next) = self.policy.resolve(None, now, via);
         self.make_room(shard, now);
-        let ids = match dedup {
-            Some((_, hash)) if check.records() => vec![(hash, now)],
-            _ => Vec::new(),
-        };
-        shard.ids += ids.len();
-        shard
-            .map
-            .insert(client_id.clone(), Entry { state: next, ids });
-        self.trim_ids(shard);
+        shard.map.insert(
+            client_id.clone(),
+            Entry {
+                state: next,
+                ids: Vec::new(),
+            },
+        );
         Ok(Touched::Sessions(sessions))
     }
 }
@@ -423,14 +435,14 @@ impl SessionStore for MemorySessionStore {
         };
         let shard = &mut *shard;
         // A visitor evicted meanwhile has no entry to hold them.
-        let Some(entry) = shard.map.get_mut(client_id) else {
+        let Some((current, _, entry)) = shard.map.get_full_mut(client_id) else {
             return;
         };
         for id in ids {
             let added = Self::record(&mut entry.ids, self.id_hash(id), at, window);
             shard.ids = shard.ids.saturating_add_signed(added);
         }
-        self.trim_ids(shard);
+        self.trim_ids(shard, current);
     }
 }
 
@@ -519,6 +531,43 @@ mod tests {
             s.len() < 3_000 - 200,
             "probes removed expired entries: {}",
             s.len()
+        );
+    }
+
+    /// Ids held and the memory their lists take stay within the bound
+    /// however they arrive: many visitors each given the most ids one may
+    /// hold.
+    #[test]
+    fn dedup_ids_stay_within_their_bound() {
+        let s = store(640).with_dedup(Duration::from_secs(86_400));
+        let t = Timestamp::from_millis(1_000_000);
+        for v in 0..640 {
+            s.touch_now(&id(v), t, None).expect("touch");
+            let ids: Vec<String> = (0..MAX_IDS_PER_VISITOR)
+                .map(|i| format!("{v}-{i}"))
+                .collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            s.remember(&id(v), &ids, t);
+        }
+        let (held, dropped) = s.ids();
+        let budget = s.capacity() * AVERAGE_IDS_PER_VISITOR;
+        assert!(held <= budget, "{held} ids held, bound {budget}");
+        assert!(dropped > 0);
+        let capacity: usize = s
+            .shards
+            .iter()
+            .map(|sh| {
+                sh.lock()
+                    .unwrap()
+                    .map
+                    .values()
+                    .map(|e| e.ids.capacity())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert!(
+            capacity <= 2 * budget + MAX_IDS_PER_VISITOR * SHARDS,
+            "lists hold room for {capacity} ids, bound {budget}"
         );
     }
 

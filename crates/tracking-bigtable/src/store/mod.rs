@@ -27,11 +27,10 @@
 //!
 //! Deduplication (`with_dedup`): the read also asks for the event's
 //! client-given id in family `e`; an id accepted within the window (or
-//! recorded by a renewal of this process still in flight) makes the event
-//! a retry, answered without any write. Otherwise the id's cell rides in
-//! the renewal or the conditional write (no extra call), or, in the `disk`
-//! acknowledgement mode, in a plain write queued by `remember` once the
-//! event is on disk.
+//! recorded by a write of this process still in flight) makes the event a
+//! retry, answered without any write. Otherwise the id's cell is written
+//! by `remember` once the event is accepted for good, as a plain write
+//! queued with the renewals.
 
 mod batch;
 
@@ -281,16 +280,13 @@ impl BigtableSessionStore {
         key: Vec<u8>,
         next: VisitorState,
         mutations: Vec<Mutation>,
-        ids: &[(&str, Timestamp)],
         ctx: &CallContext,
     ) {
         let inner = &self.inner;
         if let Some(legacy) = &inner.legacy {
             legacy.renew(client_id, &next, ctx);
         }
-        let landing = inner
-            .in_flight
-            .begin_with(key_hash(client_id), client_id, &next, ids);
+        let landing = inner.in_flight.begin(key_hash(client_id), client_id, &next);
         // The renewal outlives the request; its span (when traced) is a
         // child of the `session` span and lasts until the write lands.
         let span = tracing::debug_span!(
@@ -620,8 +616,6 @@ impl SessionStore for BigtableSessionStore {
             {
                 return Ok(Touched::Duplicate { accepted_at });
             }
-            // Recorded with the sessions' write (the `memory` mode).
-            let record = event_id.filter(|_| check.records());
             let mut prev = stored.clone();
             if let Some(p) = &pending {
                 prev.merge_newer(p);
@@ -672,13 +666,9 @@ impl SessionStore for BigtableSessionStore {
                 let guards = inner.guards(&prev, &unreadable, &sessions, now);
                 sessions.short_new |= minted.contains(&sessions.short_id);
                 sessions.long_new |= minted.contains(&sessions.long_id);
-                let mut mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
-                if let Some(id) = record {
-                    record_id(&mut mutations, id, now);
-                }
+                let mutations = encode(&next, via_at.is_some(), via_at.unwrap_or(now));
                 if guards.is_empty() {
-                    let ids = record.map(|id| (id, now));
-                    self.renew(client_id, key, next, mutations, ids.as_slice(), ctx);
+                    self.renew(client_id, key, next, mutations, ctx);
                     return Ok(Touched::Sessions(sessions));
                 }
                 minted.extend(
@@ -703,15 +693,12 @@ impl SessionStore for BigtableSessionStore {
                 if round == WRITE_ROUNDS {
                     break;
                 }
-                // Another writer won: if it was a copy of this event (its
-                // id's cell came with its sessions, atomically), this one is
-                // the retry. A cell at this event's own time may be its own
-                // (an attempt in doubt that landed): not taken for a copy.
+                // Another writer won: if a copy of this event was accepted
+                // meanwhile, this one is the retry.
                 let accepted;
                 (stored, unreadable, accepted) = inner.read(&key, event_id).await?;
                 if let Some((window, _)) = dedup
                     && let Some(accepted_at) = accepted
-                    && accepted_at != now
                     && accepted_at.alive_at(window, now)
                 {
                     return Ok(Touched::Duplicate { accepted_at });
