@@ -118,6 +118,9 @@ fn dedup_window(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("`{s}`: a dedup window is 0 (off) or at least 1s"));
+    }
     if d > MAX_DEDUP_WINDOW {
         return Err(format!(
             "`{s}` is longer than the longest dedup window, 7d (a visitor's ids are kept in its session row)"

@@ -927,3 +927,117 @@ async fn a_renewal_past_its_events_deadline_is_given_up_unsent() {
     let stored = s.read_state(&v).await.unwrap();
     assert_eq!(stored.short.map(|r| r.last_seen), Some(first));
 }
+
+/// Deduplication on the store: an id recorded by `remember` makes a later
+/// check of it a duplicate (in flight, and once landed), other ids and
+/// other visitors are not, the window ends it; a renewal and the id record
+/// of one visitor queued together go out as one entry of one call.
+#[tokio::test]
+async fn remembered_ids_are_duplicates_within_the_window() {
+    use tracking_core::{IdCheck, Touched};
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    let window = Duration::from_secs(3600);
+    bootstrap(&cfg, ttls(), Some(window)).await.unwrap();
+    let clock = clock();
+    let s = store(cfg).await.with_dedup(window);
+    let v = id("dedup-1");
+    let ctx = CallContext::empty();
+    let check = async |s: &BigtableSessionStore, who: &ClientId, e: &str, at: Timestamp| {
+        s.touch_event(who, at, None, IdCheck::Check(e), ctx)
+            .await
+            .unwrap()
+    };
+    // The first event mints (a conditional write); then a renewal and the
+    // record of its id, queued at once.
+    assert!(matches!(
+        check(&s, &v, "e-1", clock.now()).await,
+        Touched::Sessions(_)
+    ));
+    s.flush().await;
+    let before = s.stats().writes.load(std::sync::atomic::Ordering::Relaxed);
+    let t1 = clock.now();
+    assert!(matches!(
+        check(&s, &v, "e-2", t1).await,
+        Touched::Sessions(_)
+    ));
+    s.remember(&v, &["e-2"], t1);
+    // In flight: already a duplicate.
+    assert_eq!(
+        check(&s, &v, "e-2", t1).await,
+        Touched::Duplicate { accepted_at: t1 }
+    );
+    s.flush().await;
+    let after = s.stats().writes.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 1, "the renewal and the id: one entry");
+    // Landed: still a duplicate; a new id, or another visitor, is not.
+    clock.advance(MIN);
+    assert_eq!(
+        check(&s, &v, "e-2", clock.now()).await,
+        Touched::Duplicate { accepted_at: t1 }
+    );
+    assert!(matches!(
+        check(&s, &v, "e-3", clock.now()).await,
+        Touched::Sessions(_)
+    ));
+    assert!(matches!(
+        check(&s, &id("dedup-2"), "e-2", clock.now()).await,
+        Touched::Sessions(_)
+    ));
+    // A fresh store (another process) sees it too; after the window, not.
+    let other = store(config(&emu, "sessions")).await.with_dedup(window);
+    assert!(matches!(
+        check(&other, &v, "e-2", clock.now()).await,
+        Touched::Duplicate { .. }
+    ));
+    clock.advance(window);
+    assert!(matches!(
+        check(&other, &v, "e-2", clock.now()).await,
+        Touched::Sessions(_)
+    ));
+}
+
+/// `bootstrap` adds the dedup family to a table created without it, and
+/// leaves the sessions there as they were.
+#[tokio::test]
+async fn bootstrap_adds_the_dedup_family_to_an_existing_table() {
+    let emu = BigtableEmulator::bigtable();
+    let cfg = config(&emu, "sessions");
+    assert_eq!(
+        bootstrap(&cfg, ttls(), None).await.unwrap(),
+        BootstrapOutcome::Created
+    );
+    assert!(
+        !tracking_bigtable::admin::has_events_family(&cfg)
+            .await
+            .unwrap()
+    );
+    let clock = clock();
+    let s = store(cfg.clone()).await;
+    let v = id("kept");
+    let first = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
+    s.flush().await;
+    let window = Some(Duration::from_secs(86_400));
+    assert!(matches!(
+        bootstrap(&cfg, ttls(), window).await.unwrap(),
+        BootstrapOutcome::Updated(_)
+    ));
+    assert!(
+        tracking_bigtable::admin::has_events_family(&cfg)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        bootstrap(&cfg, ttls(), window).await.unwrap(),
+        BootstrapOutcome::AlreadyExists
+    );
+    let again = s
+        .touch(&v, clock.now(), None, CallContext::empty())
+        .await
+        .unwrap();
+    assert_eq!(again.short_id, first.short_id);
+    assert!(!again.short_new);
+}

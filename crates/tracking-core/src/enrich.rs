@@ -235,6 +235,20 @@ impl EnrichedEvent {
         &self.session
     }
 
+    /// The event's id when the client gave it (not one the service
+    /// assigned).
+    pub fn client_event_id(&self) -> Option<&str> {
+        match &self.event_id {
+            EventId::Client(id) => Some(id),
+            EventId::Assigned(_) => None,
+        }
+    }
+
+    /// Whether it was output without being checked for a retry.
+    pub fn dedup_unchecked(&self) -> bool {
+        self.dedup_unchecked
+    }
+
     /// Marks the event as not checked for being a retry (`"dedup":
     /// "unchecked"` in the output): deduplication is on, it has a
     /// client-given id, and the store could not be asked.

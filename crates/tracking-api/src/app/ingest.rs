@@ -424,13 +424,12 @@ pub(super) async fn process(
     let mut unavailable = 0usize;
     let labels = st.parts.span_labels;
     let dedup = st.parts.dedup;
+    let batch = events.len() > 1;
     // Hashes of (visitor, id) seen earlier in this request.
     let mut in_request = Vec::new();
-    // The ids to record once the events are accepted for good.
-    let mut to_remember: Vec<(ClientId, Box<str>)> = Vec::new();
     for event in events {
         let check = dedup.check(&event);
-        if let Some(id) = check.id() {
+        if let Some(id) = check.id().filter(|_| batch) {
             let key = {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::hash::DefaultHasher::new();
@@ -513,13 +512,6 @@ pub(super) async fn process(
             .filter(|p| p.user_agent().is_some() || p.ip().is_some())
             .map(|p| st.context_for(&ctx, p.user_agent(), p.ip()));
         let unchecked = check.id().is_some() && matches!(outcome, SessionOutcome::Unavailable);
-        // Not recorded when the store did not answer: the write would
-        // most likely fail too, and crowd out renewals meanwhile.
-        if let IdCheck::Check(id) = check
-            && !unchecked
-        {
-            to_remember.push((event.client_id().clone(), id.into()));
-        }
         let mut enriched = enrich(event, outcome, own.as_ref().unwrap_or(&ctx), &*st.parts.ids);
         if unchecked {
             Metrics::add(&st.parts.metrics.dedup_unchecked, 1);
@@ -540,12 +532,30 @@ pub(super) async fn process(
         // Every event was a retry: nothing to write, the admission goes back.
         return Ok(());
     }
+    // The checked ids, recorded once the events are accepted for good: as
+    // they are handed over (`memory` mode: nothing can fail between here
+    // and the hand-over), or once on disk. Not when the store did not
+    // answer the check: the write would most likely fail too, and crowd
+    // out renewals meanwhile.
+    let mut to_remember: Vec<(ClientId, Box<str>)> = Vec::new();
+    if dedup.window.is_some() {
+        let checked = out
+            .iter()
+            .filter(|e| !e.dedup_unchecked())
+            .filter_map(|e| Some((e.client_id(), e.client_event_id()?)));
+        if dedup.after_receipt {
+            to_remember.extend(checked.map(|(c, id)| (c.clone(), id.into())));
+        } else {
+            for (client_id, id) in checked {
+                st.parts.store.remember(client_id, &[id], ctx.received_at);
+            }
+        }
+    }
     let receipt = {
         let _sink = tracing::debug_span!("sink.send", events = out.len()).entered();
         st.parts.sink.send(out, admission)
     };
     if receipt.is_held() {
-        remember(&st, &to_remember, ctx.received_at);
         return Ok(());
     }
     // A disk that hangs (a frozen filesystem, a dying device) answers 503
@@ -559,16 +569,13 @@ pub(super) async fn process(
             )))
         });
     if written.is_ok() {
-        remember(&st, &to_remember, ctx.received_at);
+        for (client_id, id) in &to_remember {
+            st.parts
+                .store
+                .remember(client_id, &[&**id], ctx.received_at);
+        }
     }
     written
-}
-
-/// Records the client-given ids of a request's events, now accepted.
-fn remember(st: &AppState, ids: &[(ClientId, Box<str>)], at: tracking_core::Timestamp) {
-    for (client_id, id) in ids {
-        st.parts.store.remember(client_id, &[&**id], at);
-    }
 }
 
 /// Counts and logs a retry of an event accepted at `accepted_at`.

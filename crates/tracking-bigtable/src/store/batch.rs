@@ -153,17 +153,60 @@ pub(super) type Written = Result<u32, (u32, String)>;
 impl Inner {
     /// Writes `batch` (oldest first) and ends each renewal: landed, or
     /// given up and counted; its span records its attempts and outcome.
+    /// The writes of one row in a batch (a visitor's renewal and the ids
+    /// its request recorded, or two events' renewals) go as one entry,
+    /// their mutations in order — what applying them one after the other
+    /// does — given up at the earliest of their deadlines.
     async fn write_batch(&self, batch: Vec<Queued>) {
-        let rows: Vec<Row<'_>> = batch
+        let mut group_of = Vec::with_capacity(batch.len());
+        let mut firsts: Vec<usize> = Vec::new();
+        for (i, q) in batch.iter().enumerate() {
+            match firsts
+                .iter()
+                .position(|&f| batch[f].renewal.key == q.renewal.key)
+            {
+                Some(g) => group_of.push(g),
+                None => {
+                    group_of.push(firsts.len());
+                    firsts.push(i);
+                }
+            }
+        }
+        let mut merged: Vec<Option<(Vec<Mutation>, Instant)>> = vec![None; firsts.len()];
+        for (i, q) in batch.iter().enumerate() {
+            let g = group_of[i];
+            if firsts[g] == i {
+                continue;
+            }
+            let (mutations, deadline) = merged[g].get_or_insert_with(|| {
+                let first = &batch[firsts[g]].renewal;
+                (first.mutations.clone(), first.deadline)
+            });
+            mutations.extend(q.renewal.mutations.iter().cloned());
+            *deadline = (*deadline).min(q.renewal.deadline);
+        }
+        let rows: Vec<Row<'_>> = firsts
             .iter()
-            .map(|q| Row {
-                key: &q.renewal.key,
-                mutations: &q.renewal.mutations,
-                deadline: q.renewal.deadline,
+            .zip(&merged)
+            .map(|(&f, m)| {
+                let first = &batch[f].renewal;
+                match m {
+                    Some((mutations, deadline)) => Row {
+                        key: &first.key,
+                        mutations,
+                        deadline: *deadline,
+                    },
+                    None => Row {
+                        key: &first.key,
+                        mutations: &first.mutations,
+                        deadline: first.deadline,
+                    },
+                }
             })
             .collect();
-        let written = self.write_rows(&rows).await;
+        let by_row = self.write_rows(&rows).await;
         drop(rows);
+        let written = group_of.iter().map(|&g| by_row[g].clone());
         for (Queued { renewal, _room }, written) in batch.into_iter().zip(written) {
             match written {
                 Ok(attempts) => finish(renewal, attempts, "ok"),
