@@ -107,9 +107,8 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-/// The longest dedup window: a visitor's ids of a window are cells of its
-/// Bigtable row (about 60 bytes each; a visitor sending an event a second
-/// for 30 days would hold 150 MB).
+/// The longest dedup window: every accepted event id is kept that long (a
+/// small Bigtable row each, or 16 bytes in the memory store).
 pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 /// `0` (off) or a duration up to [`MAX_DEDUP_WINDOW`].

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bigtable_rs::bigtable::BigTableConnection;
-use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowSet};
+use bigtable_rs::google::bigtable::v2::row_range::{EndKey, StartKey};
+use bigtable_rs::google::bigtable::v2::{ReadRowsRequest, RowRange, RowSet};
 use tracking_bigtable::schema::row_key;
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore, bootstrap};
 use tracking_core::{
@@ -115,30 +116,37 @@ async fn main() {
     .unwrap();
     let mut client = conn.client();
     let key = row_key(&heavy);
+    // The visitor's row and its id rows: every key from the row's own to
+    // the end of its `#e#` prefix.
+    let mut end = key.clone();
+    end.extend_from_slice(b"#e$");
     let rows = client
         .read_rows(ReadRowsRequest {
             table_name: client.get_full_table_name("heavy"),
             rows: Some(RowSet {
-                row_keys: vec![key.clone()],
-                row_ranges: vec![],
+                row_keys: vec![],
+                row_ranges: vec![RowRange {
+                    start_key: Some(StartKey::StartKeyClosed(key.clone())),
+                    end_key: Some(EndKey::EndKeyOpen(end)),
+                }],
             }),
-            rows_limit: 1,
             ..ReadRowsRequest::default()
         })
         .await
         .unwrap();
-    let cells = rows.into_iter().next().map(|(_, c)| c).unwrap_or_default();
     let (mut id_cells, mut id_bytes, mut other_cells, mut other_bytes) = (0u64, 0u64, 0u64, 0u64);
-    for c in &cells {
-        // What a cell stores: row key, family, qualifier, timestamp, value.
-        let bytes =
-            (key.len() + c.family_name.len() + c.qualifier.len() + 8 + c.value.len()) as u64;
-        if c.family_name == "e" {
-            id_cells += 1;
-            id_bytes += bytes;
-        } else {
-            other_cells += 1;
-            other_bytes += bytes;
+    for (row, cells) in &rows {
+        for c in cells {
+            // What a cell stores: row key, family, qualifier, timestamp, value.
+            let bytes =
+                (row.len() + c.family_name.len() + c.qualifier.len() + 8 + c.value.len()) as u64;
+            if c.family_name == "e" {
+                id_cells += 1;
+                id_bytes += bytes;
+            } else {
+                other_cells += 1;
+                other_bytes += bytes;
+            }
         }
     }
 

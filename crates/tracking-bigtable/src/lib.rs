@@ -5,7 +5,9 @@
 //!
 //! Layout (see ARCHITECTURE.md): row key `xxxx#<client_id>` where `xxxx` is a
 //! fixed 16-bit hash in hex (no hotspots); families `s` (short session), `l`
-//! (long session), `v` (via), one column each. Every read asks for the latest
+//! (long session), `v` (via), one column each; with deduplication, each
+//! accepted event id in a row of its own, `xxxx#<client_id>#e#<event_id>`
+//! (family `e`). Every read asks for the latest
 //! cell only; expiry is judged from cell timestamps and TTLs, never left to
 //! garbage collection.
 

@@ -1,11 +1,10 @@
 //! How a visitor's state is laid out in a Bigtable row.
 
 use bigtable_rs::bigtable::RowCell;
-use bigtable_rs::google::bigtable::v2::column_range::{EndQualifier, StartQualifier};
 use bigtable_rs::google::bigtable::v2::mutation::{DeleteFromColumn, Mutation as Kind, SetCell};
 use bigtable_rs::google::bigtable::v2::row_filter::{Chain, Filter, Interleave};
 use bigtable_rs::google::bigtable::v2::{
-    ColumnRange, Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
+    Mutation, ReadRowsRequest, RowFilter, RowSet, TimestampRange,
 };
 use serde::{Deserialize, Serialize};
 use tracking_core::{ClientId, SessionId, SessionRecord, Timestamp, Via, ViaRecord, VisitorState};
@@ -18,11 +17,12 @@ pub const SHORT: &str = "s";
 pub const LONG: &str = "l";
 /// Via record: value = JSON with its own expiry, cell timestamp = when recorded.
 pub const VIA: &str = "v";
-/// Recent events' client-given ids (deduplication): qualifier = the id,
-/// empty value, cell timestamp = when the event was accepted. One column
-/// per id; garbage collection (max age = the dedup window) removes them,
-/// and a read asks only for the id of its event.
+/// Recent events' client-given ids (deduplication), in rows of their own
+/// ([`id_row_key`]): column [`ACCEPTED`], empty value, cell timestamp = when
+/// the event was accepted. Garbage collection (max age = the dedup window)
+/// removes them; a read asks only for the id row of its event.
 pub const EVENTS: &str = "e";
+pub const ACCEPTED: &[u8] = b"a";
 pub const ID: &[u8] = b"id";
 pub const ROUTE: &[u8] = b"r";
 
@@ -54,74 +54,79 @@ pub fn row_key_with(hash: u64, client_id: &ClientId) -> Vec<u8> {
     format!("{:04x}#{}", (hash >> 48) as u16, client_id.as_str()).into_bytes()
 }
 
-/// The read of one visitor's row that the store sends: latest cells only,
-/// and, when the event has a client-given id to check, that id's cell in
-/// [`EVENTS`] (no other id of the visitor).
+/// The read of one visitor's row that the store sends: latest cells only;
+/// when the event has a client-given id to check, in the same call, that
+/// id's own row ([`id_row_key`]) — one cell, whatever the visitor's rate.
 pub fn read_visitor(table_name: &str, key: &[u8], event_id: Option<&str>) -> ReadRowsRequest {
     let sessions = latest_cells_filter();
-    let filter = match event_id {
-        None => sessions,
-        Some(id) => RowFilter {
-            filter: Some(Filter::Interleave(Interleave {
-                filters: vec![
-                    sessions,
-                    RowFilter {
-                        filter: Some(Filter::Chain(Chain {
-                            filters: [
-                                Filter::FamilyNameRegexFilter(format!("^{EVENTS}$")),
-                                Filter::ColumnRangeFilter(ColumnRange {
-                                    family_name: EVENTS.to_owned(),
-                                    start_qualifier: Some(StartQualifier::StartQualifierClosed(
-                                        id.as_bytes().to_vec(),
-                                    )),
-                                    end_qualifier: Some(EndQualifier::EndQualifierClosed(
-                                        id.as_bytes().to_vec(),
-                                    )),
-                                }),
-                                Filter::CellsPerColumnLimitFilter(1),
-                            ]
-                            .into_iter()
-                            .map(|f| RowFilter { filter: Some(f) })
-                            .collect(),
-                        })),
-                    },
-                ],
-            })),
-        },
+    let (row_keys, filter) = match event_id {
+        None => (vec![key.to_vec()], sessions),
+        Some(id) => (
+            vec![key.to_vec(), id_row_key(key, id)],
+            RowFilter {
+                filter: Some(Filter::Interleave(Interleave {
+                    filters: vec![
+                        sessions,
+                        RowFilter {
+                            filter: Some(Filter::Chain(Chain {
+                                filters: [
+                                    Filter::FamilyNameRegexFilter(format!("^{EVENTS}$")),
+                                    Filter::CellsPerColumnLimitFilter(1),
+                                ]
+                                .into_iter()
+                                .map(|f| RowFilter { filter: Some(f) })
+                                .collect(),
+                            })),
+                        },
+                    ],
+                })),
+            },
+        ),
     };
+    let rows_limit = row_keys.len() as i64;
     ReadRowsRequest {
         table_name: table_name.to_owned(),
         rows: Some(RowSet {
-            row_keys: vec![key.to_vec()],
+            row_keys,
             row_ranges: vec![],
         }),
         filter: Some(filter),
-        rows_limit: 1,
+        rows_limit,
         ..ReadRowsRequest::default()
     }
 }
 
-/// When the event id `id` was accepted for the visitor, if the row's cells
-/// say it was.
-pub fn accepted_at(cells: &[RowCell], id: &str) -> Option<Timestamp> {
+/// The row of one accepted event id of the visitor whose row is
+/// `visitor_key`: `xxxx#<client_id>#e#<event_id>` (`#` is in no client id,
+/// so no visitor's row is another's id row). A row of its own, not a column
+/// of the visitor's row: a visitor sending an event a second would hold
+/// 86,400 cells a day, and a read of its sessions scans them (on the
+/// emulator, 124 ms at 5,000 against 0.4 ms).
+pub fn id_row_key(visitor_key: &[u8], id: &str) -> Vec<u8> {
+    [visitor_key, b"#e#", id.as_bytes()].concat()
+}
+
+/// When the event id of an id row ([`id_row_key`]) was accepted, from that
+/// row's cells.
+pub fn accepted_at(cells: &[RowCell]) -> Option<Timestamp> {
     cells
         .iter()
-        .filter(|c| c.family_name == EVENTS && c.qualifier == id.as_bytes())
+        .filter(|c| c.family_name == EVENTS)
         .map(|c| millis(c.timestamp_micros))
         .max()
 }
 
-/// Records the event id `id` as accepted at `at`. The same id written
-/// again (a retried write) sets the same cell.
-pub fn record_id(out: &mut Vec<Mutation>, id: &str, at: Timestamp) {
-    out.push(Mutation {
+/// Records an event id (its row's one cell) as accepted at `at`. Written
+/// again (a retried write), it sets the same cell.
+pub fn record_id(at: Timestamp) -> Vec<Mutation> {
+    vec![Mutation {
         mutation: Some(Kind::SetCell(SetCell {
             family_name: EVENTS.to_owned(),
-            column_qualifier: id.as_bytes().to_vec(),
+            column_qualifier: ACCEPTED.to_vec(),
             timestamp_micros: micros(at),
             value: Vec::new(),
         })),
-    });
+    }]
 }
 
 /// Only our families, and only the latest cell of each column. Without the

@@ -41,6 +41,8 @@ const EXPIRY_PROBES: usize = 2;
 pub const MAX_IDS_PER_VISITOR: usize = 512;
 /// Recent event ids a shard keeps, per visitor it may hold.
 pub const AVERAGE_IDS_PER_VISITOR: usize = 8;
+/// Sampled visitors one trim halves at most.
+const MAX_TRIM_ROUNDS: usize = 512;
 
 /// The memory store's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -234,13 +236,20 @@ impl MemorySessionStore {
     }
 
     /// Keeps the shard's ids within its share after `current` (at index
-    /// `current` of the map) recorded some: the sampled visitor holding
-    /// most loses its older half, a few times at most; then, if the shard
-    /// is still over, `current` loses its oldest (it brought the excess).
+    /// `current` of the map) recorded some: once over, the sampled visitor
+    /// holding most loses its older half, until the shard is at seven
+    /// eighths of its share (bounded work); then, if the shard is still
+    /// over, `current` loses its oldest (it brought the excess).
     fn trim_ids(&self, shard: &mut Shard, current: usize) {
         let budget = self.per_shard * AVERAGE_IDS_PER_VISITOR;
-        for _ in 0..SAMPLE {
-            if shard.ids <= budget || shard.map.is_empty() {
+        if shard.ids <= budget {
+            return;
+        }
+        // Down to seven eighths at once: a full shard trims once every
+        // eighth of its budget of new ids, not on every one.
+        let target = budget - budget / 8;
+        for _ in 0..MAX_TRIM_ROUNDS {
+            if shard.ids <= target || shard.map.is_empty() {
                 return;
             }
             let candidates: [usize; SAMPLE] = std::array::from_fn(|_| shard.next_index());

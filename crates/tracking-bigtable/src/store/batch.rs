@@ -157,7 +157,7 @@ impl Inner {
     /// its request recorded, or two events' renewals) go as one entry,
     /// their mutations in order — what applying them one after the other
     /// does — given up at the earliest of their deadlines.
-    async fn write_batch(&self, batch: Vec<Queued>) {
+    async fn write_batch(&self, mut batch: Vec<Queued>) {
         let mut group_of = Vec::with_capacity(batch.len());
         let mut firsts: Vec<usize> = Vec::new();
         for (i, q) in batch.iter().enumerate() {
@@ -172,35 +172,25 @@ impl Inner {
                 }
             }
         }
-        let mut merged: Vec<Option<(Vec<Mutation>, Instant)>> = vec![None; firsts.len()];
-        for (i, q) in batch.iter().enumerate() {
-            let g = group_of[i];
-            if firsts[g] == i {
-                continue;
+        // The later writes of a row move their mutations to its first.
+        for i in 0..batch.len() {
+            let first = firsts[group_of[i]];
+            if first != i {
+                let later = std::mem::take(&mut batch[i].renewal.mutations);
+                let deadline = batch[i].renewal.deadline;
+                let head = &mut batch[first].renewal;
+                head.mutations.extend(later);
+                head.deadline = head.deadline.min(deadline);
             }
-            let (mutations, deadline) = merged[g].get_or_insert_with(|| {
-                let first = &batch[firsts[g]].renewal;
-                (first.mutations.clone(), first.deadline)
-            });
-            mutations.extend(q.renewal.mutations.iter().cloned());
-            *deadline = (*deadline).min(q.renewal.deadline);
         }
         let rows: Vec<Row<'_>> = firsts
             .iter()
-            .zip(&merged)
-            .map(|(&f, m)| {
+            .map(|&f| {
                 let first = &batch[f].renewal;
-                match m {
-                    Some((mutations, deadline)) => Row {
-                        key: &first.key,
-                        mutations,
-                        deadline: *deadline,
-                    },
-                    None => Row {
-                        key: &first.key,
-                        mutations: &first.mutations,
-                        deadline: first.deadline,
-                    },
+                Row {
+                    key: &first.key,
+                    mutations: &first.mutations,
+                    deadline: first.deadline,
                 }
             })
             .collect();

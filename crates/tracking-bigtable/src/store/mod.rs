@@ -28,9 +28,10 @@
 //! Deduplication (`with_dedup`): the read also asks for the event's
 //! client-given id in family `e`; an id accepted within the window (or
 //! recorded by a write of this process still in flight) makes the event a
-//! retry, answered without any write. Otherwise the id's cell is written
-//! by `remember` once the event is accepted for good, as a plain write
-//! queued with the renewals.
+//! retry, answered without any write. The id lives in a row of its own
+//! (`schema::id_row_key`), read in the same call as the visitor's row;
+//! `remember` writes it once the event is accepted for good, as a plain
+//! write queued with the renewals.
 
 mod batch;
 
@@ -51,8 +52,8 @@ use tracking_core::{
 use crate::locks::{InFlight, VisitorLocks};
 use crate::retry::RetryBudget;
 use crate::schema::{
-    LONG, SHORT, Unreadable, accepted_at, decode, encode, key_hash, latest_since, read_visitor,
-    record_id, row_key, row_key_with,
+    LONG, SHORT, Unreadable, accepted_at, decode, encode, id_row_key, key_hash, latest_since,
+    read_visitor, record_id, row_key, row_key_with,
 };
 use crate::{BigtableConfig, SetupError};
 
@@ -373,11 +374,16 @@ impl Inner {
                 async move { client.read_rows(request).await }
             })
             .await?;
-        let cells = rows
-            .into_iter()
-            .next()
-            .map(|(_, cells)| cells)
-            .unwrap_or_default();
+        // The visitor's row, and the event id's row when asked for.
+        let mut cells = Vec::new();
+        let mut accepted = None;
+        for (row, row_cells) in rows {
+            if row.as_slice() == key {
+                cells = row_cells;
+            } else if event_id.is_some() {
+                accepted = accepted_at(&row_cells);
+            }
+        }
         let (state, unreadable) = decode(&cells);
         let corrupt = unreadable.count();
         if corrupt > 0 {
@@ -386,7 +392,6 @@ impl Inner {
                 .fetch_add(corrupt as u64, Ordering::Relaxed);
             tracing::warn!(corrupt, "Unreadable session cells ignored.");
         }
-        let accepted = event_id.and_then(|id| accepted_at(&cells, id));
         Ok((state, unreadable, accepted))
     }
 
@@ -716,30 +721,29 @@ impl SessionStore for BigtableSessionStore {
             return;
         }
         let hash = key_hash(client_id);
-        let mut mutations = Vec::with_capacity(ids.len());
-        for id in ids {
-            record_id(&mut mutations, id, at);
+        let visitor = row_key_with(hash, client_id);
+        let deadline = tokio::time::Instant::now() + inner.cfg.write_timeout;
+        for &id in ids {
+            let landing =
+                inner
+                    .in_flight
+                    .begin_with(hash, client_id, &VisitorState::default(), &[(id, at)]);
+            let span = tracing::debug_span!(
+                "bigtable.write",
+                otel.kind = "client",
+                cells = 1,
+                attempts = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            self.enqueue(batch::Renewal {
+                key: id_row_key(&visitor, id),
+                mutations: record_id(at),
+                deadline,
+                landing,
+                token: inner.writes.token(),
+                span,
+            });
         }
-        let accepted: Vec<(&str, Timestamp)> = ids.iter().map(|&id| (id, at)).collect();
-        let landing =
-            inner
-                .in_flight
-                .begin_with(hash, client_id, &VisitorState::default(), &accepted);
-        let span = tracing::debug_span!(
-            "bigtable.write",
-            otel.kind = "client",
-            cells = mutations.len(),
-            attempts = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        self.enqueue(batch::Renewal {
-            key: row_key_with(hash, client_id),
-            mutations,
-            deadline: tokio::time::Instant::now() + inner.cfg.write_timeout,
-            landing,
-            token: inner.writes.token(),
-            span,
-        });
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
