@@ -1,4 +1,4 @@
-//! The HTTP contract of API.md, driven through `App::handle` without a socket.
+//! The HTTP contract of docs/API.md, driven through `App::handle` without a socket.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 

@@ -1,4 +1,4 @@
-//! The Segment HTTP Tracking API (API.md "Segment HTTP Tracking API"),
+//! The Segment HTTP Tracking API (docs/API.md "Segment HTTP Tracking API"),
 //! driven through `App::handle` without a socket: routes, write keys,
 //! bodies and limits, answers, mapping, sessions shared with `/v1/events`.
 //! The official SDKs run against the binary in `segment_sdks.rs` and
