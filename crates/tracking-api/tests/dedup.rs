@@ -212,27 +212,40 @@ async fn a_segment_message_id_is_deduplicated() {
 mod processes {
     use std::collections::HashMap;
     use std::path::{Path, PathBuf};
-    use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use crate::common::process::{ApiProcess, metric, post_at_once, read_ndjson, request};
+    use crate::common::process::{
+        ApiProcess, bootstrap, metric, post_at_once, read_ndjson, request,
+    };
     use test_support::BigtableEmulator;
 
     use super::batch;
 
     const SHORT_TTL: &str = "2s";
 
-    fn bootstrap(env: &[(&str, &str)]) {
-        let out = Command::new(
-            std::env::var_os("TRACKING_API_BIN")
-                .map_or_else(|| env!("CARGO_BIN_EXE_tracking-api").into(), PathBuf::from),
-        )
-        .arg("bootstrap")
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "bootstrap: {out:?}");
+    /// A process on the Bigtable emulator at `host` (generous deadlines:
+    /// the machine is shared), writing to the file `sink`, plus `extra`.
+    fn bigtable_env(
+        host: &str,
+        sink: &Path,
+        extra: &[(&'static str, &str)],
+    ) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("TRACKING_SESSION_STORE", "bigtable".into()),
+            ("TRACKING_BIGTABLE_PROJECT", "p".into()),
+            ("TRACKING_BIGTABLE_INSTANCE", "i".into()),
+            ("BIGTABLE_EMULATOR_HOST", host.into()),
+            ("TRACKING_SESSION_TIMEOUT", "10s".into()),
+            ("TRACKING_BIGTABLE_ATTEMPT_TIMEOUT", "3s".into()),
+            ("TRACKING_SINK", "file".into()),
+            ("TRACKING_SINK_PATH", sink.to_str().unwrap().into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        env
+    }
+
+    fn as_strs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+        env.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
     async fn post(api: &ApiProcess, body: &str) -> u16 {
@@ -293,30 +306,9 @@ mod processes {
             .iter()
             .map(|p| dir.path().join(format!("{p}.ndjson")))
             .collect();
-        let env = |sink: &Path| -> Vec<(&'static str, String)> {
-            vec![
-                ("TRACKING_SESSION_STORE", "bigtable".into()),
-                ("TRACKING_BIGTABLE_PROJECT", "p".into()),
-                ("TRACKING_BIGTABLE_INSTANCE", "i".into()),
-                ("BIGTABLE_EMULATOR_HOST", host.clone()),
-                ("TRACKING_SHORT_TTL", SHORT_TTL.into()),
-                ("TRACKING_SESSION_TIMEOUT", "10s".into()),
-                ("TRACKING_BIGTABLE_ATTEMPT_TIMEOUT", "3s".into()),
-                ("TRACKING_SINK", "file".into()),
-                ("TRACKING_SINK_PATH", sink.to_str().unwrap().into()),
-                ("TRACKING_ACK", ack.into()),
-            ]
-        };
-        let start = |sink: &Path| {
-            let env = env(sink);
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            ApiProcess::start(&env)
-        };
-        {
-            let env = env(&sinks[0]);
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            bootstrap(&env);
-        }
+        let extra = [("TRACKING_SHORT_TTL", SHORT_TTL), ("TRACKING_ACK", ack)];
+        let start = |sink: &Path| ApiProcess::start(&as_strs(&bigtable_env(&host, sink, &extra)));
+        bootstrap(&as_strs(&bigtable_env(&host, &sinks[0], &extra)));
         let (a, b) = (start(&sinks[0]), start(&sinks[1]));
         let sink_refs: Vec<&Path> = sinks.iter().map(PathBuf::as_path).collect();
 
@@ -506,28 +498,8 @@ mod processes {
         let emu = BigtableEmulator::bigtable();
         let host = emu.host();
         let dir = tempfile::tempdir().unwrap();
-        let env = |sink: &Path| -> Vec<(&'static str, String)> {
-            vec![
-                ("TRACKING_SESSION_STORE", "bigtable".into()),
-                ("TRACKING_BIGTABLE_PROJECT", "p".into()),
-                ("TRACKING_BIGTABLE_INSTANCE", "i".into()),
-                ("BIGTABLE_EMULATOR_HOST", host.clone()),
-                ("TRACKING_SESSION_TIMEOUT", "10s".into()),
-                ("TRACKING_BIGTABLE_ATTEMPT_TIMEOUT", "3s".into()),
-                ("TRACKING_SINK", "file".into()),
-                ("TRACKING_SINK_PATH", sink.to_str().unwrap().into()),
-            ]
-        };
-        let start = |sink: &Path| {
-            let env = env(sink);
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            ApiProcess::start(&env)
-        };
-        {
-            let env = env(Path::new("/dev/null"));
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            bootstrap(&env);
-        }
+        let start = |sink: &Path| ApiProcess::start(&as_strs(&bigtable_env(&host, sink, &[])));
+        bootstrap(&as_strs(&bigtable_env(&host, Path::new("/dev/null"), &[])));
         let retry_sink = dir.path().join("b.ndjson");
         let b = start(&retry_sink);
         let mut lost = Vec::new();

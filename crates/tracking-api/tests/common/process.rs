@@ -30,11 +30,7 @@ impl ApiProcess {
     /// test, or `$TRACKING_API_BIN` when set (`.ci/run` runs the crash tests
     /// again against the release build that way).
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let binary = std::env::var_os("TRACKING_API_BIN").map_or_else(
-            || env!("CARGO_BIN_EXE_tracking-api").into(),
-            std::path::PathBuf::from,
-        );
-        Self::start_program(&binary, env)
+        Self::start_program(&api_binary(), env)
     }
 
     /// Starts another of the workspace's servers (migration-proxy) the same
@@ -143,10 +139,20 @@ impl Drop for ApiProcess {
     }
 }
 
-/// Runs `tracking-api bootstrap` with exactly `env` (creates the backends'
-/// tables and topics) and fails the test with its log if it fails.
+/// The tracking-api binary the tests run: the one cargo built for them, or
+/// `$TRACKING_API_BIN` when set.
+pub fn api_binary() -> std::path::PathBuf {
+    std::env::var_os("TRACKING_API_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_tracking-api").into(),
+        std::path::PathBuf::from,
+    )
+}
+
+/// Runs `tracking-api bootstrap` ([`api_binary`]) with exactly `env`
+/// (creates the backends' tables and topics) and fails the test with its
+/// log if it fails.
 pub fn bootstrap(env: &[(&str, &str)]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+    let out = Command::new(api_binary())
         .arg("bootstrap")
         .env_clear()
         .envs(env.iter().copied())
