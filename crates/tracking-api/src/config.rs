@@ -163,6 +163,16 @@ pub(crate) fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// The most entries and bytes the inspector may be given.
+pub const MAX_INSPECT_EVENTS: usize = 100_000;
+pub const MAX_INSPECT_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MigrationMode {
     Cloud,
@@ -309,6 +319,21 @@ pub struct Config {
     #[command(flatten)]
     pub overload: crate::overload::OverloadArgs,
 
+    /// The live event inspector on the admin listener (`/inspect`: a page and
+    /// a JSON API). Default: on with the embedded default (memory store,
+    /// stdout/file sink), off otherwise.
+    #[arg(long, env = "TRACKING_INSPECT", value_enum, global = true)]
+    pub inspect: Option<Switch>,
+
+    /// Entries the inspector holds; also the entries it takes a second (in
+    /// bursts of as many): past that it drops, and counts.
+    #[arg(long, env = "TRACKING_INSPECT_MAX_EVENTS", default_value = "1000", value_parser = positive, global = true)]
+    pub inspect_max_events: usize,
+
+    /// Bytes the inspector holds (its entries' text); the oldest make room.
+    #[arg(long, env = "TRACKING_INSPECT_MAX_BYTES", default_value = "4MiB", value_parser = bytes, global = true)]
+    pub inspect_max_bytes: u64,
+
     /// Tokio worker threads (default: one per CPU).
     #[arg(long, env = "TRACKING_WORKER_THREADS", value_parser = positive, global = true)]
     pub worker_threads: Option<usize>,
@@ -383,6 +408,14 @@ impl Config {
         if self.session_timeout.is_zero() {
             return fail("timeouts must be greater than zero".into());
         }
+        if self.inspect_max_events > MAX_INSPECT_EVENTS {
+            return fail(format!(
+                "TRACKING_INSPECT_MAX_EVENTS must be at most {MAX_INSPECT_EVENTS}"
+            ));
+        }
+        if self.inspect_max_bytes > MAX_INSPECT_BYTES {
+            return fail("TRACKING_INSPECT_MAX_BYTES must be at most 1GiB".into());
+        }
         Ok(())
     }
 
@@ -402,6 +435,25 @@ impl Config {
             window: Some(self.dedup_window).filter(|w| !w.is_zero() && !legacy),
             after_receipt: self.sink.ack() == tracking_core::AckMode::Disk,
         }
+    }
+
+    /// The inspector's bounds (entries, bytes) when it is on: as set, or
+    /// by default with the embedded default only (memory store, stdout/file
+    /// sink, no migration).
+    pub fn inspect(&self) -> Option<(usize, usize)> {
+        let embedded = self.session_store == StoreKind::Memory
+            && self.sink.sink != SinkKind::Pubsub
+            && self.migration.migration_mode == MigrationMode::Cloud;
+        let on = match self.inspect {
+            Some(s) => s == Switch::On,
+            None => embedded,
+        };
+        on.then(|| {
+            (
+                self.inspect_max_events,
+                usize::try_from(self.inspect_max_bytes).unwrap_or(usize::MAX),
+            )
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -503,6 +555,11 @@ mod tests {
             Err("must hold one largest body"),
         );
         check(&["--admin-listen", "0.0.0.0:9464"], Ok(()));
+        check(&["--inspect", "on", "--inspect-max-events", "50"], Ok(()));
+        check(&["--inspect", "maybe"], Err("invalid value"));
+        check(&["--inspect-max-events", "0"], Err("at least 1"));
+        check(&["--inspect-max-events", "100001"], Err("at most 100000"));
+        check(&["--inspect-max-bytes", "2GiB"], Err("at most 1GiB"));
         check(&["--session-store", "cassandra"], Err("invalid value"));
         check(
             &["--migration-mode", "legacy"],

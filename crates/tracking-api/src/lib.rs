@@ -14,6 +14,7 @@ pub mod config;
 pub mod cookie;
 pub mod cors;
 pub mod geo;
+pub mod inspect;
 pub mod metrics;
 pub mod migration;
 pub mod overload;
@@ -239,6 +240,11 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 (sink, deadletters)
             }
         };
+    let inspect = config.inspect().map(|(events, bytes)| {
+        let i = Arc::new(inspect::Inspector::new(events, bytes));
+        registry.register(Arc::clone(&i) as Arc<dyn Collect>);
+        i
+    });
     let geo = config
         .geoip_db
         .as_deref()
@@ -279,5 +285,6 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
             config.http.max_decompressed_bytes,
         )?,
         dedup,
+        inspect,
     }))
 }

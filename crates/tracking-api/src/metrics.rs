@@ -45,11 +45,13 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// The event inspector's page and JSON API (admin listener).
+    Inspect,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 10] = [
+    const ALL: [Route; 11] = [
         Self::Events,
         Self::Pixel,
         Self::Segment,
@@ -59,6 +61,7 @@ impl Route {
         Self::Healthz,
         Self::Readyz,
         Self::Metrics,
+        Self::Inspect,
         Self::Other,
     ];
 
@@ -73,6 +76,7 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::Inspect => "inspect",
             Self::Other => "other",
         }
     }

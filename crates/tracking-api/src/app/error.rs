@@ -109,22 +109,29 @@ impl ApiError {
             rejected: Option<&'a [Rejected]>,
         }
         let body = Body {
-            code: match self.status() {
-                StatusCode::BAD_REQUEST => "invalid_request",
-                StatusCode::UNAUTHORIZED => "unauthorized",
-                StatusCode::FORBIDDEN => "forbidden",
-                StatusCode::NOT_FOUND => "not_found",
-                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-                StatusCode::REQUEST_TIMEOUT => "request_timeout",
-                StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-                StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
-                _ => "internal_error",
-            },
+            code: self.code(),
             message: self.to_string(),
             rejected: self.rejected(),
         };
         self.respond(&body)
+    }
+
+    /// The error's kind as a word, from its status: the Segment routes'
+    /// `code`, the inspector's `reason` for a refused request.
+    pub(super) fn code(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "invalid_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            _ => "internal_error",
+        }
     }
 
     fn rejected(&self) -> Option<&[Rejected]> {

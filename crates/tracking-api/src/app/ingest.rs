@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::cors::Decision;
+use crate::inspect::{Channel, RejectedView, Rendered};
 
 /// What an accepted request did.
 #[derive(Debug)]
@@ -50,6 +51,7 @@ impl App {
         // not written (a simple request needs no preflight, so the
         // allowlist is enforced here, not only by the browser).
         if matches!(decision, Decision::Refused) {
+            self.inspect_refused(&ApiError::OriginRefused, &Channel::Events);
             let mut r = ApiError::OriginRefused.into_response();
             Cors::apply(&decision, r.headers_mut());
             return r;
@@ -76,7 +78,10 @@ impl App {
                 self.set_cookie(&mut r, i.new_visitor.as_ref());
                 r
             }
-            Err(e) => e.into_response(),
+            Err(e) => {
+                self.inspect_refused(&e, &Channel::Events);
+                e.into_response()
+            }
         };
         Cors::apply(&decision, resp.headers_mut());
         resp
@@ -111,7 +116,13 @@ impl App {
             .await?;
         // Boxed: the ingest state is allocated only once a body has arrived,
         // so a connection waiting for one keeps a small future.
-        Box::pin(self.ingest(received.body(), &received.parts.headers, peer)).await
+        Box::pin(self.ingest(
+            received.body(),
+            &received.parts.headers,
+            peer,
+            Channel::Events,
+        ))
+        .await
     }
 
     /// Reads a request's body within `max_body` bytes as sent, takes an
@@ -185,6 +196,7 @@ impl App {
         body: &[u8],
         headers: &HeaderMap,
         peer: IpAddr,
+        channel: Channel,
     ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let received_at = st.parts.clock.now();
@@ -194,7 +206,7 @@ impl App {
             parse_body(body, st.parts.limits.max_batch_events)?
         };
         let mut new_visitor = None;
-        let validated = self.validate(items.len(), received_at, || {
+        let validated = self.validate(items.len(), received_at, &channel, || {
             let cookie_id = st.parts.cookie.read(headers);
             let needs_fallback = items
                 .iter()
@@ -223,7 +235,7 @@ impl App {
             (accepted, rejected)
         })?;
         let ingested = self
-            .dispatch(validated, headers, peer, received_at, received)
+            .dispatch(validated, headers, peer, received_at, received, channel)
             .await?;
         Ok(Ingested {
             new_visitor,
@@ -237,6 +249,7 @@ impl App {
         &self,
         events: usize,
         received_at: tracking_core::Timestamp,
+        channel: &Channel,
         validate: impl FnOnce() -> (Vec<Event>, Vec<(usize, RejectReason, &'b str)>),
     ) -> Result<Validated, ApiError> {
         let span = tracing::debug_span!(
@@ -247,7 +260,7 @@ impl App {
         )
         .entered();
         let (accepted, rejected) = validate();
-        let (admission, rejected) = self.admit_events(&accepted, rejected, received_at)?;
+        let (admission, rejected) = self.admit_events(&accepted, rejected, received_at, channel)?;
         span.record("accepted", accepted.len());
         span.record("rejected", rejected.len());
         Ok(Validated {
@@ -266,6 +279,7 @@ impl App {
         accepted: &[Event],
         rejected: Vec<(usize, RejectReason, &str)>,
         received_at: tracking_core::Timestamp,
+        channel: &Channel,
     ) -> Result<(Option<Admission>, Vec<Rejected>), ApiError> {
         let st = &self.state;
         let admission = if accepted.is_empty() {
@@ -296,6 +310,25 @@ impl App {
             .into_iter()
             .map(|(index, reason, raw)| {
                 st.parts.metrics.record_rejected(reason);
+                if let Some(inspector) = &st.parts.inspect {
+                    // What the client is answered: the refusals listed
+                    // beside the accepted events, or all refused.
+                    let answer = match (channel, accepted.is_empty()) {
+                        (Channel::Pixel, _) | (_, false) => 200,
+                        (_, true) => 400,
+                    };
+                    inspector.rejected(
+                        RejectedView {
+                            time: received_at,
+                            reason: reason.as_str(),
+                            error: &reason.to_string(),
+                            index: Some(index),
+                            raw: Some(raw),
+                        },
+                        channel,
+                        answer,
+                    );
+                }
                 self.dead_letter(
                     received_at,
                     reason.as_str(),
@@ -323,6 +356,7 @@ impl App {
         peer: IpAddr,
         received_at: tracking_core::Timestamp,
         received: Instant,
+        channel: Channel,
     ) -> Result<Ingested, ApiError> {
         let st = &self.state;
         let Validated {
@@ -363,8 +397,21 @@ impl App {
         let n = accepted.len();
         Metrics::add(&st.parts.metrics.events_accepted, n as u64);
         request_span.record("events", n);
+        // The answer the accepted events get, for the inspector.
+        let answer = match channel {
+            Channel::Events if rejected.is_empty() => 204,
+            _ => 200,
+        };
         let task = st.tracker.spawn(
-            process(Arc::clone(st), accepted, ctx, call, admission).instrument(request_span),
+            process(
+                Arc::clone(st),
+                accepted,
+                ctx,
+                call,
+                admission,
+                (channel, answer),
+            )
+            .instrument(request_span),
         );
         let written = task.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Err(e) = written {
@@ -413,13 +460,20 @@ impl App {
 /// to the sink (in the `disk` mode, once the receipt says they are on
 /// disk): a process killed before that leaves the client's retry to be
 /// output.
+///
+/// The inspector, when on, sees the events (and the retries) once they are
+/// accepted for good, with the answer (`tap`: channel and status) the
+/// request gets.
 pub(super) async fn process(
     st: Arc<AppState>,
     events: Vec<Event>,
     ctx: RequestContext,
     call: CallContext,
     admission: Admission,
+    tap: (Channel, u16),
 ) -> Result<(), SinkError> {
+    let inspector = st.parts.inspect.as_deref();
+    let mut inspected: Vec<Rendered> = Vec::new();
     let mut out = Vec::with_capacity(events.len());
     let mut unavailable = 0usize;
     let labels = st.parts.span_labels;
@@ -438,6 +492,17 @@ pub(super) async fn process(
             };
             if in_request.contains(&key) {
                 duplicate(&st, &event, id, ctx.received_at);
+                if let Some(i) = inspector {
+                    inspected.extend(i.duplicate(
+                        ctx.received_at,
+                        event.event_type(),
+                        event.client_id().as_str(),
+                        id,
+                        ctx.received_at,
+                        &tap.0,
+                        tap.1,
+                    ));
+                }
                 continue;
             }
             in_request.push(key);
@@ -469,6 +534,17 @@ pub(super) async fn process(
                 span.record("outcome", "duplicate");
                 if let Some(id) = check.id() {
                     duplicate(&st, &event, id, accepted_at);
+                    if let Some(i) = inspector {
+                        inspected.extend(i.duplicate(
+                            ctx.received_at,
+                            event.event_type(),
+                            event.client_id().as_str(),
+                            id,
+                            accepted_at,
+                            &tap.0,
+                            tap.1,
+                        ));
+                    }
                 }
                 continue;
             }
@@ -530,8 +606,21 @@ pub(super) async fn process(
     }
     if out.is_empty() {
         // Every event was a retry: nothing to write, the admission goes back.
+        if let Some(i) = inspector {
+            i.keep(inspected);
+        }
         return Ok(());
     }
+    let n = out.len();
+    if let Some(i) = inspector {
+        inspected.extend(out.iter().filter_map(|e| i.accepted(e, &tap.0, tap.1)));
+    }
+    let settle = |inspected: Vec<Rendered>| {
+        if let Some(i) = inspector {
+            i.count_accepted(n);
+            i.keep(inspected);
+        }
+    };
     // The checked ids, recorded once the events are accepted for good: as
     // they are handed over (`memory` mode: nothing can fail between here
     // and the hand-over), or once on disk. Not when the store did not
@@ -556,6 +645,7 @@ pub(super) async fn process(
         st.parts.sink.send(out, admission)
     };
     if receipt.is_held() {
+        settle(inspected);
         return Ok(());
     }
     // A disk that hangs (a frozen filesystem, a dying device) answers 503
@@ -569,6 +659,7 @@ pub(super) async fn process(
             )))
         });
     if written.is_ok() {
+        settle(inspected);
         for (client_id, id) in &to_remember {
             st.parts
                 .store

@@ -48,6 +48,7 @@ use service_kit::prom::Registry;
 
 mod error;
 mod ingest;
+mod inspect;
 mod pixel;
 mod segment;
 mod state;
@@ -160,15 +161,20 @@ impl App {
     }
 
     /// Answers one request on the admin listener (`TRACKING_ADMIN_LISTEN`):
-    /// `/metrics`, `/healthz` and `/readyz`.
+    /// `/metrics`, `/healthz`, `/readyz` and the inspector's `/inspect…`.
     pub async fn handle_admin<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         let start = Instant::now();
-        let (route, resp) = match (req.uri().path(), req.method()) {
-            ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
-            (path, &Method::GET) => self
-                .probe(path)
-                .unwrap_or_else(|| (Route::Other, ApiError::NotFound.into_response())),
-            _ => (Route::Other, ApiError::NotFound.into_response()),
+        let (path, method) = (req.uri().path(), req.method());
+        let (route, resp) = match self.inspect_route(path, method, req.headers(), req.uri().query())
+        {
+            Some(resp) => (Route::Inspect, resp),
+            None => match (path, method) {
+                ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),
+                (path, &Method::GET) => self
+                    .probe(path)
+                    .unwrap_or_else(|| (Route::Other, ApiError::NotFound.into_response())),
+                _ => (Route::Other, ApiError::NotFound.into_response()),
+            },
         };
         self.state
             .parts

@@ -1,6 +1,7 @@
 //! `GET /v1/pixel.gif`: query parameters translated into one event.
 
 use super::*;
+use crate::inspect::{Channel, RejectedView};
 
 /// A transparent 1×1 GIF.
 pub const PIXEL_GIF: &[u8] = &[
@@ -18,7 +19,10 @@ impl App {
         let referer = req.headers().get(REFERER).and_then(|v| v.to_str().ok());
         let json = pixel_event_json(query, referer);
         let result = match self.admit() {
-            Ok(_permit) => self.ingest(json.as_bytes(), req.headers(), peer).await,
+            Ok(_permit) => {
+                self.ingest(json.as_bytes(), req.headers(), peer, Channel::Pixel)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let mut resp = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
@@ -39,7 +43,21 @@ impl App {
                 } else {
                     "invalid_request"
                 };
-                self.dead_letter(received_at, reason, e.to_string(), None, query.to_owned());
+                let error = e.to_string();
+                if let Some(inspector) = &self.state.parts.inspect {
+                    inspector.rejected(
+                        RejectedView {
+                            time: received_at,
+                            reason,
+                            error: &error,
+                            index: None,
+                            raw: Some(query),
+                        },
+                        &Channel::Pixel,
+                        200,
+                    );
+                }
+                self.dead_letter(received_at, reason, error, None, query.to_owned());
             }
         }
         resp

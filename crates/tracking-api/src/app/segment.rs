@@ -12,6 +12,7 @@ use tracking_core::{Call, Source, parse_segment_body};
 use super::ingest::Ingested;
 use super::*;
 use crate::cors::Decision;
+use crate::inspect::Channel;
 use crate::segment::header_key;
 
 /// What a Segment path asks for.
@@ -147,7 +148,10 @@ impl App {
                         },
                     )
                 }
-                Err(e) => e.into_segment_response(),
+                Err(e) => {
+                    self.inspect_refused(&e, &Channel::Segment(Arc::from("")));
+                    e.into_segment_response()
+                }
             }
         };
         Cors::apply(&decision, resp.headers_mut());
@@ -200,7 +204,8 @@ impl App {
             None => st.parts.segment.keys.resolve(parsed.write_key.as_deref())?,
         };
         let (items, rules) = (parsed.items, parsed.rules);
-        let validated = self.validate(items.len(), received_at, || {
+        let channel = Channel::Segment(Arc::clone(&source.name));
+        let validated = self.validate(items.len(), received_at, &channel, || {
             let mut accepted = Vec::with_capacity(items.len());
             let mut rejected = Vec::new();
             for item in items {
@@ -211,7 +216,7 @@ impl App {
             }
             (accepted, rejected)
         })?;
-        self.dispatch(validated, headers, peer, received_at, received)
+        self.dispatch(validated, headers, peer, received_at, received, channel)
             .await
     }
 

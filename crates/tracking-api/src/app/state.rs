@@ -58,6 +58,8 @@ pub struct Parts {
     pub segment: crate::segment::SegmentSettings,
     /// Deduplication of client-given event ids.
     pub dedup: Dedup,
+    /// The live event inspector (`TRACKING_INSPECT`), when on.
+    pub inspect: Option<Arc<crate::inspect::Inspector>>,
 }
 
 /// Deduplication of client-given event ids (`TRACKING_DEDUP_WINDOW`).

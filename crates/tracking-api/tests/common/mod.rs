@@ -113,6 +113,8 @@ pub struct Options {
     pub segment_args: Vec<&'static str>,
     /// The dedup window (`None`: off).
     pub dedup: Option<Duration>,
+    /// The event inspector's bounds, entries and bytes (`None`: off).
+    pub inspect: Option<(usize, usize)>,
 }
 
 impl Default for Options {
@@ -132,6 +134,7 @@ impl Default for Options {
             body_memory: 64 << 20,
             segment_args: vec![],
             dedup: None,
+            inspect: None,
         }
     }
 }
@@ -164,6 +167,11 @@ impl TestApp {
         let deadletters = Arc::new(CollectingDeadLetters::default());
         let registry = Arc::new(service_kit::prom::Registry::default());
         registry.register(memory.clone());
+        let inspect = o.inspect.map(|(events, bytes)| {
+            let i = Arc::new(tracking_api::inspect::Inspector::new(events, bytes));
+            registry.register(i.clone());
+            i
+        });
         registry.register(Arc::new(
             tracking_api::sink::metrics::EventSinkMetrics::new(
                 sink.budget.clone(),
@@ -215,6 +223,7 @@ impl TestApp {
                 window: o.dedup,
                 after_receipt: false,
             },
+            inspect,
             segment: {
                 use clap::Parser;
                 let mut argv = vec!["tracking-api"];
@@ -251,6 +260,11 @@ impl TestApp {
         let req = Request::get("/metrics")
             .body(Full::new(Bytes::new()))
             .unwrap();
+        self.admin(req).await
+    }
+
+    /// A request on the admin listener.
+    pub async fn admin(&self, req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
         let resp = self.app.handle_admin(req).await;
         let (parts, body) = resp.into_parts();
         #[allow(clippy::disallowed_methods)] // the app's own bounded answer
