@@ -312,7 +312,9 @@ impl Inspector {
     /// A refused event or request: counted and, within the budget, kept.
     pub fn rejected(&self, r: RejectedView<'_>, channel: &Channel, answer: u16) {
         self.counts.rejected.fetch_add(1, Relaxed);
-        if !self.budget.take() {
+        // An input larger than the whole buffer is not even read.
+        let too_large = r.raw.map_or(0, str::len) + r.error.len() > self.max_bytes;
+        if too_large || !self.budget.take() {
             self.counts.dropped.fetch_add(1, Relaxed);
             return;
         }
