@@ -240,8 +240,12 @@ pub async fn build_state(config: &Config) -> anyhow::Result<Arc<AppState>> {
                 (sink, deadletters)
             }
         };
+    // Rejected inputs are shown only when some output writes them.
+    let deadletters_written = config.deadletter.deadletter != config::DeadLetterKind::Discard
+        || (config.sink.sink == SinkKind::Pubsub
+            && config.pubsub.pubsub_deadletter_topic.is_some());
     let inspect = config.inspect().map(|(events, bytes)| {
-        let i = Arc::new(inspect::Inspector::new(events, bytes));
+        let i = Arc::new(inspect::Inspector::new(events, bytes).with_raw(deadletters_written));
         registry.register(Arc::clone(&i) as Arc<dyn Collect>);
         i
     });

@@ -316,6 +316,79 @@ async fn reset_from_another_site_and_wrong_methods_are_refused() {
 }
 
 #[tokio::test]
+async fn entries_keep_the_order_of_their_batch() {
+    let t = inspecting(1000, 4 << 20);
+    let (resp, _) = t
+        .post(r#"{"events":[{"type":"a","client_id":"o1","event_id":"x"},{"type":"b","client_id":"o1","event_id":"x"},{"type":"c","client_id":"o1"}]}"#)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let listed = events(&t, "").await;
+    let order: Vec<(&str, &str)> = listed
+        .iter()
+        .rev()
+        .map(|e| (e["status"].as_str().unwrap(), e["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [("accepted", "a"), ("duplicate", "b"), ("accepted", "c")],
+        "oldest first"
+    );
+}
+
+#[tokio::test]
+async fn names_other_than_addresses_long_searches_and_head() {
+    let t = inspecting(10, 1 << 20);
+    let with_host = |host: &'static str| {
+        Request::get("/inspect/counts")
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // A page of another site whose name now points here (DNS rebinding).
+    let (resp, _) = t.admin(with_host("rebind.evil.example:9464")).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    for host in ["127.0.0.1:9464", "localhost:9464", "[::1]:9464", "10.1.2.3"] {
+        let (resp, _) = t.admin(with_host(host)).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{host}");
+    }
+    let (status, v) = get(&t, &format!("/inspect/events?q={}", "x".repeat(257))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("at most 256"));
+    for path in ["/inspect/events", "/inspect/counts", "/inspect"] {
+        let (resp, _) = t
+            .admin(Request::head(path).body(Full::new(Bytes::new())).unwrap())
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {path}");
+    }
+    // gzip refused with a zero weight, in any spelling.
+    for ae in ["gzip;q=0", "gzip; q=0.0", "GZIP;q=0.000"] {
+        let (resp, _) = t
+            .admin(
+                Request::get("/inspect")
+                    .header("accept-encoding", ae)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert!(resp.headers().get("content-encoding").is_none(), "{ae}");
+    }
+    let (resp, _) = t
+        .admin(
+            Request::get("/inspect")
+                .header("accept-encoding", "br, GZIP;q=0.5")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    // A reset shows in the list, for pages polling with `after=`.
+    let (_, before) = get(&t, "/inspect/events").await;
+    reset(&t, &[]).await;
+    let (_, after) = get(&t, "/inspect/events").await;
+    assert_eq!(after["resets"], before["resets"].as_u64().unwrap() + 1);
+}
+
+#[tokio::test]
 async fn off_it_answers_404_saying_how_to_turn_it_on() {
     let t = TestApp::new(Options::default());
     for path in ["/inspect", "/inspect/events", "/inspect/counts"] {
@@ -346,6 +419,7 @@ async fn the_binary_holds_no_more_than_its_bound() {
     let on = ApiProcess::start(&[
         ("TRACKING_INSPECT_MAX_EVENTS", "100000"),
         ("TRACKING_INSPECT_MAX_BYTES", "2MiB"),
+        ("TRACKING_DEADLETTER", "discard"),
     ]);
     let off = ApiProcess::start(&[("TRACKING_INSPECT", "off")]);
     let page = request(
@@ -370,6 +444,32 @@ async fn the_binary_holds_no_more_than_its_bound() {
     assert_eq!(none.status, 404);
     let public = request(on.addr, "GET", "/inspect", &[], b"").await.unwrap();
     assert_eq!(public.status, 404, "never on the public listener");
+
+    // Dead letters discarded: a rejected event's input is not shown either.
+    let r = post_json(
+        on.addr,
+        r#"{"type":"NOPE","client_id":"secret","props":{"email":"a@example.com"}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+    let listed: Value = serde_json::from_slice(
+        &request(on.admin, "GET", "/inspect/events?status=rejected", &[], b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let rejected = &listed["events"][0];
+    assert_eq!(rejected["reason"], "invalid_type", "{listed}");
+    assert_eq!(
+        (&rejected["raw"], &rejected["client_id"]),
+        (&Value::Null, &Value::Null),
+        "{rejected}"
+    );
+    request(on.admin, "POST", "/inspect/reset", &[], b"")
+        .await
+        .unwrap();
 
     // 40 MB of events (4 KB each) to both: the inspector keeps 2 MiB.
     let props = "y".repeat(4000);

@@ -593,6 +593,9 @@ pub(super) async fn process(
             Metrics::add(&st.parts.metrics.dedup_unchecked, 1);
             enriched.mark_dedup_unchecked();
         }
+        if let Some(i) = inspector {
+            inspected.extend(i.accepted(&enriched, &tap.0, tap.1));
+        }
         out.push(enriched);
     }
     if unavailable > 0 {
@@ -612,9 +615,6 @@ pub(super) async fn process(
         return Ok(());
     }
     let n = out.len();
-    if let Some(i) = inspector {
-        inspected.extend(out.iter().filter_map(|e| i.accepted(e, &tap.0, tap.1)));
-    }
     let settle = |inspected: Vec<Rendered>| {
         if let Some(i) = inspector {
             i.count_accepted(n);

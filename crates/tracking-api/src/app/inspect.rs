@@ -11,7 +11,7 @@ impl App {
     }
 
     /// `/inspect` and `/inspect/…`; `None` for other paths.
-    pub(super) fn inspect_route(
+    pub(super) async fn inspect_route(
         &self,
         path: &str,
         method: &Method,
@@ -21,21 +21,30 @@ impl App {
         if path != "/inspect" && !path.starts_with("/inspect/") {
             return None;
         }
-        let Some(inspector) = self.inspector() else {
+        let Some(inspector) = self.state.parts.inspect.as_ref() else {
             return Some(text(
                 StatusCode::NOT_FOUND,
                 "the event inspector is off (TRACKING_INSPECT=on turns it on)\n",
             ));
         };
+        // A page of another site whose name was pointed at this address
+        // (DNS rebinding) sends its own name: only addresses and
+        // `localhost` are answered.
+        if !host_is_address(headers) {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "the event inspector answers requests to an IP address or localhost only (Host header)\n",
+            ));
+        }
         Some(match (path, method) {
             ("/inspect", &Method::GET | &Method::HEAD) => page(headers),
-            ("/inspect/events", &Method::GET) => {
+            ("/inspect/events", &Method::GET | &Method::HEAD) => {
                 match Filter::parse(query.unwrap_or_default(), inspector.max_events()) {
-                    Ok(filter) => json_text(inspector.list(&filter)),
+                    Ok(filter) => json_text(inspector.list_off_thread(filter).await),
                     Err(e) => json_response(StatusCode::BAD_REQUEST, &ErrorBody { error: e }),
                 }
             }
-            ("/inspect/counts", &Method::GET) => {
+            ("/inspect/counts", &Method::GET | &Method::HEAD) => {
                 json_response(StatusCode::OK, &inspector.snapshot())
             }
             ("/inspect/reset", &Method::POST) => {
@@ -97,6 +106,23 @@ fn json_text(body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Whether the `Host` header names an IP address or `localhost` (any port).
+fn host_is_address(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else {
+        // HTTP/1.0 without Host: not from a browser.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 /// Whether a request names an `Origin` other than the host it was sent to.
 fn cross_site(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
@@ -116,8 +142,14 @@ fn page(headers: &HeaderMap) -> Response<Full<Bytes>> {
         .flat_map(|v| v.split(','))
         .any(|c| {
             let mut parts = c.split(';');
-            parts.next().is_some_and(|name| name.trim() == "gzip")
-                && parts.all(|p| p.trim().replace(' ', "") != "q=0")
+            parts
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("gzip"))
+                && parts.all(|p| {
+                    let p = p.trim();
+                    !(p.starts_with("q=") || p.starts_with("Q="))
+                        || p[2..].trim().parse::<f32>().is_ok_and(|q| q > 0.0)
+                })
         });
     let mut resp = if gzip {
         let mut r = Response::new(Full::new(Bytes::from_static(crate::inspect::page_gzip())));

@@ -165,8 +165,10 @@ impl App {
     pub async fn handle_admin<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         let start = Instant::now();
         let (path, method) = (req.uri().path(), req.method());
-        let (route, resp) = match self.inspect_route(path, method, req.headers(), req.uri().query())
-        {
+        let inspected = self
+            .inspect_route(path, method, req.headers(), req.uri().query())
+            .await;
+        let (route, resp) = match inspected {
             Some(resp) => (Route::Inspect, resp),
             None => match (path, method) {
                 ("/metrics", &Method::GET) => (Route::Metrics, self.metrics()),

@@ -166,7 +166,18 @@ pub struct Inspector {
     ring: Mutex<Ring>,
     counts: Counts,
     budget: Budget,
+    /// Whether rejected inputs are shown: only when a dead-letter output
+    /// writes them.
+    show_raw: bool,
+    /// Resets so far: a page polling with `after=` sees one it missed.
+    resets: AtomicU64,
+    /// One list at a time, off the request workers: a list's copy of the
+    /// entries and its answer are bounded by one buffer's worth.
+    lists: Arc<tokio::sync::Semaphore>,
 }
+
+/// The longest free text (`q`) a list takes.
+pub const MAX_QUERY_TEXT: usize = 256;
 
 /// The filters of `GET /inspect/events`.
 #[derive(Debug, Default)]
@@ -247,7 +258,30 @@ impl Inspector {
             ring: Mutex::default(),
             counts: Counts::default(),
             budget: Budget::new(max_events),
+            show_raw: true,
+            resets: AtomicU64::new(0),
+            lists: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// Whether a rejected event's input is shown (`raw`, and what its
+    /// `type` and `client_id` say): only when the dead letters are written
+    /// somewhere (not `TRACKING_DEADLETTER=discard` without a Pub/Sub
+    /// dead-letter topic).
+    pub fn with_raw(mut self, shown: bool) -> Self {
+        self.show_raw = shown;
+        self
+    }
+
+    /// `GET /inspect/events` on a blocking thread, one at a time.
+    pub async fn list_off_thread(self: &Arc<Self>, filter: Filter) -> String {
+        let Ok(_permit) = Arc::clone(&self.lists).acquire_owned().await else {
+            return String::new();
+        };
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.list(&filter))
+            .await
+            .unwrap_or_default()
     }
 
     /// Counts `n` accepted events (once they are accepted for good).
@@ -313,7 +347,8 @@ impl Inspector {
     pub fn rejected(&self, r: RejectedView<'_>, channel: &Channel, answer: u16) {
         self.counts.rejected.fetch_add(1, Relaxed);
         // An input larger than the whole buffer is not even read.
-        let too_large = r.raw.map_or(0, str::len) + r.error.len() > self.max_bytes;
+        let raw = r.raw.filter(|_| self.show_raw);
+        let too_large = raw.map_or(0, str::len) + r.error.len() > self.max_bytes;
         if too_large || !self.budget.take() {
             self.counts.dropped.fetch_add(1, Relaxed);
             return;
@@ -329,10 +364,22 @@ impl Inspector {
             #[serde(rename = "userId")]
             user_id: Option<String>,
         }
-        let peek: Peek = r
-            .raw
-            .and_then(|raw| serde_json::from_str(raw).ok())
-            .unwrap_or_default();
+        let peek: Peek = match raw {
+            Some(raw) if raw.starts_with('{') => serde_json::from_str(raw).unwrap_or_default(),
+            // A pixel's query string.
+            Some(query) => {
+                let mut p = Peek::default();
+                for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                    match &*k {
+                        "type" => p.ty = Some(v.into_owned()),
+                        "client_id" => p.client_id = Some(v.into_owned()),
+                        _ => {}
+                    }
+                }
+                p
+            }
+            None => Peek::default(),
+        };
         let client = peek.client_id.or(peek.anonymous_id).or(peek.user_id);
         let rendered = self.render(
             Status::Rejected,
@@ -346,7 +393,7 @@ impl Inspector {
                 reason: r.reason,
                 error: r.error,
                 index: r.index,
-                raw: r.raw,
+                raw,
             },
         );
         self.keep([rendered]);
@@ -460,9 +507,21 @@ impl Inspector {
             (newer, ring.entries.back().map_or(0, |e| e.seq))
         };
         let mut out = String::from(r#"{"events":["#);
+        // The free text, lowered once; each entry lowered into one buffer
+        // (linear time whatever the text: `str::contains` is two-way).
+        let q = filter.q.as_deref().map(str::to_ascii_lowercase);
+        let mut lowered = String::new();
         let matching = entries
             .iter()
             .filter(|e| filter.matches(e))
+            .filter(|e| {
+                q.as_deref().is_none_or(|q| {
+                    lowered.clear();
+                    lowered.push_str(&e.json);
+                    lowered.make_ascii_lowercase();
+                    lowered.contains(q)
+                })
+            })
             .take(filter.limit);
         for (i, e) in matching.enumerate() {
             if i > 0 {
@@ -472,8 +531,9 @@ impl Inspector {
             out.push_str(&e.json[1..]);
         }
         out.push_str(&format!(
-            r#"],"latest":{latest},"dropped":{}}}"#,
-            self.counts.dropped.load(Relaxed)
+            r#"],"latest":{latest},"dropped":{},"resets":{}}}"#,
+            self.counts.dropped.load(Relaxed),
+            self.resets.load(Relaxed)
         ));
         out
     }
@@ -503,6 +563,7 @@ impl Inspector {
             std::mem::take(&mut ring.entries)
         };
         drop(old);
+        self.resets.fetch_add(1, Relaxed);
         for c in [
             &self.counts.accepted,
             &self.counts.rejected,
@@ -530,10 +591,6 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|c| e.client_id.as_deref() == Some(c))
             && self.source.as_deref().is_none_or(|s| *e.source == *s)
-            && self
-                .q
-                .as_deref()
-                .is_none_or(|q| contains_ignore_ascii_case(&e.json, q))
     }
 
     /// The filters of a query string; `max` bounds `limit`.
@@ -554,6 +611,9 @@ impl Filter {
                 "type" => f.ty = value(),
                 "client_id" => f.client_id = value(),
                 "source" => f.source = value(),
+                "q" if v.len() > MAX_QUERY_TEXT => {
+                    return Err(format!("q: at most {MAX_QUERY_TEXT} bytes"));
+                }
                 "q" => f.q = value(),
                 "after" => {
                     f.after = v
@@ -571,11 +631,6 @@ impl Filter {
         }
         Ok(f)
     }
-}
-
-fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 impl service_kit::prom::Collect for Inspector {
