@@ -19,6 +19,7 @@ Exit 1 with one line per problem.
 """
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -27,6 +28,20 @@ import kubernetes_validate
 import yaml
 
 CRD_GROUPS = ("argoproj.io/", "networking.istio.io/", "security.istio.io/")
+# Rule objects (GKE Managed Prometheus Rules, prometheus-operator
+# PrometheusRule): checked to carry exactly the groups of the rule file,
+# which promtool checks and tests.
+RULE_KINDS = {("monitoring.googleapis.com/v1", "Rules"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+RULES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "monitoring", "rules.yaml")
+
+
+def check_rule_object(ck, doc, where):
+    """A rule object must carry exactly the groups of k8s/monitoring/rules.yaml."""
+    expected = yaml.safe_load(open(RULES_FILE))["groups"]
+    if set(doc) - {"apiVersion", "kind", "metadata", "spec"} or set(doc.get("spec", {})) != {"groups"}:
+        ck.fail(where, "a rule object has apiVersion, kind, metadata and spec.groups only")
+    elif doc["spec"]["groups"] != expected:
+        ck.fail(where, "its groups differ from k8s/monitoring/rules.yaml: run k8s/monitoring/render")
 
 
 def duration_s(text):
@@ -119,7 +134,9 @@ def main():
     crds = []
     for d in docs:
         where = name_of(d)
-        if str(d.get("apiVersion", "")).startswith(CRD_GROUPS):
+        if (d.get("apiVersion"), d.get("kind")) in RULE_KINDS:
+            check_rule_object(ck, d, where)
+        elif str(d.get("apiVersion", "")).startswith(CRD_GROUPS):
             crds.append(d)
         else:
             ck.validate_core(d, where)
@@ -182,6 +199,8 @@ def main():
             check_rollout(ck, rollout, by_kind, configmaps, args.expect)
     if args.expect == "loadtest":
         check_loadtest(ck, by_kind, configmaps)
+    if args.expect == "prod" and "Rules" not in by_kind:
+        ck.fail("Rules/tracking", "the prod overlay must deploy the alerting rules (monitoring-rules.yaml)")
 
     for line in sorted(not_read_yet):
         print(f"  note: {line} is not read by this build (API.md: a part not built yet)")

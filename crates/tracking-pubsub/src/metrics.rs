@@ -16,6 +16,7 @@ pub const PUBSUB_REPLAYED: &str = "tracking_pubsub_replayed_total";
 pub const PUBSUB_SPOOL_ERRORS: &str = "tracking_pubsub_spool_errors_total";
 pub const PUBSUB_LOST: &str = "tracking_pubsub_lost_total";
 pub const PUBSUB_SPOOL_BYTES: &str = "tracking_pubsub_spool_bytes";
+pub const PUBSUB_SPOOL_LIMIT_BYTES: &str = "tracking_pubsub_spool_limit_bytes";
 pub const PUBSUB_BACKLOG: &str = "tracking_pubsub_backlog_events";
 pub const PUBSUB_SPOOL_DAMAGED: &str = "tracking_pubsub_spool_damaged_bytes_total";
 pub const PUBSUB_MODE_CHANGES: &str = "tracking_pubsub_mode_changes_total";
@@ -126,6 +127,12 @@ pub fn render(out: &mut String, p: &PublisherStats) {
         PUBSUB_SPOOL_BYTES,
         "Bytes in the spool waiting for replay.",
         p.spool_bytes as f64,
+    );
+    gauge(
+        out,
+        PUBSUB_SPOOL_LIMIT_BYTES,
+        "The spool's bound, TRACKING_SPOOL_MAX_BYTES (0: no spool): the spool-nearly-full alert divides by it.",
+        p.spool_limit_bytes as f64,
     );
     gauge(
         out,

@@ -71,6 +71,7 @@ impl Stats {
             spool_errors: l(&self.spool_errors),
             lost: l(&self.lost),
             spool_bytes: l(&self.spool_bytes),
+            spool_limit_bytes: 0,
             backlog_events: l(&self.backlog_events),
             mode_changes: l(&self.mode_changes),
             spool_failing: false,
@@ -108,6 +109,8 @@ pub struct PublisherStats {
     pub lost: u64,
     /// Bytes in the spool waiting for replay.
     pub spool_bytes: u64,
+    /// The spool's bound (`TRACKING_SPOOL_MAX_BYTES`); 0 without a spool.
+    pub spool_limit_bytes: u64,
     /// Events in the backlog waiting for replay (in the spool, or in memory
     /// until they are).
     pub backlog_events: u64,

@@ -299,6 +299,7 @@ impl PubsubSink {
             self.inner.budget.used(),
         );
         stats.spool_failing = self.inner.spool_failing_flag.load(Ordering::Relaxed);
+        stats.spool_limit_bytes = self.inner.spool_max_bytes.unwrap_or(0);
         stats
     }
 }
