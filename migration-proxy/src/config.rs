@@ -38,6 +38,15 @@ pub enum Command {
     /// Serve the HTTP API (the default).
     Serve,
     /// Copy the legacy sets into Bigtable, partition by partition, resumable.
+    ///
+    /// Progress goes to stderr. On a terminal: a bar of the partition scans
+    /// done (3 sets × the partitions of --partitions, less those already in
+    /// the checkpoint) with elapsed time and ETA, and the records so far
+    /// (copied, skipped, invalid, failed) with the average records/s.
+    /// Otherwise: a `Copy progress.` log line every --progress-interval. At
+    /// the end a summary (`Copy complete.` or `Copy incomplete.`) is logged
+    /// and replaces the bar, and the report is printed on stdout. Exit
+    /// status 1 when a record or a partition scan failed.
     Copy(Box<CopyArgs>),
 }
 
@@ -138,7 +147,8 @@ pub struct CopyArgs {
     /// Partition range to copy, `FIRST-LAST` (inclusive, of 0-4095).
     #[arg(long, default_value = "0-4095")]
     pub partitions: String,
-    /// Interval of progress log lines when stderr is not a terminal.
+    /// Interval of the progress log lines when stderr is not a terminal (on
+    /// a terminal, a progress bar instead).
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub progress_interval: Duration,
 }

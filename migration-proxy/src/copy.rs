@@ -10,6 +10,13 @@
 //! all succeeded is appended to the checkpoint file; a rerun skips it. A
 //! rerun without the checkpoint writes nothing new either: every part is
 //! then `unchanged`.
+//!
+//! Progress goes to stderr ([`progress`]): a bar on a terminal, a log line
+//! per `--progress-interval` otherwise, and a summary at the end.
+
+mod progress;
+
+pub use progress::TerminalLogs;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,11 +24,12 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aerospike::{Bins, PartitionFilter, QueryPolicy, Record, Statement, Value};
 use anyhow::Context;
 use futures_util::StreamExt;
+use indicatif::ProgressBar;
 use tokio::sync::Mutex;
 use tracking_bigtable::{BigtableConfig, BigtableSessionStore};
 use tracking_core::{
@@ -60,11 +68,28 @@ impl CopyReport {
             + self.invalid
             + self.failed
     }
+
+    /// Records left as they were: Bigtable had them (newer or the same),
+    /// or they had expired.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_newer + self.unchanged + self.expired
+    }
+
+    /// Every record read and none failed, every unit scanned to the end.
+    /// Otherwise the copy is incomplete (exit status 1): a rerun retries
+    /// the units not in the checkpoint.
+    pub fn complete(&self) -> bool {
+        self.failed == 0 && self.units_failed == 0
+    }
+
+    /// Records per second, on average.
+    pub fn rate(&self) -> f64 {
+        self.records() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 impl fmt::Display for CopyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
         writeln!(f, "copy report")?;
         writeln!(f, "  copied         {}", self.copied)?;
         writeln!(f, "  skipped-newer  {}", self.skipped_newer)?;
@@ -80,8 +105,8 @@ impl fmt::Display for CopyReport {
         write!(
             f,
             "  elapsed        {:.1} s, {:.0} records/s",
-            secs,
-            self.records() as f64 / secs
+            self.elapsed.as_secs_f64(),
+            self.rate()
         )
     }
 }
@@ -118,11 +143,20 @@ impl Tally {
         self.outcomes[outcome as usize].load(Ordering::Relaxed)
     }
 
-    fn records(&self) -> u64 {
-        self.outcomes
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+    /// The counts so far.
+    fn report(&self, units_from_checkpoint: u64, elapsed: Duration) -> CopyReport {
+        CopyReport {
+            copied: self.get(Outcome::Copied),
+            skipped_newer: self.get(Outcome::SkippedNewer),
+            unchanged: self.get(Outcome::Unchanged),
+            expired: self.get(Outcome::Expired),
+            invalid: self.get(Outcome::Invalid),
+            failed: self.get(Outcome::Failed),
+            units_done: self.units_done.load(Ordering::Relaxed),
+            units_from_checkpoint,
+            units_failed: self.units_failed.load(Ordering::Relaxed),
+            elapsed,
+        }
     }
 }
 
@@ -217,7 +251,9 @@ struct Copier {
     store: BigtableSessionStore,
     ttls: Ttls,
     pacer: Pacer,
-    tally: Tally,
+    tally: Arc<Tally>,
+    /// Advanced once per finished unit, when a bar is shown.
+    bar: Option<ProgressBar>,
     checkpoint: Checkpoint,
     concurrency: usize,
 }
@@ -314,6 +350,9 @@ impl Copier {
         } else {
             self.tally.units_failed.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
     }
 
     /// Returns the number of records that failed.
@@ -370,61 +409,6 @@ fn compare_session(
     }
 }
 
-fn format_eta(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "?".to_owned();
-    }
-    let s = secs.round() as u64;
-    format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
-}
-
-/// Progress: a bar redrawn on a terminal, a log line per interval otherwise.
-async fn progress(copier: Arc<Copier>, total: u64, started: Instant, interval: Duration) {
-    let terminal = std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(if terminal {
-        Duration::from_millis(500)
-    } else {
-        interval
-    });
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let t = &copier.tally;
-        let done = t.units_done.load(Ordering::Relaxed) + t.units_failed.load(Ordering::Relaxed);
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        let rate = t.records() as f64 / secs;
-        let eta = if done == 0 {
-            f64::INFINITY
-        } else {
-            secs * (total - done.min(total)) as f64 / done as f64
-        };
-        if terminal {
-            let width = 30;
-            let filled = (done * width as u64)
-                .checked_div(total)
-                .map_or(width, |f| f as usize);
-            let mut err = std::io::stderr();
-            let _ = write!(
-                err,
-                "\r[{}{}] {done}/{total} partitions  {rate:.0} records/s  ETA {}   ",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                format_eta(eta)
-            );
-            let _ = err.flush();
-        } else {
-            tracing::info!(
-                partitions_done = done,
-                partitions_total = total,
-                records = t.records(),
-                records_per_sec = format!("{rate:.0}"),
-                eta = format_eta(eta),
-                "Copy progress."
-            );
-        }
-    }
-}
-
 /// Runs the copy to the end and reports.
 pub async fn run(
     aerospike: &AerospikeArgs,
@@ -435,6 +419,10 @@ pub async fn run(
     anyhow::ensure!(
         args.concurrency > 0 && args.partition_workers > 0,
         "--concurrency and --partition-workers must be at least 1"
+    );
+    anyhow::ensure!(
+        !args.progress_interval.is_zero(),
+        "--progress-interval must be more than 0"
     );
     legacy
         .connect_once(&aerospike.aerospike_hosts)
@@ -480,51 +468,39 @@ pub async fn run(
         "Copying the legacy sets into Bigtable."
     );
     let per_worker = args.concurrency.div_ceil(args.partition_workers);
+    let tally = Arc::new(Tally::default());
+    let progress = progress::Progress::start(
+        Arc::clone(&tally),
+        units.len() as u64,
+        from_checkpoint,
+        std::io::stderr().is_terminal(),
+        args.progress_interval,
+    );
     let copier = Arc::new(Copier {
         legacy: Arc::clone(legacy),
         store,
         ttls,
         pacer: Pacer::new(args.rate),
-        tally: Tally::default(),
+        tally,
+        bar: progress.bar(),
         checkpoint,
         concurrency: per_worker,
     });
-    let started = Instant::now();
-    let total = units.len() as u64;
-    let ticker = tokio::spawn(progress(
-        Arc::clone(&copier),
-        total,
-        started,
-        args.progress_interval,
-    ));
     futures_util::stream::iter(units)
         .for_each_concurrent(args.partition_workers, |(set, pid)| {
             let copier = Arc::clone(&copier);
             async move { copier.unit(set, pid).await }
         })
         .await;
-    ticker.abort();
-    if std::io::stderr().is_terminal() {
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!();
-        }
-    }
-    copier
+    match copier
         .checkpoint
         .sync()
-        .context("cannot sync the checkpoint")?;
-    let t = &copier.tally;
-    Ok(CopyReport {
-        copied: t.get(Outcome::Copied),
-        skipped_newer: t.get(Outcome::SkippedNewer),
-        unchanged: t.get(Outcome::Unchanged),
-        expired: t.get(Outcome::Expired),
-        invalid: t.get(Outcome::Invalid),
-        failed: t.get(Outcome::Failed),
-        units_done: t.units_done.load(Ordering::Relaxed),
-        units_from_checkpoint: from_checkpoint,
-        units_failed: t.units_failed.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    })
+        .context("cannot sync the checkpoint")
+    {
+        Ok(()) => Ok(progress.finish(None)),
+        Err(e) => {
+            progress.finish(Some(&e));
+            Err(e)
+        }
+    }
 }

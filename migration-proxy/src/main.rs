@@ -22,10 +22,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `copy` on a terminal shows a progress bar: log lines from this thread
+    // and the runtime's (the copy's, the clients' background tasks) are
+    // written above it, not across it.
+    let terminal_logs = match cli.command {
+        Some(Command::Copy(_)) => copy::TerminalLogs::new(),
+        _ => None,
+    };
+    let _main_thread_logs = terminal_logs.as_ref().map(copy::TerminalLogs::set_default);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(logs) = terminal_logs {
+        builder.on_thread_start(move || logs.install_on_this_thread());
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(error) => {
             tracing::error!(%error, "Cannot start the async runtime.");
@@ -116,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // A record that failed, or a (set, partition) whose scan failed
             // (its records were not all read): the copy is incomplete.
-            Ok(if report.failed == 0 && report.units_failed == 0 {
+            Ok(if report.complete() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,7 +1,8 @@
 //! `migration-proxy copy` (the real binary) from the Aerospike stand-in
 //! into the real Bigtable emulator: killed half-way and resumed, it ends
 //! with the same contents as a clean run; it leaves newer Bigtable sessions
-//! alone; a second run changes nothing.
+//! alone; a second run changes nothing. Without a terminal its progress
+//! and its summary are log lines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -51,10 +52,22 @@ async fn store(emu: &str, table: &str) -> BigtableSessionStore {
 }
 
 fn copy(aerospike: &str, emu: &str, table: &str, checkpoint: &Path, rate: &str) -> Command {
+    copy_every(aerospike, emu, table, checkpoint, rate, "1s")
+}
+
+/// [`copy`] with progress lines every `interval`.
+fn copy_every(
+    aerospike: &str,
+    emu: &str,
+    table: &str,
+    checkpoint: &Path,
+    rate: &str,
+    interval: &str,
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_migration-proxy"));
     cmd.args(["copy", "--checkpoint"])
         .arg(checkpoint)
-        .args(["--rate", rate, "--progress-interval", "1s"])
+        .args(["--rate", rate, "--progress-interval", interval])
         .env_clear()
         .env("MIGRATION_AEROSPIKE_HOSTS", aerospike)
         .env("TRACKING_BIGTABLE_PROJECT", "p")
@@ -358,4 +371,188 @@ async fn legacy_ids_of_every_shape_are_copied_verbatim() {
             .unwrap();
         assert_eq!(state, VisitorState::default());
     }
+}
+
+/// Runs a copy to the end; returns whether it succeeded, its report and its
+/// log lines (JSON: stderr is a pipe here, not a terminal).
+fn run_copy_logged(cmd: &mut Command) -> (bool, Vec<(String, u64)>, Vec<serde_json::Value>) {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // No bar, and none of its cursor movements.
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in the logs: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\r'),
+        "carriage returns in the logs: {stderr}"
+    );
+    let logs = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let report = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+        })
+        .collect();
+    (out.status.success(), report, logs)
+}
+
+fn with_message<'a>(logs: &'a [serde_json::Value], message: &str) -> Vec<&'a serde_json::Value> {
+    logs.iter().filter(|l| l["message"] == message).collect()
+}
+
+/// A few visitors (short and long sessions) and one record without its key.
+async fn seed_few(client: &Client, visitors: usize) {
+    let put = WritePolicy {
+        send_key: true,
+        expiration: Expiration::Seconds(600),
+        ..WritePolicy::default()
+    };
+    for i in 0..visitors {
+        let id = format!("few-{i}");
+        for (set, n) in [("short_sessions", i), ("long_sessions", 100_000 + i)] {
+            client
+                .put(
+                    &put,
+                    &as_key!("tracking", set, id.as_str()),
+                    &[as_bin!("sid", uuid(n))],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    client
+        .put(
+            &WritePolicy::default(),
+            &as_key!("tracking", "via", "keyless"),
+            &[as_bin!("source", "s")],
+        )
+        .await
+        .unwrap();
+}
+
+/// Not on a terminal (stderr is a pipe, as in CI or a Kubernetes Job): no
+/// bar; a `Copy progress.` line every --progress-interval with partitions
+/// done/total, and at the end a `Copy complete.` line with the run's totals,
+/// the same as the report's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_progress_is_logged_and_ends_with_a_summary() {
+    let emu = BigtableEmulator::bigtable();
+    let (aerospike, client) = standin().await;
+    seed_few(&client, 40).await;
+    store(&emu.host(), "sessions").await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("copy.checkpoint");
+    // The first 96 partitions of each set, as if already copied.
+    let done: String = ["short_sessions", "long_sessions", "via"]
+        .iter()
+        .flat_map(|set| (0..96).map(move |pid| format!("{set} {pid}\n")))
+        .collect();
+    std::fs::write(&checkpoint, done).unwrap();
+
+    // 81 records at 150/s: half a second at least, several 50 ms intervals.
+    let (ok, report, logs) = run_copy_logged(&mut copy_every(
+        &aerospike,
+        &emu.host(),
+        "sessions",
+        &checkpoint,
+        "150",
+        "50ms",
+    ));
+    assert!(ok, "{logs:?}");
+
+    let progress = with_message(&logs, "Copy progress.");
+    assert!(!progress.is_empty(), "no progress line: {logs:?}");
+    let total = 3 * 4096 - 3 * 96;
+    for line in &progress {
+        assert_eq!(line["partitions_total"], total, "{line}");
+        assert!(line["partitions_done"].as_u64().unwrap() <= total, "{line}");
+        for field in ["records", "copied", "skipped", "failed", "records_per_sec"] {
+            assert!(line[field].is_u64(), "no {field}: {line}");
+        }
+        assert!(line["eta"].is_string(), "{line}");
+    }
+
+    let summary = with_message(&logs, "Copy complete.");
+    assert_eq!(summary.len(), 1, "{logs:?}");
+    let s = summary[0];
+    assert_eq!(s["level"], "INFO", "{s}");
+    assert_eq!(s["outcome"], "complete", "{s}");
+    assert_eq!(s["partitions_done"], total, "{s}");
+    assert_eq!(s["partitions_total"], total, "{s}");
+    assert_eq!(s["partitions_failed"], 0, "{s}");
+    assert_eq!(s["partitions_from_checkpoint"], 3 * 96, "{s}");
+    // Every record is in one partition: those of the first 96 are skipped.
+    let records = s["records"].as_u64().unwrap();
+    assert!((60..=81).contains(&records), "{s}");
+    assert_eq!(
+        s["copied"].as_u64().unwrap() + s["invalid"].as_u64().unwrap(),
+        records
+    );
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["skipped_newer"], 0, "{s}");
+    assert_eq!(s["unchanged"], 0, "{s}");
+    assert!(s["elapsed_secs"].as_f64().unwrap() >= 0.3, "{s}");
+    assert!(s["elapsed"].as_str().unwrap().starts_with("0h00m"), "{s}");
+    assert!(s["records_per_sec"].as_u64().unwrap() > 0, "{s}");
+    // The summary's totals are the report's.
+    assert_eq!(
+        s["records"].as_u64(),
+        Some(
+            [
+                "copied",
+                "skipped-newer",
+                "unchanged",
+                "expired",
+                "invalid",
+                "failed"
+            ]
+            .iter()
+            .map(|n| count(&report, n))
+            .sum()
+        )
+    );
+    assert_eq!(s["copied"].as_u64(), Some(count(&report, "copied")));
+    assert_eq!(s["invalid"].as_u64(), Some(count(&report, "invalid")));
+}
+
+/// Records that fail (here: the table is missing) make the copy incomplete:
+/// the summary says so at WARN, and the exit status is still 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_copy_ends_with_a_summary_that_says_what_failed() {
+    let emu = BigtableEmulator::bigtable();
+    let (aerospike, client) = standin().await;
+    seed_few(&client, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, report, logs) = run_copy_logged(&mut copy(
+        &aerospike,
+        &emu.host(),
+        "no_such_table",
+        &dir.path().join("copy.checkpoint"),
+        "0",
+    ));
+    assert!(!ok, "{logs:?}");
+    let summary = with_message(&logs, "Copy incomplete.");
+    assert_eq!(summary.len(), 1, "{logs:?}");
+    let s = summary[0];
+    assert_eq!(s["level"], "WARN", "{s}");
+    assert_eq!(s["failed"], 10, "{s}");
+    assert_eq!(s["failed"].as_u64(), Some(count(&report, "failed")));
+    assert_eq!(s["invalid"], 1, "{s}");
+    let failed_units = s["partitions_failed"].as_u64().unwrap();
+    assert!((1..=10).contains(&failed_units), "{s}");
+    assert_eq!(s["partitions_done"], 3 * 4096, "{s}");
+    assert_eq!(
+        s["outcome"],
+        format!(
+            "incomplete: 10 records failed, {failed_units} partition scans failed; a rerun retries them"
+        ),
+        "{s}"
+    );
+    assert!(with_message(&logs, "Copy complete.").is_empty());
 }
