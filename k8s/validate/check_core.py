@@ -35,6 +35,32 @@ RULE_KINDS = {("monitoring.googleapis.com/v1", "Rules"), ("monitoring.coreos.com
 RULES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "monitoring", "rules.yaml")
 
 
+SCRAPE_KINDS = {("monitoring.googleapis.com/v1", "PodMonitoring")}
+
+
+def check_scrape_objects(ck, by_kind, workloads):
+    """Each PodMonitoring selects a workload's pods and scrapes its admin
+    port, and each workload with an admin port is scraped by one."""
+    monitors = list(by_kind.get("PodMonitoring", {}).values())
+    for m in monitors:
+        where = name_of(m)
+        labels = m.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        targets = [w for w in workloads
+                   if labels and labels.items() <= w["spec"]["template"]["metadata"].get("labels", {}).items()]
+        if not targets:
+            ck.fail(where, f"selects no workload's pods ({labels})")
+        for e in m.get("spec", {}).get("endpoints", []):
+            if e.get("port") != "admin" or e.get("path", "/metrics") != "/metrics":
+                ck.fail(where, "must scrape the admin port's /metrics")
+    for w in workloads:
+        ports = [p.get("name") for c in pod_spec(w).get("containers", []) for p in c.get("ports", [])]
+        pod_labels = w["spec"]["template"]["metadata"].get("labels", {}).items()
+        if "admin" in ports and not any(
+                m.get("spec", {}).get("selector", {}).get("matchLabels", {}).items() <= pod_labels
+                for m in monitors):
+            ck.fail(name_of(w), "no PodMonitoring scrapes its admin port (GKE Managed Prometheus reads no annotations)")
+
+
 def check_rule_object(ck, doc, where):
     """A rule object must carry exactly the groups of k8s/monitoring/rules.yaml."""
     expected = yaml.safe_load(open(RULES_FILE))["groups"]
@@ -136,6 +162,8 @@ def main():
         where = name_of(d)
         if (d.get("apiVersion"), d.get("kind")) in RULE_KINDS:
             check_rule_object(ck, d, where)
+        elif (d.get("apiVersion"), d.get("kind")) in SCRAPE_KINDS:
+            pass  # checked below, against the workloads
         elif str(d.get("apiVersion", "")).startswith(CRD_GROUPS):
             crds.append(d)
         else:
@@ -201,6 +229,8 @@ def main():
         check_loadtest(ck, by_kind, configmaps)
     if args.expect == "prod" and "Rules" not in by_kind:
         ck.fail("Rules/tracking", "the prod overlay must deploy the alerting rules (monitoring-rules.yaml)")
+    if args.expect == "prod":
+        check_scrape_objects(ck, by_kind, workloads)
 
     for line in sorted(not_read_yet):
         print(f"  note: {line} is not read by this build (API.md: a part not built yet)")
