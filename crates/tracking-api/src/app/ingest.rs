@@ -491,18 +491,8 @@ pub(super) async fn process(
                 h.finish()
             };
             if in_request.contains(&key) {
-                duplicate(&st, &event, id, ctx.received_at);
-                if let Some(i) = inspector {
-                    inspected.extend(i.duplicate(
-                        ctx.received_at,
-                        event.event_type(),
-                        event.client_id().as_str(),
-                        id,
-                        ctx.received_at,
-                        &tap.0,
-                        tap.1,
-                    ));
-                }
+                let at = ctx.received_at;
+                duplicate(&st, &event, id, at, at, &tap, &mut inspected);
                 continue;
             }
             in_request.push(key);
@@ -533,18 +523,8 @@ pub(super) async fn process(
             Ok(Ok(Touched::Duplicate { accepted_at })) => {
                 span.record("outcome", "duplicate");
                 if let Some(id) = check.id() {
-                    duplicate(&st, &event, id, accepted_at);
-                    if let Some(i) = inspector {
-                        inspected.extend(i.duplicate(
-                            ctx.received_at,
-                            event.event_type(),
-                            event.client_id().as_str(),
-                            id,
-                            accepted_at,
-                            &tap.0,
-                            tap.1,
-                        ));
-                    }
+                    let at = ctx.received_at;
+                    duplicate(&st, &event, id, accepted_at, at, &tap, &mut inspected);
                 }
                 continue;
             }
@@ -669,9 +649,22 @@ pub(super) async fn process(
     written
 }
 
-/// Counts and logs a retry of an event accepted at `accepted_at`.
-fn duplicate(st: &AppState, event: &Event, id: &str, accepted_at: tracking_core::Timestamp) {
+/// Counts and logs a retry, received at `received_at`, of an event accepted
+/// at `accepted_at`, and shows it to the inspector (its entry joins
+/// `inspected`, kept with the request's other entries).
+fn duplicate(
+    st: &AppState,
+    event: &Event,
+    id: &str,
+    accepted_at: tracking_core::Timestamp,
+    received_at: tracking_core::Timestamp,
+    (channel, answer): &(Channel, u16),
+    inspected: &mut Vec<Rendered>,
+) {
     Metrics::add(&st.parts.metrics.events_duplicates, 1);
+    if let Some(i) = &st.parts.inspect {
+        inspected.extend(i.duplicate(received_at, event, id, accepted_at, channel, *answer));
+    }
     tracing::debug!(
         client_id = event.client_id().as_str(),
         event_id = id,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
-use tracking_core::{EnrichedEvent, Timestamp};
+use tracking_core::{EnrichedEvent, Event, Timestamp};
 
 /// Where an event came in.
 #[derive(Debug, Clone)]
@@ -314,13 +314,11 @@ impl Inspector {
         ))
     }
 
-    /// A retry answered as accepted and not output; counted here.
-    #[allow(clippy::too_many_arguments)] // an entry's fields
+    /// A retry of `event` answered as accepted and not output; counted here.
     pub fn duplicate(
         &self,
         time: Timestamp,
-        ty: &str,
-        client_id: &str,
+        event: &Event,
         event_id: &str,
         accepted_at: Timestamp,
         channel: &Channel,
@@ -336,8 +334,8 @@ impl Inspector {
             time,
             answer,
             channel,
-            Some(ty),
-            Some(client_id),
+            Some(event.event_type()),
+            Some(event.client_id().as_str()),
             Some(event_id),
             Detail::Duplicate { accepted_at },
         ))
