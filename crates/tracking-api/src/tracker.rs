@@ -87,7 +87,9 @@ impl Script {
     }
 }
 
-fn gzip(data: &[u8]) -> Option<Bytes> {
+/// `data` gzip-compressed at the best level (the tracker, the inspector's
+/// page: compressed once, served many times).
+pub(crate) fn gzip(data: &[u8]) -> Option<Bytes> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(data.len()), Compression::best());
     encoder.write_all(data).ok()?;
     encoder.finish().ok().map(Bytes::from)
@@ -147,8 +149,8 @@ pub fn response(asset: &Script, request: &HeaderMap) -> Response<Full<Bytes>> {
 }
 
 /// Whether `Accept-Encoding` admits gzip: listed (or `*`) with a non-zero
-/// quality.
-fn accepts_gzip(request: &HeaderMap) -> bool {
+/// quality (`q`, in either case).
+pub(crate) fn accepts_gzip(request: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut any = None;
     for coding in request
@@ -160,7 +162,10 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
         let mut parts = coding.split(';');
         let name = parts.next().unwrap_or_default().trim();
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
+            .filter_map(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+            })
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
@@ -192,6 +197,7 @@ mod tests {
         check(&["br", "GZip;q=0.5"], true);
         check(&["deflate, br"], false);
         check(&["gzip;q=0"], false);
+        check(&["GZIP;Q=0.000"], false);
         check(&["gzip; q=0.0, br"], false);
         check(&["*"], true);
         check(&["*;q=0"], false);

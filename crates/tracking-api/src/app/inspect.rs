@@ -135,24 +135,9 @@ fn cross_site(headers: &HeaderMap) -> bool {
 
 /// The page, gzipped when the client takes it.
 fn page(headers: &HeaderMap) -> Response<Full<Bytes>> {
-    let gzip = headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|c| {
-            let mut parts = c.split(';');
-            parts
-                .next()
-                .is_some_and(|name| name.trim().eq_ignore_ascii_case("gzip"))
-                && parts.all(|p| {
-                    let p = p.trim();
-                    !(p.starts_with("q=") || p.starts_with("Q="))
-                        || p[2..].trim().parse::<f32>().is_ok_and(|q| q > 0.0)
-                })
-        });
-    let mut resp = if gzip {
-        let mut r = Response::new(Full::new(Bytes::from_static(crate::inspect::page_gzip())));
+    let gzipped = crate::inspect::page_gzip().filter(|_| crate::tracker::accepts_gzip(headers));
+    let mut resp = if let Some(gz) = gzipped {
+        let mut r = Response::new(Full::new(gz));
         r.headers_mut()
             .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         r

@@ -660,15 +660,10 @@ impl service_kit::prom::Collect for Inspector {
 pub const PAGE: &str = include_str!("page.html");
 
 /// The page gzipped, made once.
-pub fn page_gzip() -> &'static [u8] {
-    static GZ: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    GZ.get_or_init(|| {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        // Writing into a Vec cannot fail.
-        let _ = enc.write_all(PAGE.as_bytes());
-        enc.finish().unwrap_or_default()
-    })
+pub fn page_gzip() -> Option<bytes::Bytes> {
+    static GZ: std::sync::OnceLock<Option<bytes::Bytes>> = std::sync::OnceLock::new();
+    GZ.get_or_init(|| crate::tracker::gzip(PAGE.as_bytes()))
+        .clone()
 }
 
 #[cfg(test)]
